@@ -1,0 +1,5 @@
+import sys
+
+from openseer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,104 @@
+"""``openseer`` command line: one sub-command per job, each with one typed config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from openseer.config import ConfigError, load_config, preset_names, to_dict
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    import yaml
+
+    from openseer import distributed
+    from openseer.train.config import PretrainConfig
+    from openseer.train.pretrain import pretrain
+
+    cfg = load_config(PretrainConfig, args.config or ["cpu"], args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():
+        result = pretrain(cfg, resume=args.resume)
+    if distributed.is_main():
+        rate = result.images_seen / max(result.train_seconds, 1e-9)
+        print(
+            f"\npretraining: {result.steps} steps, {result.images_seen} images in "
+            f"{result.train_seconds / 60:.1f} min ({rate:.0f} img/s), final loss {result.final_loss:.4f}"
+        )
+        if result.knn_top1 is not None:
+            print(f"{'kNN on held-out images':<28}{'top-1':>8}{'top-5':>8}")
+            if result.knn_top1_random is not None:
+                print(
+                    f"{'  random initialisation':<28}{result.knn_top1_random:>8.4f}{result.knn_top5_random:>8.4f}"
+                )
+            print(f"{'  after pretraining':<28}{result.knn_top1:>8.4f}{result.knn_top5:>8.4f}")
+        if result.skipped_images:
+            print(f"skipped images: {result.skipped_images} (see the log for which and why)")
+        print(f"run folder: {result.out_dir}")
+    distributed.destroy()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openseer", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="SwAV pretraining on a folder, a list of paths or the built-in data",
+        description="SwAV pretraining. Presets: " + ", ".join(preset_names()) + ". Example: "
+        "openseer pretrain --config cpu data.source=~/photos run.budget_minutes=20",
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        metavar="PRESET_OR_YAML",
+        help="a preset name or YAML file of overrides; repeatable, applied in order (default: cpu)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the latest valid checkpoint in run.out_dir"
+    )
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. optim.base_lr=0.6 model.prototypes=300"
+    )
+    p.set_defaults(func=_pretrain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from openseer.data.folders import DataError
+    from openseer.train.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError) as err:
+        print(f"openseer: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "openseer: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Typed configuration: dataclass defaults, YAML overrides, ``key=value`` overrides, strict validation.
+
+Each command owns one dataclass tree. A YAML file (or a named preset shipped in ``openseer/presets``) holds only
+the keys it changes; command-line ``a.b=value`` pairs come last. A misspelt key or a value of the wrong type is a
+:class:`ConfigError` naming the key and what is allowed, raised before any work starts.
+
+Hand-written rather than OmegaConf: ~150 lines give exact, user-facing messages ("unknown key optim.lrr, did you
+mean optim.lr?") and plain dataclasses as the result, with no extra runtime dependency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the user."""
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin in (list, Sequence):
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0])}"
+        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+    if _is_dataclass_type(tp):
+        return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    bad = ConfigError(f"config key '{key}': got {value!r}, expected {_describe(tp)}")
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise bad
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError:
+                continue
+        raise bad
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise bad
+        return from_dict(tp, value, prefix=key + ".")
+    if origin in (list, Sequence):
+        if not isinstance(value, list | tuple):
+            raise bad
+        (elem,) = get_args(tp)
+        return [_coerce(elem, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise bad
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise bad
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise ConfigError(f"config key '{key}': unsupported type {tp!r}")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, checking every key and value."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}'{hint} (allowed under '{prefix or '<top>'}': {', '.join(names)})"
+            )
+    kwargs = {name: _coerce(hints[name], data[name], prefix + name) for name in names if name in data}
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML-friendly structure (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def deep_merge(base: dict, override: Mapping) -> dict:
+    """Recursive dict merge; lists and scalars in ``override`` replace those in ``base``."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict:
+    """``["optim.lr=0.3", "crops=[...]"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override '{pair}' is not of the form key=value (e.g. optim.base_lr=0.6)")
+        key, raw = pair.split("=", 1)
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{pair}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{pair}': cannot parse the value ({err})") from err
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{pair}' conflicts with an earlier override of '{part}'")
+        node[leaf] = value
+    return out
+
+
+def preset_names() -> list[str]:
+    root = resources.files("openseer") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(name_or_path: str | Path) -> dict:
+    """A YAML file by path, or a shipped preset by name (``cpu``, ``swav-rn50``...)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config file does not exist: {path}")
+        text = path.read_text()
+    else:
+        preset = resources.files("openseer") / "presets" / f"{name_or_path}.yaml"
+        if not preset.is_file():
+            raise ConfigError(f"unknown preset '{name_or_path}' (available: {', '.join(preset_names())})")
+        text = preset.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse {name_or_path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name_or_path}: the top level must be a mapping of config keys")
+    return data
+
+
+def load_config(cls: type[T], sources: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> T:
+    """Defaults of ``cls``, then each YAML source in order, then ``key=value`` overrides."""
+    merged: dict = to_dict(cls())
+    for source in sources:
+        merged = deep_merge(merged, read_yaml(source))
+    merged = deep_merge(merged, parse_overrides(overrides))
+    return from_dict(cls, merged)
+
+
+def dump_yaml(obj: Any, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -1,0 +1,122 @@
+"""Pooled backbone features for a set of images, batched, in eval mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from openseer.data.folders import Skipped, UnlabelledImages
+
+
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """Resize the shorter side to size/0.875 and centre-crop ``size`` (the usual 256 -> 224 protocol)."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(round(size / 0.875), antialias=True),
+            v2.CenterCrop(size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(backbone: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Re-estimate every BatchNorm's running mean/var as a plain average over ``batches`` (eval-style images).
+
+    A network at random initialisation still holds BN's initial statistics (mean 0, var 1), which in eval mode
+    leaves its pooled features nearly identical for every image; and pretraining accumulates statistics over
+    augmented crops of several sizes. Re-estimating on the images being embedded puts both on equal footing.
+    """
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = backbone.training
+    backbone.train()
+    try:
+        for x in batches:
+            backbone(x)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        backbone.train(was_training)
+
+
+def normalize_uint8(
+    images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float], channels_last: bool = True
+) -> torch.Tensor:
+    """uint8 (B,3,H,W) -> float normalised (B,3,size,size); small cached images are resized whole."""
+    x = images.float().div_(255)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        shrink = x.shape[-1] > size or x.shape[-2] > size  # antialiasing only matters when downscaling
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=shrink, align_corners=False)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    x = (x - m) / s
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    images: torch.Tensor | None = None,
+    paths: Sequence[Path] | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    workers: int = 2,
+    channels_last: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (M, D) float32 on CPU and the indices (M,) of the images they belong to.
+
+    Give either ``images`` (uint8 (N,3,H,W)) or ``paths``; unreadable files are left out of the indices.
+    """
+    device = torch.device(device)
+    was_training = backbone.training
+    backbone.eval()
+    feats, index = [], []
+    try:
+        if images is not None:
+            for start in range(0, len(images), batch_size):
+                x = normalize_uint8(
+                    images[start : start + batch_size].to(device), size, mean, std, channels_last
+                )
+                feats.append(backbone(x).float().cpu())
+            index = [torch.arange(len(images))]
+        else:
+            dataset = UnlabelledImages(list(paths or []), transform=eval_transform(size, mean, std))
+            loader = DataLoader(
+                dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping
+            )
+            for x, idx in loader:
+                if x is None:
+                    continue
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                feats.append(backbone(x.to(device)).float().cpu())
+                index.append(idx)
+    finally:
+        backbone.train(was_training)
+    if not feats:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(index)
+
+
+def collate_skipping(batch: list) -> tuple[torch.Tensor | None, torch.Tensor]:
+    good = [item for item in batch if not isinstance(item, Skipped)]
+    if not good:
+        return None, torch.empty(0, dtype=torch.long)
+    return torch.stack([x for x, _ in good]), torch.tensor([i for _, i in good])

@@ -1,0 +1,85 @@
+"""RegNetY trunks, from laptop sizes to SEER's, built on timm's RegNet.
+
+The design space (Radosavovic et al. 2020) generates per-block widths u_j = w0 + wa*j, quantises them to powers
+of wm times w0 and rounds to multiples of 8 and of the group width; timm implements that generator and the
+blocks, so openseer keeps only the table of published parameters below and builds with ``timm.models.regnet``.
+
+SEER sizes (Goyal et al. 2021) and their trunk parameter counts (no classifier): RegNetY-32GF 141.3M,
+64GF 276.5M, 128GF 637.4M, 256GF 1.27B, 10B 9.3B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.layers import ConvNormAct
+from timm.models.regnet import RegNet, RegNetCfg
+
+
+@dataclass(frozen=True)
+class RegNetYParams:
+    depth: int
+    w0: int
+    wa: float
+    wm: float
+    group_width: int
+    se_ratio: float = 0.25
+
+    def to_timm(self) -> RegNetCfg:
+        return RegNetCfg(
+            depth=self.depth,
+            w0=self.w0,
+            wa=self.wa,
+            wm=self.wm,
+            group_size=self.group_width,
+            se_ratio=self.se_ratio,
+        )
+
+
+# pycls / VISSL / SEER parameters. Architecture tables are data.
+REGNETY: dict[str, RegNetYParams] = {
+    "regnety_200mf": RegNetYParams(depth=13, w0=24, wa=36.44, wm=2.49, group_width=8),
+    "regnety_400mf": RegNetYParams(depth=16, w0=48, wa=27.89, wm=2.09, group_width=8),
+    "regnety_800mf": RegNetYParams(depth=14, w0=56, wa=38.84, wm=2.4, group_width=16),
+    "regnety_1.6gf": RegNetYParams(depth=27, w0=48, wa=20.71, wm=2.65, group_width=24),
+    "regnety_3.2gf": RegNetYParams(depth=21, w0=80, wa=42.63, wm=2.66, group_width=24),
+    "regnety_16gf": RegNetYParams(depth=18, w0=200, wa=106.23, wm=2.48, group_width=112),
+    "regnety_32gf": RegNetYParams(depth=20, w0=232, wa=115.89, wm=2.53, group_width=232),
+    "regnety_64gf": RegNetYParams(depth=20, w0=352, wa=147.48, wm=2.4, group_width=328),
+    "regnety_128gf": RegNetYParams(depth=27, w0=456, wa=160.83, wm=2.52, group_width=264),
+    "regnety_256gf": RegNetYParams(depth=27, w0=640, wa=230.83, wm=2.53, group_width=373),
+    "regnety_10b": RegNetYParams(depth=27, w0=1744, wa=620.83, wm=2.52, group_width=1010),
+}
+
+SEER_TRUNK_PARAMS = {
+    "regnety_32gf": 141.3e6,
+    "regnety_64gf": 276.5e6,
+    "regnety_128gf": 637.4e6,
+    "regnety_256gf": 1.27e9,
+    "regnety_10b": 9.3e9,
+}
+
+
+def build_regnety(name: str, stem: str = "imagenet") -> RegNet:
+    """A RegNetY trunk with global average pooling and no classifier: ``forward(x (B,3,H,W)) -> (B, D)``.
+
+    ``stem='small'`` swaps the stride-2 stem for a stride-1 3x3 one so that 32-64 px images keep enough
+    resolution through the four stride-2 stages (the CIFAR convention for ResNets).
+    """
+    if name not in REGNETY:
+        raise ValueError(f"unknown RegNetY size '{name}' (available: {', '.join(REGNETY)})")
+    model = RegNet(REGNETY[name].to_timm(), num_classes=0)
+    if stem == "small":
+        width = model.stem.conv.out_channels
+        model.stem = ConvNormAct(3, width, kernel_size=3, stride=1)
+    elif stem != "imagenet":
+        raise ValueError(f"unknown stem '{stem}' (expected 'imagenet' or 'small')")
+    return model
+
+
+def trunk_parameter_count(name: str) -> int:
+    """Parameter count of a trunk, built on the meta device so even the 10B model costs no memory."""
+    with torch.device("meta"):
+        model = build_regnety(name)
+    return sum(p.numel() for p in model.parameters())

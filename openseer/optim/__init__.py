@@ -1,0 +1,6 @@
+"""Optimisers and schedules."""
+
+from openseer.optim.lars import LARS, param_groups
+from openseer.optim.schedules import cosine_schedule
+
+__all__ = ["LARS", "cosine_schedule", "param_groups"]

@@ -1,0 +1,1 @@
+"""Pretraining: config, data streams, the loop, checkpoints and monitoring."""

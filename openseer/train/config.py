@@ -1,0 +1,161 @@
+"""The typed configuration of ``openseer pretrain``.
+
+Defaults follow the SwAV paper's ImageNet recipe (Caron et al. 2020, main_swav.py); the shipped presets
+(``openseer/presets/*.yaml``) override what differs: ``cpu`` for this kind of machine, ``swav-rn50`` and
+``seer-rg256gf`` for the published settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from openseer.config import ConfigError
+from openseer.data.multicrop import AugmentSpec, CropSpec
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"
+    """'builtin' (Fashion-MNIST), a folder tree of images, or a .txt/.csv list of paths."""
+    labels: Literal["auto", "folder", "none"] = "auto"
+    """'folder': one sub-folder per class (ImageFolder); 'auto': folder when every image sits in a class folder."""
+    holdout: float = 0.1
+    """Fraction of each class set aside (never trained on) to score the features; labelled sources only."""
+    cache_size: int | None = None
+    """Decode every image once to a uint8 cache of this side and augment whole batches on tensors (fast for
+    small images). null: decode and augment per image in loader workers (any image size)."""
+    workers: int = 2
+    max_pixels: int = 178_956_970
+    """Images with more pixels are skipped as decompression bombs."""
+
+    def validate(self) -> None:
+        if not 0.0 <= self.holdout < 1.0:
+            raise ConfigError(f"config key 'data.holdout': got {self.holdout}, expected a fraction in [0, 1)")
+        if self.cache_size is not None and self.cache_size < 8:
+            raise ConfigError(f"config key 'data.cache_size': got {self.cache_size}, expected >= 8 or null")
+        if self.workers < 0:
+            raise ConfigError(f"config key 'data.workers': got {self.workers}, expected >= 0")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"
+    """A RegNetY size (regnety_200mf ... regnety_256gf, regnety_10b) or resnet50; see `openseer.models`."""
+    stem: Literal["imagenet", "small"] = "imagenet"
+    """'small': a stride-1 3x3 stem for inputs of 64 px or less."""
+    head_hidden: list[int] = field(default_factory=lambda: [2048])
+    head_bn: bool = True
+    out_dim: int = 128
+    prototypes: int = 3000
+    channels_last: bool = True
+
+    def validate(self) -> None:
+        if self.prototypes < 2:
+            raise ConfigError(f"config key 'model.prototypes': got {self.prototypes}, expected >= 2")
+        if self.out_dim < 1 or any(h < 1 for h in self.head_hidden):
+            raise ConfigError("config keys 'model.out_dim' and 'model.head_hidden' must be positive")
+
+
+@dataclass
+class SwAVConfig:
+    temperature: float = 0.1
+    epsilon: float = 0.05
+    sinkhorn_iters: int = 3
+    crops_for_assign: list[int] = field(default_factory=lambda: [0, 1])
+    queue_length: int = 3840
+    """Embeddings kept per assignment crop across the global batch (0: no queue); split across processes."""
+    queue_start_epoch: float = 15.0
+    freeze_prototypes_iters: int = 313
+
+    def validate(self) -> None:
+        if self.temperature <= 0 or self.epsilon <= 0:
+            raise ConfigError("config keys 'swav.temperature' and 'swav.epsilon' must be > 0")
+        if self.sinkhorn_iters < 1:
+            raise ConfigError(f"config key 'swav.sinkhorn_iters': got {self.sinkhorn_iters}, expected >= 1")
+        if not self.crops_for_assign:
+            raise ConfigError("config key 'swav.crops_for_assign' must name at least one crop")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["lars", "sgd"] = "lars"
+    batch_size: int = 64
+    """Images per process; the global batch is batch_size x world size."""
+    epochs: float = 400.0
+    base_lr: float = 0.3
+    """Peak learning rate for a global batch of 256; scaled linearly with the global batch."""
+    final_lr: float = 0.0003
+    """End of the cosine, for a global batch of 256 (scaled like base_lr)."""
+    start_lr: float = 0.0
+    warmup_epochs: float = 10.0
+    warmup_steps: int | None = None
+    """Overrides warmup_epochs when set (SEER: 8,000 steps)."""
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001
+
+    def validate(self) -> None:
+        if self.batch_size < 2:
+            raise ConfigError(f"config key 'optim.batch_size': got {self.batch_size}, expected >= 2")
+        if self.epochs <= 0:
+            raise ConfigError(f"config key 'optim.epochs': got {self.epochs}, expected > 0")
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/pretrain"
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1'..."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    threads: int | None = None
+    """Intra-op CPU threads (null: the number of cores)."""
+    compile: bool = False
+    budget_minutes: float | None = None
+    """Wall-clock budget: after `calibrate_steps` steps the schedule length is set from the measured speed."""
+    calibrate_steps: int = 20
+    max_steps: int | None = None
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    progress: bool = True
+    tensorboard: bool = True
+    knn_at_end: bool = True
+    """Score the features with kNN on the held-out labelled split at the end (and at random init)."""
+    knn_bn_recalibrate: bool = True
+    """Re-estimate BatchNorm statistics on un-augmented training images before kNN (both at random init and
+    after pretraining), so that neither is scored with statistics of another input distribution."""
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    dist_timeout_s: float = 600.0
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    crops: list[CropSpec] = field(
+        default_factory=lambda: [CropSpec(224, 2, (0.14, 1.0)), CropSpec(96, 6, (0.05, 0.14))]
+    )
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    swav: SwAVConfig = field(default_factory=SwAVConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        n_crops = sum(c.count for c in self.crops)
+        if n_crops < 2:
+            raise ConfigError(f"config key 'crops': {n_crops} crop(s) defined, SwAV needs at least 2")
+        for i in self.swav.crops_for_assign:
+            if not 0 <= i < n_crops:
+                raise ConfigError(
+                    f"config key 'swav.crops_for_assign': crop {i} asked for, but 'crops' defines {n_crops} "
+                    f"(indices 0..{n_crops - 1})"
+                )
+        for i, c in enumerate(self.crops):
+            lo, hi = c.scale
+            if c.size < 1 or c.count < 1 or not 0 < lo <= hi <= 1:
+                raise ConfigError(
+                    f"config key 'crops[{i}]': size and count must be >= 1 and 0 < scale[0] <= scale[1] <= 1"
+                )

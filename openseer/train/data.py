@@ -1,0 +1,296 @@
+"""Pretraining data: where images come from, how they are split, and the multi-crop batch streams.
+
+Two streams share one contract, ``epoch(e, start) -> iterator of crop lists``, deterministic in (seed, epoch,
+step) so an interrupted run resumes on exactly the batches it would have seen:
+
+* :class:`TensorBatches`: the whole set is a uint8 tensor in memory (built-in data, or a folder decoded once
+  into the cache); multi-crop runs batched on tensors in a background thread. The fast path for small images.
+* :class:`LoaderBatches`: images decoded and augmented one by one in DataLoader workers (any size).
+
+Every process draws a disjoint slice of the same global permutation; the slices of one step together form the
+global batch of a single-process run of batch ``batch_size * world_size``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from openseer.data.batched_crops import batched_multicrop
+from openseer.data.builtin import load_builtin
+from openseer.data.cache import cached_decode, default_cache_dir
+from openseer.data.folders import (
+    DataError,
+    LabelledImages,
+    Skipped,
+    UnlabelledImages,
+    list_images,
+    split_per_class,
+)
+from openseer.data.images import SkipLog
+from openseer.data.multicrop import AugmentSpec, CropSpec, MultiCrop, collate_multicrop
+from openseer.train.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelledSet:
+    """Held-out evaluation data: either uint8 images in memory or image paths, with labels."""
+
+    targets: torch.Tensor
+    classes: list[str]
+    images: torch.Tensor | None = None
+    paths: list[Path] | None = None
+
+
+@dataclass
+class PretrainData:
+    """Unlabelled training images plus, when labels exist, a kNN bank (train part) and a held-out test part."""
+
+    train_images: torch.Tensor | None = None  # (N,3,H,W) uint8, tensor path
+    train_paths: list[Path] | None = None  # loader path
+    bank: LabelledSet | None = None
+    test: LabelledSet | None = None
+    description: str = ""
+    skipped: SkipLog = field(default_factory=SkipLog)
+
+    def __len__(self) -> int:
+        return len(self.train_images) if self.train_images is not None else len(self.train_paths or [])
+
+
+def _has_class_folders(root: Path, paths: Sequence[Path]) -> bool:
+    subdirs = {p.relative_to(root).parts[0] for p in paths if len(p.relative_to(root).parts) == 2}
+    return len(subdirs) >= 2 and all(len(p.relative_to(root).parts) == 2 for p in paths)
+
+
+def prepare_data(cfg: DataConfig, seed: int = 0, progress: bool = False) -> PretrainData:
+    """Resolve ``cfg.source`` into training images and (when labelled) the evaluation split."""
+    if cfg.source == "builtin":
+        train, test = load_builtin("train"), load_builtin("test")
+        return PretrainData(
+            train_images=train.images,
+            bank=LabelledSet(train.targets, train.classes, images=train.images),
+            test=LabelledSet(test.targets, test.classes, images=test.images),
+            description=f"{train.source}: {len(train.images)} training, {len(test.images)} held-out images",
+        )
+
+    root = Path(cfg.source).expanduser()
+    paths = list_images(root)  # raises DataError for a missing path or no images
+    labelled = cfg.labels == "folder" or (
+        cfg.labels == "auto" and root.is_dir() and _has_class_folders(root, paths)
+    )
+    if labelled:
+        if not root.is_dir():
+            raise DataError(f"data.labels=folder needs a folder with one sub-folder per class, got {root}")
+        full = LabelledImages.from_folder(root)
+        paths, targets, classes = list(full.paths), full.targets, full.classes
+        if cfg.holdout > 0:
+            train_idx, test_idx = split_per_class(targets, cfg.holdout, seed=seed)
+        else:
+            train_idx, test_idx = torch.arange(len(paths)), torch.arange(len(paths))
+    else:
+        targets, classes = None, []
+        train_idx, test_idx = torch.arange(len(paths)), torch.empty(0, dtype=torch.long)
+
+    data = PretrainData(description=f"{root}: {len(paths)} images")
+    if cfg.cache_size is not None:
+        images, kept, data.skipped = cached_decode(
+            paths, cfg.cache_size, default_cache_dir(), num_threads=max(1, cfg.workers), progress=progress
+        )
+        # positions in `images` of each original index (-1 when the file could not be decoded)
+        where = torch.full((len(paths),), -1, dtype=torch.long)
+        where[kept] = torch.arange(len(kept))
+        train_pos = where[train_idx][where[train_idx] >= 0]
+        data.train_images = images[train_pos]
+        if labelled:
+            test_pos = where[test_idx][where[test_idx] >= 0]
+            kept_targets = targets[kept]  # row i of `images` is paths[kept[i]]
+            data.bank = LabelledSet(kept_targets[train_pos], classes, images=data.train_images)
+            data.test = LabelledSet(kept_targets[test_pos], classes, images=images[test_pos])
+    else:
+        data.train_paths = [paths[i] for i in train_idx.tolist()]
+        if labelled:
+            data.bank = LabelledSet(targets[train_idx], classes, paths=data.train_paths)
+            data.test = LabelledSet(targets[test_idx], classes, paths=[paths[i] for i in test_idx.tolist()])
+    if labelled:
+        data.description += f" in {len(classes)} classes, {len(test_idx)} held out for evaluation"
+    return data
+
+
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch) * 1_000_033 + step * 1_009 + rank
+
+
+class TensorBatches:
+    """Batched multi-crop over a uint8 tensor; augmentation runs one step ahead in a background thread."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        batch_size: int,
+        crops: Sequence[CropSpec],
+        aug: AugmentSpec,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
+        channels_last: bool = True,
+        prefetch: int = 2,
+    ) -> None:
+        self.images, self.batch_size, self.crops, self.aug = images, batch_size, list(crops), aug
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.device, self.channels_last, self.prefetch = torch.device(device), channels_last, prefetch
+        self.steps_per_epoch = len(images) // (batch_size * world_size)
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"{len(images)} images cannot fill one global batch of {batch_size * world_size}; "
+                "lower optim.batch_size or add images"
+            )
+        self.skipped = SkipLog()
+
+    def _make(self, perm: torch.Tensor, epoch: int, step: int) -> list[torch.Tensor]:
+        start = (step * self.world_size + self.rank) * self.batch_size
+        idx = perm[start : start + self.batch_size]
+        batch = self.images[idx].to(self.device, non_blocking=True)
+        gen = torch.Generator(device=self.device).manual_seed(_step_seed(self.seed, epoch, step, self.rank))
+        return batched_multicrop(batch, self.crops, self.aug, generator=gen, channels_last=self.channels_last)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[torch.Tensor]]:
+        perm = _epoch_permutation(len(self.images), self.seed, epoch)
+        if self.prefetch <= 0:
+            for step in range(start, self.steps_per_epoch):
+                yield self._make(perm, epoch, step)
+            return
+        out: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def put(item: object) -> bool:
+            while not stop.is_set():  # never block forever once the consumer is gone
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for step in range(start, self.steps_per_epoch):
+                    if not put(self._make(perm, epoch, step)):
+                        return
+                put(None)
+            except BaseException as err:  # surface augmentation errors in the training thread
+                put(err)
+
+        worker = threading.Thread(target=produce, daemon=True, name="openseer-multicrop")
+        worker.start()
+        try:
+            while (item := out.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+
+class _SeededMultiCrop(Dataset):
+    """Per-image multi-crop whose randomness depends only on (seed, epoch, index), whichever worker runs it."""
+
+    def __init__(self, images: UnlabelledImages, multicrop: MultiCrop, seed: int) -> None:
+        self.images, self.multicrop, self.seed = images, multicrop, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int]):  # noqa: ANN204 - (crops, index) or Skipped
+        epoch, index = key
+        item = self.images[index]
+        if isinstance(item, Skipped):
+            return item
+        img, _ = item
+        if get_worker_info() is None:  # main process: do not disturb the training RNG
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_step_seed(self.seed, epoch, index, 0))
+                return self.multicrop(img), index
+        torch.manual_seed(_step_seed(self.seed, epoch, index, 0))
+        return self.multicrop(img), index
+
+
+class _EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, epoch: int, start: int, rank: int, world: int
+    ) -> None:
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.start, self.rank, self.world = start, rank, world
+
+    def __len__(self) -> int:
+        return self.n // (self.batch_size * self.world) - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        perm = _epoch_permutation(self.n, self.seed, self.epoch).tolist()
+        for step in range(self.start, self.start + len(self)):
+            first = (step * self.world + self.rank) * self.batch_size
+            yield [(self.epoch, i) for i in perm[first : first + self.batch_size]]
+
+
+class LoaderBatches:
+    """Per-image decoding and torchvision-v2 multi-crop in DataLoader workers; bad files are skipped and counted."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        batch_size: int,
+        crops: Sequence[CropSpec],
+        aug: AugmentSpec,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 2,
+        device: torch.device | str = "cpu",
+        channels_last: bool = True,
+        max_pixels: int = 178_956_970,
+    ) -> None:
+        self.dataset = _SeededMultiCrop(
+            UnlabelledImages(list(paths), max_pixels=max_pixels), MultiCrop(crops, aug), seed
+        )
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.workers, self.device, self.channels_last = workers, torch.device(device), channels_last
+        self.steps_per_epoch = len(paths) // (batch_size * world_size)
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"{len(paths)} images cannot fill one global batch of {batch_size * world_size}; "
+                "lower optim.batch_size or add images"
+            )
+        self.skipped = SkipLog()
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[torch.Tensor]]:
+        sampler = _EpochBatchSampler(
+            len(self.dataset), self.batch_size, self.seed, epoch, start, self.rank, self.world_size
+        )
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.workers,
+            collate_fn=collate_multicrop,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        for crops, _, skipped in loader:
+            for item in skipped:
+                self.skipped.add(item.path, item.reason)
+            if not crops:
+                continue
+            yield [c.to(self.device, non_blocking=True, memory_format=fmt) for c in crops]

@@ -1,0 +1,390 @@
+"""SwAV pretraining, top to bottom (Caron et al. 2020; SEER, Goyal et al. 2021).
+
+data -> model -> optimiser and schedule -> resume -> loop(multi-crop, codes, swapped prediction, step)
+-> final checkpoint -> kNN on held-out labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from openseer import distributed
+from openseer.config import dump_yaml, to_dict
+from openseer.data.folders import UnlabelledImages
+from openseer.data.multicrop import n_crops
+from openseer.eval.features import (
+    collate_skipping,
+    eval_transform,
+    extract_features,
+    normalize_uint8,
+    recalibrate_batchnorm,
+)
+from openseer.eval.knn import knn_classifier
+from openseer.models import SwAVHead, SwAVModel, build_backbone, feature_dim
+from openseer.optim import LARS, cosine_schedule, param_groups
+from openseer.swav import EmbeddingQueue, cluster_health, sinkhorn, swav_loss
+from openseer.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from openseer.train.config import PretrainConfig
+from openseer.train.data import LabelledSet, LoaderBatches, PretrainData, TensorBatches, prepare_data
+from openseer.train.monitor import CollapseMonitor, MetricsWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainResult:
+    out_dir: Path
+    steps: int
+    images_seen: int
+    train_seconds: float
+    final_loss: float
+    knn_top1: float | None = None
+    knn_top5: float | None = None
+    knn_top1_random: float | None = None
+    knn_top5_random: float | None = None
+    skipped_images: int = 0
+    nonfinite_steps: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return (
+            torch.device("cuda", distributed.local_rank())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
+    return torch.device(name)
+
+
+def build_model(cfg: PretrainConfig) -> SwAVModel:
+    backbone = build_backbone(cfg.model.arch, stem=cfg.model.stem)
+    head = SwAVHead(
+        feature_dim(backbone),
+        cfg.model.head_hidden,
+        cfg.model.out_dim,
+        cfg.model.prototypes,
+        cfg.model.head_bn,
+    )
+    return SwAVModel(backbone, head)
+
+
+def _calibration_batches(split: LabelledSet, cfg: PretrainConfig, device: torch.device, n: int = 4096):
+    size, mean, std = cfg.crops[0].size, cfg.augment.mean, cfg.augment.std
+    if split.images is not None:
+        pick = torch.randperm(len(split.images), generator=torch.Generator().manual_seed(0))[:n]
+        for start in range(0, len(pick), 256):
+            yield normalize_uint8(
+                split.images[pick[start : start + 256]].to(device), size, mean, std, cfg.model.channels_last
+            )
+        return
+    dataset = UnlabelledImages(list(split.paths or [])[:n], transform=eval_transform(size, mean, std))
+    for x, _ in DataLoader(
+        dataset, batch_size=256, num_workers=cfg.data.workers, collate_fn=collate_skipping
+    ):
+        if x is not None:
+            yield x.to(device)
+
+
+def knn_eval(backbone: torch.nn.Module, data: PretrainData, cfg: PretrainConfig, device: torch.device):
+    """(top1, top5) of weighted kNN: bank = labelled training images, queries = held-out images."""
+    size = cfg.crops[0].size
+    if cfg.run.knn_bn_recalibrate:
+        backbone = copy.deepcopy(backbone)  # the run's own statistics stay as trained
+        recalibrate_batchnorm(backbone, _calibration_batches(data.bank, cfg, device))
+
+    def feats(split: LabelledSet) -> tuple[torch.Tensor, torch.Tensor]:
+        f, idx = extract_features(
+            backbone,
+            size,
+            cfg.augment.mean,
+            cfg.augment.std,
+            images=split.images,
+            paths=split.paths,
+            device=device,
+            workers=cfg.data.workers,
+            channels_last=cfg.model.channels_last,
+        )
+        return f, split.targets[idx]
+
+    bank_f, bank_y = feats(data.bank)
+    test_f, test_y = feats(data.test)
+    return knn_classifier(
+        bank_f,
+        bank_y,
+        test_f,
+        test_y,
+        k=cfg.run.knn_k,
+        temperature=cfg.run.knn_temperature,
+        num_classes=len(data.bank.classes),
+    )
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
+    # ============ setup ============
+    device = resolve_device(cfg.run.device)
+    distributed.init_from_env(device, cfg.run.dist_timeout_s)
+    rank, world = distributed.rank(), distributed.world_size()
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    out_dir = Path(cfg.run.out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, out_dir / "config.yaml")
+    torch.manual_seed(cfg.run.seed)
+
+    # ============ data ============
+    data = prepare_data(cfg.data, seed=cfg.run.seed, progress=cfg.run.progress and distributed.is_main())
+    log.info("data: %s", data.description)
+    stream_kwargs = dict(
+        batch_size=cfg.optim.batch_size,
+        crops=cfg.crops,
+        aug=cfg.augment,
+        seed=cfg.run.seed,
+        rank=rank,
+        world_size=world,
+        device=device,
+        channels_last=cfg.model.channels_last,
+    )
+    if data.train_images is not None:
+        batches = TensorBatches(data.train_images, **stream_kwargs)
+    else:
+        batches = LoaderBatches(
+            data.train_paths, workers=cfg.data.workers, max_pixels=cfg.data.max_pixels, **stream_kwargs
+        )
+    steps_per_epoch = batches.steps_per_epoch
+    crops_total = n_crops(cfg.crops)
+    global_batch = cfg.optim.batch_size * world
+
+    # ============ model ============
+    model = build_model(cfg).to(device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    scorable = data.bank is not None and data.test is not None and cfg.run.knn_at_end
+    knn_random = None
+    if scorable and not resume and distributed.is_main():
+        knn_random = knn_eval(model.backbone, data, cfg, device)
+        log.info("kNN at random initialisation: top-1 %.4f top-5 %.4f", *knn_random)
+    train_model: torch.nn.Module = model
+    if world > 1:
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    forward = torch.compile(train_model) if cfg.run.compile else train_model
+
+    # ============ optimiser, schedule, queue ============
+    groups = param_groups(model, cfg.optim.weight_decay)
+    if cfg.optim.name == "lars":
+        optimizer = LARS(groups, momentum=cfg.optim.momentum, trust_coefficient=cfg.optim.trust_coefficient)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum)
+    lr_scale = global_batch / 256
+    warmup_steps = (
+        cfg.optim.warmup_steps
+        if cfg.optim.warmup_steps is not None
+        else round(cfg.optim.warmup_epochs * steps_per_epoch)
+    )
+
+    def make_schedule(total: int) -> torch.Tensor:
+        return cosine_schedule(
+            cfg.optim.base_lr * lr_scale,
+            cfg.optim.final_lr * lr_scale,
+            total,
+            warmup_steps,
+            start=cfg.optim.start_lr * lr_scale,
+        )
+
+    total_steps = max(1, round(cfg.optim.epochs * steps_per_epoch))
+    calibrated = cfg.run.budget_minutes is None
+    queue = EmbeddingQueue(
+        len(cfg.swav.crops_for_assign), cfg.swav.queue_length // world, cfg.model.out_dim, device
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.precision == "fp16")
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if cfg.run.precision == "bf16" else torch.float16)
+        if cfg.run.precision != "fp32"
+        else contextlib.nullcontext()
+    )
+
+    # ============ resume ============
+    step, images_seen, train_seconds, nonfinite = 0, 0, 0.0, 0
+    if resume:
+        path = latest_checkpoint(ckpt_dir)
+        if path is None:
+            log.warning("--resume: no usable checkpoint in %s, starting from scratch", ckpt_dir)
+        else:
+            state = load_checkpoint(path, map_location=device)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            queue.load_state_dict(state["queue"])
+            step, total_steps = state["step"], state["total_steps"]
+            images_seen, train_seconds = state["images_seen"], state["train_seconds"]
+            nonfinite, calibrated = state.get("nonfinite", 0), True
+            torch.set_rng_state(state["rng_cpu"])
+            log.info("resumed from %s at step %d of %d", path, step, total_steps)
+    schedule = make_schedule(total_steps)
+
+    def save(at_step: int) -> None:
+        if not distributed.is_main():
+            return
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "queue": queue.state_dict(),
+            "step": at_step,
+            "total_steps": total_steps,
+            "images_seen": images_seen,
+            "train_seconds": train_seconds,
+            "nonfinite": nonfinite,
+            "config": to_dict(cfg),
+            "rng_cpu": torch.get_rng_state(),
+        }
+        save_checkpoint(state, ckpt_dir, at_step, keep=cfg.run.keep_checkpoints)
+
+    # ============ training loop ============
+    writer = MetricsWriter(out_dir, cfg.run.tensorboard) if distributed.is_main() else None
+    monitor = CollapseMonitor(
+        cfg.model.prototypes, grace=max(warmup_steps, cfg.swav.freeze_prototypes_iters) + 50
+    )
+    bar = None
+    if cfg.run.progress and distributed.is_main():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+    stop_at = cfg.run.max_steps if cfg.run.max_steps is not None else math.inf
+    budget_s = cfg.run.budget_minutes * 60 if cfg.run.budget_minutes is not None else math.inf
+    loss_value, batches_iter, epoch = float("nan"), None, -1
+    window_start, window_images = time.perf_counter(), 0
+    step_start = time.perf_counter()
+    while step < min(total_steps, stop_at) and train_seconds < budget_s:
+        if step // steps_per_epoch != epoch or batches_iter is None:
+            if epoch >= 0 and len(batches.skipped) and distributed.is_main():
+                log.warning("epoch %d: %s", epoch, batches.skipped.summary())
+            epoch = step // steps_per_epoch
+            batches_iter = batches.epoch(epoch, start=step % steps_per_epoch)
+        crops = next(batches_iter)
+        bs = crops[0].shape[0]
+        for group in optimizer.param_groups:
+            group["lr"] = float(schedule[step])
+        model.head.normalize_prototypes()
+
+        # multi-crop forward: same-size crops share one backbone pass
+        with autocast:
+            z, scores = forward(crops)
+        # codes for the assignment crops, over the global batch (and the queue once it is full)
+        use_queue = queue.length > 0 and step >= cfg.swav.queue_start_epoch * steps_per_epoch
+        codes = []
+        with torch.no_grad():
+            for i, crop_id in enumerate(cfg.swav.crops_for_assign):
+                out = scores[bs * crop_id : bs * (crop_id + 1)].detach()
+                if use_queue and queue.full:
+                    out = torch.cat([queue.embeddings[i] @ model.head.prototypes.weight.t(), out])
+                codes.append(sinkhorn(out, cfg.swav.epsilon, cfg.swav.sinkhorn_iters)[-bs:])
+                if use_queue:
+                    queue.push(i, z[bs * crop_id : bs * (crop_id + 1)])
+        loss = swav_loss(scores, codes, crops_total, cfg.swav.crops_for_assign, cfg.swav.temperature)
+
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            nonfinite += 1
+            log.warning("step %d: non-finite loss, step skipped (%d so far)", step, nonfinite)
+            step += 1
+            continue
+        scaler.scale(loss).backward()
+        if step < cfg.swav.freeze_prototypes_iters:  # prototypes frozen for the first iterations
+            model.head.prototypes.weight.grad = None
+        scaler.step(optimizer)
+        scaler.update()
+
+        step += 1
+        images_seen += bs * world
+        window_images += bs * world
+        now = time.perf_counter()
+        train_seconds += now - step_start
+        step_start = now
+
+        # ============ budget calibration ============
+        if not calibrated and step >= cfg.run.calibrate_steps:
+            per_step = train_seconds / step
+            total_steps = max(step + 1, int(budget_s / per_step))
+            schedule = make_schedule(total_steps)
+            calibrated = True
+            if bar is not None:
+                bar.total = total_steps
+            log.info(
+                "budget %.1f min at %.3f s/step: %d steps (%.2f epochs)",
+                budget_s / 60,
+                per_step,
+                total_steps,
+                total_steps / steps_per_epoch,
+            )
+
+        # ============ logging and checkpoints ============
+        loss_value = float(loss)
+        if step % cfg.run.log_every == 0 or step == total_steps:
+            health = cluster_health(codes[0])
+            rate = window_images / max(now - window_start, 1e-9)
+            window_start, window_images = now, 0
+            metrics = {
+                "loss": loss_value,
+                "lr": float(schedule[step - 1]),
+                "imgs_per_s": rate,
+                "epoch": step / steps_per_epoch,
+                **health,
+            }
+            if writer is not None:
+                writer.write(step, metrics)
+            warning = monitor.update(step, loss_value, health["usage_entropy"])
+            if warning and distributed.is_main():
+                log.warning(warning)
+        if bar is not None:
+            bar.update(1)
+            if step % cfg.run.log_every == 0:
+                bar.set_postfix(
+                    loss=f"{loss_value:.3f}",
+                    lr=f"{float(schedule[step - 1]):.3g}",
+                    img_s=f"{images_seen / max(train_seconds, 1e-9):.0f}",
+                )
+        if step % cfg.run.checkpoint_every == 0:
+            save(step)
+            step_start = time.perf_counter()  # checkpoint I/O is not training time
+
+    if bar is not None:
+        bar.close()
+    save(step)
+    if len(batches.skipped) and distributed.is_main():
+        log.warning("%s", batches.skipped.summary())
+
+    # ============ evaluation ============
+    result = PretrainResult(
+        out_dir=out_dir,
+        steps=step,
+        images_seen=images_seen,
+        train_seconds=train_seconds,
+        final_loss=loss_value,
+        skipped_images=len(batches.skipped) + len(data.skipped),
+        nonfinite_steps=nonfinite,
+    )
+    if knn_random is not None:
+        result.knn_top1_random, result.knn_top5_random = knn_random
+    if scorable and distributed.is_main():
+        result.knn_top1, result.knn_top5 = knn_eval(model.backbone, data, cfg, device)
+    if writer is not None:
+        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}
+        writer.write(step, {f"final/{k}": v for k, v in summary.items() if isinstance(v, int | float)})
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        writer.close()
+    return result

@@ -1,0 +1,243 @@
+"""load_rgb: every colour mode to 8-bit RGB, every broken file to BadImageError."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from openseer.data.images import IMAGE_EXTENSIONS, BadImageError, SkipLog, load_rgb
+
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    assert img.mode == "RGB"
+    return np.asarray(img)
+
+
+def _save(img: Image.Image, path: Path, **kwargs) -> Path:
+    img.save(path, **kwargs)
+    return path
+
+
+def test_extensions_are_lower_case_suffixes():
+    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"} == IMAGE_EXTENSIONS
+
+
+def test_rgb_passes_through(tmp_path):
+    src = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    img = load_rgb(_save(Image.fromarray(src), tmp_path / "a.png"))
+    assert img.size == (7, 5)
+    np.testing.assert_array_equal(_pixels(img), src)
+
+
+@pytest.mark.parametrize("mode", ["L", "1"])
+def test_gray_and_bilevel(tmp_path, mode):
+    value = 100 if mode == "L" else 255
+    img = load_rgb(_save(Image.new(mode, (3, 2), value), tmp_path / "g.png"))
+    assert (_pixels(img) == (value if mode == "L" else 255)).all()
+
+
+def test_rgba_composited_on_white(tmp_path):
+    src = np.array([[[255, 0, 0, 0], [10, 20, 30, 255], [0, 0, 0, 128]]], dtype=np.uint8)
+    out = _pixels(load_rgb(_save(Image.fromarray(src, "RGBA"), tmp_path / "a.png")))
+    np.testing.assert_array_equal(out[0, 0], [255, 255, 255])
+    np.testing.assert_array_equal(out[0, 1], [10, 20, 30])
+    assert np.abs(out[0, 2].astype(int) - 127).max() <= 1
+
+
+def test_la_composited_on_white(tmp_path):
+    src = np.array([[[0, 0], [50, 255]]], dtype=np.uint8)
+    out = _pixels(load_rgb(_save(Image.fromarray(src, "LA"), tmp_path / "a.png")))
+    np.testing.assert_array_equal(out[0], [[255, 255, 255], [50, 50, 50]])
+
+
+def test_palette_with_and_without_transparency(tmp_path):
+    img = Image.new("P", (2, 1))
+    img.putpalette([0, 0, 0, 200, 10, 20] + [0] * 762)
+    img.putpixel((0, 0), 0)
+    img.putpixel((1, 0), 1)
+    opaque = _pixels(load_rgb(_save(img, tmp_path / "p.png")))
+    np.testing.assert_array_equal(opaque[0], [[0, 0, 0], [200, 10, 20]])
+    clear = _pixels(load_rgb(_save(img, tmp_path / "t.png", transparency=0)))
+    np.testing.assert_array_equal(clear[0], [[255, 255, 255], [200, 10, 20]])
+    gif = _pixels(load_rgb(_save(img, tmp_path / "t.gif", transparency=0)))
+    np.testing.assert_array_equal(gif[0], [[255, 255, 255], [200, 10, 20]])
+
+
+def test_cmyk(tmp_path):
+    src = np.array([[[0, 0, 0, 0], [255, 0, 0, 0], [0, 0, 0, 255]]], dtype=np.uint8)
+    out = _pixels(load_rgb(_save(Image.fromarray(src, "CMYK"), tmp_path / "c.tif")))
+    np.testing.assert_array_equal(out[0], [[255, 255, 255], [0, 255, 255], [0, 0, 0]])
+
+
+SIXTEEN = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+SIXTEEN_AS_8 = [0, 1, 128, 255]
+
+
+def test_16bit_png_scaled_not_clipped(tmp_path):
+    path = _save(Image.fromarray(SIXTEEN), tmp_path / "d.png")
+    assert Image.open(path).mode in {"I;16", "I"}
+    np.testing.assert_array_equal(_pixels(load_rgb(path))[0, :, 0], SIXTEEN_AS_8)
+
+
+def test_16bit_big_endian_tiff(tmp_path):
+    img = Image.frombytes("I;16B", (4, 1), SIXTEEN.astype(">u2").tobytes())
+    path = _save(img, tmp_path / "b.tif")
+    assert Image.open(path).mode == "I;16B"
+    np.testing.assert_array_equal(_pixels(load_rgb(path))[0, :, 0], SIXTEEN_AS_8)
+
+
+def test_32bit_int_tiff(tmp_path):
+    path = _save(Image.fromarray(SIXTEEN.astype(np.int32), "I"), tmp_path / "i.tif")
+    np.testing.assert_array_equal(_pixels(load_rgb(path))[0, :, 0], SIXTEEN_AS_8)
+    signed = np.array([[-100, 0, 155]], dtype=np.int32)  # outside 16 bits: min-max scaled
+    path = _save(Image.fromarray(signed, "I"), tmp_path / "s.tif")
+    np.testing.assert_array_equal(_pixels(load_rgb(path))[0, :, 0], [0, 100, 255])
+
+
+def test_float_tiff(tmp_path):
+    unit = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
+    out = _pixels(load_rgb(_save(Image.fromarray(unit, "F"), tmp_path / "f.tif")))
+    np.testing.assert_array_equal(out[0, :, 1], [0, 128, 255])
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp"])
+def test_animated_first_frame(tmp_path, suffix):
+    frames = [Image.new("RGB", (4, 4), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    path = tmp_path / f"anim{suffix}"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, lossless=True)
+    assert Image.open(path).n_frames == 2
+    out = _pixels(load_rgb(path))
+    assert out[..., 0].min() > 200 and out[..., 2].max() < 50
+
+
+def test_exif_orientation_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed rotated 90 degrees
+    path = _save(Image.new("RGB", (40, 20), "white"), tmp_path / "o.jpg", exif=exif)
+    assert Image.open(path).size == (40, 20)
+    assert load_rgb(path).size == (20, 40)
+
+
+def test_one_by_one_is_a_valid_image(tmp_path):
+    img = load_rgb(_save(Image.new("RGB", (1, 1), (1, 2, 3)), tmp_path / "tiny.png"))
+    assert img.size == (1, 1) and img.getpixel((0, 0)) == (1, 2, 3)
+
+
+def _reason_for(path: Path, **kwargs) -> str:
+    with pytest.raises(BadImageError) as info:
+        load_rgb(path, **kwargs)
+    assert info.value.path == str(path)
+    assert info.value.reason
+    return info.value.reason
+
+
+def test_truncated_jpeg(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="JPEG", quality=95)
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    assert _reason_for(path) == "truncated file"
+
+
+def test_empty_text_missing_and_directory(tmp_path):
+    (tmp_path / "empty.jpg").touch()
+    assert _reason_for(tmp_path / "empty.jpg") == "empty file"
+    (tmp_path / "notes.jpg").write_text("these are not pixels\n")
+    assert _reason_for(tmp_path / "notes.jpg") == "not an image"
+    assert _reason_for(tmp_path / "missing.png") == "file not found"
+    (tmp_path / "dir.png").mkdir()
+    assert _reason_for(tmp_path / "dir.png") == "is a directory"
+
+
+def test_png_header_then_garbage(tmp_path):
+    path = tmp_path / "garbage.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    _reason_for(path)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_huge_declared_size_is_a_bomb(tmp_path):
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
+    assert path.stat().st_size < 200
+    assert _reason_for(path) == "decompression bomb: 900000000 pixels > limit"
+    # Below PIL's own limit, our per-call limit still applies before decoding.
+    assert _reason_for(path, max_pixels=10**6).startswith("decompression bomb: 900000000")
+
+
+def test_max_pixels_does_not_touch_global_limit(tmp_path):
+    before = Image.MAX_IMAGE_PIXELS
+    path = _save(Image.new("RGB", (20, 20)), tmp_path / "a.png")
+    assert _reason_for(path, max_pixels=100) == "decompression bomb: 400 pixels > limit"
+    assert Image.MAX_IMAGE_PIXELS == before
+    assert load_rgb(path, max_pixels=400).size == (20, 20)
+
+
+def test_permission_denied(tmp_path, monkeypatch):
+    path = _save(Image.new("RGB", (2, 2)), tmp_path / "locked.png")
+
+    def refuse(*args, **kwargs):  # chmod cannot lock out root, so refuse the open directly
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Image, "open", refuse)
+    assert _reason_for(path) == "permission denied"
+
+
+def test_bad_image_error_pickles():
+    err = pickle.loads(pickle.dumps(BadImageError("/x.jpg", "truncated file")))
+    assert (err.path, err.reason) == ("/x.jpg", "truncated file")
+
+
+_SIGNATURES = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"II*\x00", b"RIFF"]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL warns about the junk it reads
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prefix=st.sampled_from(_SIGNATURES), body=st.binary(max_size=600))
+def test_random_bytes_only_ever_raise_bad_image_error(tmp_path_factory, prefix, body):
+    path = tmp_path_factory.mktemp("fuzz", numbered=True) / "x.img"
+    path.write_bytes(prefix + body)
+    try:
+        img = load_rgb(path)
+    except BadImageError as err:
+        assert err.reason
+    else:
+        assert img.mode == "RGB" and min(img.size) > 0
+
+
+def test_skip_log_counts_summarises_and_pickles():
+    log = SkipLog()
+    log.add(Path("/a.jpg"), "truncated file")
+    other = SkipLog()
+    other.add("/b.jpg", "not an image")
+    other.add("/c.jpg", "truncated file")
+    log.extend(other)
+    log.extend([("/d.jpg", "empty file")])
+    assert len(log) == log.count == 4
+    assert log.by_reason() == {"truncated file": 2, "not an image": 1, "empty file": 1}
+    summary = log.summary(max_items=2)
+    first, *rest = summary.splitlines()
+    assert first == "skipped 4 files: 2 truncated file, 1 not an image, 1 empty file"
+    assert rest[:2] == ["  /a.jpg: truncated file", "  /b.jpg: not an image"]
+    assert "2 more" in rest[-1]
+    assert pickle.loads(pickle.dumps(log)) == log
+    assert SkipLog().summary() == "skipped 0 files"
