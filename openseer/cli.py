@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from openseer.config import ConfigError, load_config, preset_names, to_dict
+
+
+# Each module adds its sub-commands with `register(subparsers)`; imports stay light until a command runs.
+_COMMAND_MODULES: list[str] = []
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -79,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="e.g. optim.base_lr=0.6 model.prototypes=300"
     )
     p.set_defaults(func=_pretrain)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

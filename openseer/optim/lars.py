@@ -52,9 +52,9 @@ class LARS(torch.optim.Optimizer):
                     p_norm = torch.linalg.vector_norm(p)
                     g_norm = torch.linalg.vector_norm(g)
                     local = group["trust_coefficient"] * p_norm / (g_norm + wd * p_norm + group["eps"])
-                    # a zero weight or gradient (fresh zero-init layer) keeps the plain step, as in LARC
-                    local = torch.where((p_norm > 0) & (g_norm > 0), local, torch.ones_like(local))
-                    g = (g + wd * p) * local
+                    # a zero weight or gradient (fresh zero-init layer) keeps the plain step with no weight
+                    # decay, as in LARC (which also leaves the gradient untouched then)
+                    g = torch.where((p_norm > 0) & (g_norm > 0), (g + wd * p) * local, g)
                 if mom != 0:
                     state = self.state[p]
                     buf = state.get("momentum_buffer")

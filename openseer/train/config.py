@@ -91,6 +91,8 @@ class OptimConfig:
     warmup_epochs: float = 10.0
     warmup_steps: int | None = None
     """Overrides warmup_epochs when set (SEER: 8,000 steps)."""
+    warmup_fraction: float | None = None
+    """Overrides both when set: warm-up as a fraction of all steps (suits run.budget_minutes)."""
     weight_decay: float = 1e-6
     momentum: float = 0.9
     trust_coefficient: float = 0.001

@@ -203,6 +203,7 @@ class TensorBatches:
                 yield item
         finally:
             stop.set()
+            worker.join()  # a torch op still running at interpreter exit would abort the process
 
 
 class _SeededMultiCrop(Dataset):

@@ -190,18 +190,20 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     else:
         optimizer = torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum)
     lr_scale = global_batch / 256
-    warmup_steps = (
-        cfg.optim.warmup_steps
-        if cfg.optim.warmup_steps is not None
-        else round(cfg.optim.warmup_epochs * steps_per_epoch)
-    )
+
+    def warmup_for(total: int) -> int:
+        if cfg.optim.warmup_fraction is not None:
+            return round(cfg.optim.warmup_fraction * total)
+        if cfg.optim.warmup_steps is not None:
+            return cfg.optim.warmup_steps
+        return round(cfg.optim.warmup_epochs * steps_per_epoch)
 
     def make_schedule(total: int) -> torch.Tensor:
         return cosine_schedule(
             cfg.optim.base_lr * lr_scale,
             cfg.optim.final_lr * lr_scale,
             total,
-            warmup_steps,
+            warmup_for(total),
             start=cfg.optim.start_lr * lr_scale,
         )
 
@@ -257,7 +259,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     # ============ training loop ============
     writer = MetricsWriter(out_dir, cfg.run.tensorboard) if distributed.is_main() else None
     monitor = CollapseMonitor(
-        cfg.model.prototypes, grace=max(warmup_steps, cfg.swav.freeze_prototypes_iters) + 50
+        cfg.model.prototypes, grace=max(warmup_for(total_steps), cfg.swav.freeze_prototypes_iters) + 50
     )
     bar = None
     if cfg.run.progress and distributed.is_main():
@@ -267,6 +269,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     stop_at = cfg.run.max_steps if cfg.run.max_steps is not None else math.inf
     budget_s = cfg.run.budget_minutes * 60 if cfg.run.budget_minutes is not None else math.inf
     loss_value, batches_iter, epoch = float("nan"), None, -1
+    calib_from, calib_seconds = step + 5, 0.0
     window_start, window_images = time.perf_counter(), 0
     step_start = time.perf_counter()
     while step < min(total_steps, stop_at) and train_seconds < budget_s:
@@ -317,9 +320,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         step_start = now
 
         # ============ budget calibration ============
-        if not calibrated and step >= cfg.run.calibrate_steps:
-            per_step = train_seconds / step
-            total_steps = max(step + 1, int(budget_s / per_step))
+        if not calibrated and step == calib_from:
+            calib_seconds = train_seconds  # the first steps (compilation, allocator warm-up) are not typical
+        if not calibrated and step >= calib_from + cfg.run.calibrate_steps:
+            per_step = (train_seconds - calib_seconds) / cfg.run.calibrate_steps
+            total_steps = max(step + 1, step + int((budget_s - train_seconds) / per_step))
             schedule = make_schedule(total_steps)
             calibrated = True
             if bar is not None:
@@ -333,7 +338,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             )
 
         # ============ logging and checkpoints ============
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         if step % cfg.run.log_every == 0 or step == total_steps:
             health = cluster_health(codes[0])
             rate = window_images / max(now - window_start, 1e-9)
@@ -362,6 +367,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             save(step)
             step_start = time.perf_counter()  # checkpoint I/O is not training time
 
+    if batches_iter is not None:
+        batches_iter.close()  # stops the prefetching thread
     if bar is not None:
         bar.close()
     save(step)

@@ -1,0 +1,161 @@
+"""RegNetY trunks (Radosavovic et al. 2020 design space, pycls tables) at SEER sizes (Goyal et al. 2021)."""
+
+import math
+
+import pytest
+import torch
+
+from openseer.models.backbone import ARCHS, build_backbone, build_on_meta, feature_dim
+from openseer.models.regnet import REGNETY, SEER_TRUNK_PARAMS, build_regnety, trunk_parameter_count
+
+# Trunk parameter counts published with SEER (no classifier).
+SEER_PUBLISHED = {
+    "regnety_32gf": 141.3e6,
+    "regnety_64gf": 276.5e6,
+    "regnety_128gf": 637.4e6,
+    "regnety_256gf": 1.27e9,
+    "regnety_10b": 9.3e9,
+}
+
+# pycls model zoo: stage widths and depths.
+PYCLS_STAGES = {
+    "regnety_200mf": ([24, 56, 152, 368], [1, 1, 4, 7]),
+    "regnety_400mf": ([48, 104, 208, 440], [1, 3, 6, 6]),
+    "regnety_800mf": ([64, 128, 320, 768], [1, 3, 8, 2]),
+}
+
+
+def _stages(model):
+    """(width, depth, group width) of each of the 4 stages as built."""
+    out = []
+    for stage in (model.s1, model.s2, model.s3, model.s4):
+        blocks = list(stage.children())
+        conv = blocks[0].conv2.conv
+        widths = {b.conv3.conv.out_channels for b in blocks}
+        assert len(widths) == 1  # one width per stage
+        out.append((widths.pop(), len(blocks), conv.in_channels // conv.groups))
+    return out
+
+
+def _hand_stages(p):
+    """Quantised linear widths: u_j = w0 + wa*j; s_j = round(log(u_j/w0)/log(wm)); w_j = round(w0*wm^s_j/8)*8;
+    runs of equal widths form the stages; widths are then made multiples of the group width (pycls)."""
+    widths = []
+    for j in range(p.depth):
+        u = p.w0 + p.wa * j
+        s = round(math.log(u / p.w0) / math.log(p.wm))
+        widths.append(int(round(p.w0 * p.wm**s / 8) * 8))
+    runs: list[list[int]] = []
+    for w in widths:
+        if runs and runs[-1][0] == w:
+            runs[-1][1] += 1
+        else:
+            runs.append([w, 1])
+    stages = []
+    for w, d in runs:
+        g = min(p.group_width, w)
+        stages.append((int(round(w / g) * g), d, g))
+    return stages
+
+
+def test_published_seer_sizes_are_the_ones_in_the_module():
+    assert SEER_TRUNK_PARAMS == SEER_PUBLISHED
+
+
+@pytest.mark.parametrize("name", list(SEER_PUBLISHED))
+def test_seer_trunk_parameter_counts(name):
+    count = trunk_parameter_count(name)  # meta device: the 10B model costs no memory
+    assert abs(count / SEER_PUBLISHED[name] - 1) < 0.005, (name, count)
+
+
+def test_regnety_200mf_matches_pycls():
+    with torch.device("meta"):
+        model = build_regnety("regnety_200mf")
+    widths, depths = PYCLS_STAGES["regnety_200mf"]
+    assert _stages(model) == [(w, d, 8) for w, d in zip(widths, depths, strict=True)]
+    assert model.num_features == 368
+    assert model.stem.conv.out_channels == 32
+
+
+@pytest.mark.parametrize("name", list(PYCLS_STAGES))
+def test_small_sizes_match_pycls_tables(name):
+    with torch.device("meta"):
+        model = build_regnety(name)
+    widths, depths = PYCLS_STAGES[name]
+    assert [s[:2] for s in _stages(model)] == list(zip(widths, depths, strict=True))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["regnety_200mf", "regnety_800mf", "regnety_3.2gf", "regnety_32gf", "regnety_256gf", "regnety_10b"],
+)
+def test_hand_quantised_widths_agree_with_built_trunk(name):
+    with torch.device("meta"):
+        model = build_regnety(name)
+    assert _stages(model) == _hand_stages(REGNETY[name])
+
+
+def test_seer_256gf_feature_dim_is_the_head_input():
+    with torch.device("meta"):
+        model = build_regnety("regnety_256gf")
+    assert model.num_features == 10444  # SEER head: 10444-8192-8192-256
+
+
+def test_small_stem_gives_total_stride_16():
+    """32-px inputs reach the last stage as 2x2 (stride 16), not 1x1 as with the ImageNet layout."""
+    torch.manual_seed(0)
+    model = build_regnety("regnety_200mf", stem="small").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        h = model.stem(x)
+        sizes = [h.shape[-1]]
+        for stage in (model.s1, model.s2, model.s3, model.s4):
+            h = stage(h)
+            sizes.append(h.shape[-1])
+        out = model(x)
+    assert sizes == [16, 16, 8, 4, 2]
+    assert out.shape == (2, model.num_features) == (2, 368)
+    assert torch.isfinite(out).all()
+
+
+def test_small_stem_keeps_the_parameters():
+    assert sum(p.numel() for p in build_regnety("regnety_200mf", stem="small").parameters()) == sum(
+        p.numel() for p in build_regnety("regnety_200mf").parameters()
+    )
+
+
+def test_imagenet_stem_halves_resolution():
+    with torch.device("meta"):
+        model = build_regnety("regnety_200mf")
+    assert model.stem.conv.stride == (2, 2)
+
+
+def test_unknown_stem_is_rejected():
+    with pytest.raises(ValueError, match="unknown stem 'tiny'"):
+        build_regnety("regnety_200mf", stem="tiny")
+
+
+def test_resnet50_feature_dim():
+    model = build_on_meta("resnet50")
+    assert feature_dim(model) == 2048
+    small = build_on_meta("resnet50", stem="small")
+    assert small.conv1.stride == (1, 1) and isinstance(small.maxpool, torch.nn.Identity)
+
+
+def test_build_backbone_regnet_is_trunk_without_classifier():
+    with torch.device("meta"):
+        model = build_backbone("regnety_400mf")
+    assert feature_dim(model) == 440
+    assert model.get_classifier() is None or isinstance(model.get_classifier(), torch.nn.Identity)
+
+
+def test_unknown_arch_lists_the_names():
+    with pytest.raises(ValueError) as info:
+        build_backbone("regnety_9000gf")
+    message = str(info.value)
+    assert "regnety_9000gf" in message
+    for name in ("regnety_200mf", "regnety_256gf", "regnety_10b", "resnet50"):
+        assert name in message
+    assert set(ARCHS) >= set(REGNETY) | {"resnet50"}
+    with pytest.raises(ValueError, match="available: regnety_200mf"):
+        build_regnety("resnet50")

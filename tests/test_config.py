@@ -1,0 +1,175 @@
+"""Typed config of `openseer pretrain`: defaults, shipped presets, key=value overrides, strict errors."""
+
+import pytest
+
+from openseer.config import ConfigError, dump_yaml, load_config, parse_overrides, preset_names, read_yaml
+from openseer.data.multicrop import CropSpec
+from openseer.train.config import PretrainConfig
+
+
+def test_defaults_follow_swav_imagenet_recipe():
+    cfg = load_config(PretrainConfig)
+    assert cfg == PretrainConfig()
+    assert cfg.model.arch == "resnet50" and cfg.model.prototypes == 3000 and cfg.model.out_dim == 128
+    assert cfg.swav.epsilon == 0.05 and cfg.swav.sinkhorn_iters == 3 and cfg.swav.temperature == 0.1
+    assert cfg.swav.crops_for_assign == [0, 1] and cfg.swav.queue_length == 3840
+    assert cfg.optim.base_lr == 0.3 and cfg.optim.final_lr == 0.0003 and cfg.optim.weight_decay == 1e-6
+    assert [(c.size, c.count) for c in cfg.crops] == [(224, 2), (96, 6)]
+
+
+def test_preset_names():
+    assert {"cpu", "swav-rn50", "seer-rg256gf"} <= set(preset_names())
+
+
+def test_seer_preset():
+    cfg = load_config(PretrainConfig, ["seer-rg256gf"])
+    m, s, o = cfg.model, cfg.swav, cfg.optim
+    assert m.arch == "regnety_256gf"
+    assert m.prototypes == 16000 and m.head_hidden == [8192, 8192] and not m.head_bn and m.out_dim == 256
+    assert s.sinkhorn_iters == 10 and s.epsilon == 0.05 and s.temperature == 0.1 and s.queue_length == 0
+    assert [(c.size, c.count) for c in cfg.crops] == [(224, 2), (96, 4)]
+    assert o.name == "lars" and o.warmup_steps == 8000 and o.weight_decay == 1e-5 and o.epochs == 1
+    assert o.base_lr == 0.3 and o.batch_size == 16
+    # SEER: lr 0.3 x batch/256 = 9.6 at 512 GPUs x 16, warm-up from 0.15 and down to 0.0096
+    global_batch = 512 * o.batch_size
+    assert o.base_lr * global_batch / 256 == pytest.approx(9.6)
+    assert o.start_lr * global_batch / 256 == pytest.approx(0.15)
+    assert o.final_lr * global_batch / 256 == pytest.approx(0.0096)
+    assert cfg.run.precision == "bf16"
+
+
+def test_swav_rn50_preset():
+    cfg = load_config(PretrainConfig, ["swav-rn50"])
+    assert cfg.model.arch == "resnet50" and cfg.model.prototypes == 3000
+    assert cfg.model.head_hidden == [2048] and cfg.model.head_bn and cfg.model.out_dim == 128
+    assert cfg.swav.queue_length == 3840 and cfg.swav.queue_start_epoch == 15
+    assert cfg.swav.sinkhorn_iters == 3 and cfg.swav.freeze_prototypes_iters == 313
+    assert cfg.crops == [CropSpec(224, 2, (0.14, 1.0)), CropSpec(96, 6, (0.05, 0.14))]
+    assert cfg.optim.epochs == 400 and cfg.optim.warmup_epochs == 10 and cfg.optim.weight_decay == 1e-6
+    assert cfg.optim.base_lr * 64 * 64 / 256 == pytest.approx(4.8)
+
+
+def test_cpu_preset():
+    cfg = load_config(PretrainConfig, ["cpu"])
+    assert cfg.model.arch == "regnety_200mf" and cfg.model.prototypes == 300
+    assert cfg.data.cache_size == 32 and cfg.swav.queue_length == 0
+    assert [(c.size, c.count) for c in cfg.crops] == [(32, 2), (16, 4)]
+    assert isinstance(cfg.crops[0], CropSpec) and cfg.crops[0].scale == (0.2, 1.0)
+
+
+def test_overrides_come_last_and_parse_yaml_values():
+    cfg = load_config(
+        PretrainConfig,
+        ["cpu"],
+        [
+            "optim.base_lr=1.2",
+            "optim.epochs=3",  # an int where a float is expected is accepted and converted
+            "model.head_hidden=[64, 32]",
+            "model.head_bn=false",
+            "data.cache_size=null",
+            "optim.warmup_steps=100",
+            "crops=[{size: 32, count: 2, scale: [0.2, 1.0]}]",
+        ],
+    )
+    assert cfg.optim.base_lr == 1.2
+    assert cfg.optim.epochs == 3.0 and isinstance(cfg.optim.epochs, float)
+    assert cfg.model.head_hidden == [64, 32] and cfg.model.head_bn is False
+    assert cfg.data.cache_size is None and cfg.optim.warmup_steps == 100
+    assert cfg.crops == [CropSpec(32, 2, (0.2, 1.0))]
+    assert cfg.model.arch == "regnety_200mf"  # untouched keys keep the preset's values
+
+
+def test_yaml_file_source(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  prototypes: 77\nswav:\n  epsilon: 0.03\n")
+    cfg = load_config(PretrainConfig, ["cpu", path])
+    assert cfg.model.prototypes == 77 and cfg.swav.epsilon == 0.03
+    assert cfg.model.arch == "regnety_200mf"
+
+
+def test_dump_and_reload_round_trip(tmp_path):
+    cfg = load_config(PretrainConfig, ["seer-rg256gf"], ["optim.base_lr=0.5"])
+    dump_yaml(cfg, tmp_path / "config.yaml")
+    assert load_config(PretrainConfig, [tmp_path / "config.yaml"]) == cfg
+
+
+def test_unknown_key_names_it_and_suggests_the_close_one():
+    with pytest.raises(ConfigError) as info:
+        load_config(PretrainConfig, overrides=["optim.base_lrr=0.1"])
+    message = str(info.value)
+    assert "unknown config key 'optim.base_lrr'" in message
+    assert "did you mean 'optim.base_lr'?" in message
+    with pytest.raises(ConfigError, match="unknown config key 'modle'; did you mean 'model'"):
+        load_config(PretrainConfig, overrides=["modle.arch=resnet50"])
+
+
+def test_unknown_key_inside_a_list_of_crops():
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'crops\[0\]\.sise'; did you mean 'crops\[0\]\.size'"
+    ):
+        load_config(PretrainConfig, overrides=["crops=[{sise: 32, count: 2, scale: [0.2, 1.0]}]"])
+
+
+@pytest.mark.parametrize(
+    "override,key,expected",
+    [
+        ("optim.batch_size=abc", "optim.batch_size", "expected int"),
+        ("optim.batch_size=2.5", "optim.batch_size", "expected int"),
+        ("model.head_bn=3", "model.head_bn", "expected bool"),
+        ("optim.base_lr=fast", "optim.base_lr", "expected float"),
+        ("run.precision=fp8", "run.precision", "expected one of 'fp32', 'bf16', 'fp16'"),
+        ("model.head_hidden=512", "model.head_hidden", "expected a list of int"),
+        ("data.cache_size=big", "data.cache_size", "expected int or null"),
+        ("crops=[{size: 32, count: 2, scale: [0.2]}]", "crops[0].scale", "expected a list of 2 values"),
+    ],
+)
+def test_wrong_type_names_key_and_expected_type(override, key, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(PretrainConfig, overrides=[override])
+    message = str(info.value)
+    assert f"config key '{key}'" in message
+    assert expected in message
+
+
+def test_crops_for_assign_out_of_range():
+    with pytest.raises(
+        ConfigError, match=r"swav\.crops_for_assign.*crop 6 asked for.*defines 6 \(indices 0\.\.5\)"
+    ):
+        load_config(PretrainConfig, ["cpu"], ["swav.crops_for_assign=[0, 6]"])
+    with pytest.raises(ConfigError, match="crop -1"):
+        load_config(PretrainConfig, ["cpu"], ["swav.crops_for_assign=[-1]"])
+
+
+def test_semantic_checks():
+    with pytest.raises(ConfigError, match="SwAV needs at least 2"):
+        load_config(PretrainConfig, overrides=["crops=[{size: 32, count: 1, scale: [0.2, 1.0]}]"])
+    with pytest.raises(ConfigError, match=r"crops\[0\]"):
+        load_config(PretrainConfig, overrides=["crops=[{size: 32, count: 2, scale: [0.5, 0.2]}]"])
+    with pytest.raises(ConfigError, match="swav.sinkhorn_iters"):
+        load_config(PretrainConfig, overrides=["swav.sinkhorn_iters=0"])
+    with pytest.raises(ConfigError, match="swav.epsilon"):
+        load_config(PretrainConfig, overrides=["swav.epsilon=0"])
+    with pytest.raises(ConfigError, match="data.holdout"):
+        load_config(PretrainConfig, overrides=["data.holdout=1.0"])
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(ConfigError) as info:
+        load_config(PretrainConfig, ["seer-huge"])
+    message = str(info.value)
+    assert "unknown preset 'seer-huge'" in message
+    for name in ("cpu", "seer-rg256gf", "swav-rn50"):
+        assert name in message
+
+
+def test_missing_yaml_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_yaml(tmp_path / "nope.yaml")
+
+
+def test_malformed_overrides():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["optim.base_lr"])
+    with pytest.raises(ConfigError, match="empty key"):
+        parse_overrides(["optim..base_lr=1"])
+    assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=x"]) == {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
