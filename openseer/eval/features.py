@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -84,35 +84,60 @@ def extract_features(
 
     Give either ``images`` (uint8 (N,3,H,W)) or ``paths``; unreadable files are left out of the indices.
     """
+    feats, index = [], []
+    for f, idx in feature_batches(
+        backbone, size, mean, std, images, paths, batch_size, device, workers, channels_last
+    ):
+        feats.append(f)
+        index.append(idx)
+    if not feats:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(index)
+
+
+def feature_batches(
+    backbone: nn.Module,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    images: torch.Tensor | None = None,
+    paths: Sequence[Path] | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    workers: int = 2,
+    channels_last: bool = True,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`extract_features` one batch at a time: yields features (B, D) float32 on CPU and indices (B,).
+
+    A generator so that callers can show progress or stop early; the backbone is in eval mode while it runs.
+    """
     device = torch.device(device)
     was_training = backbone.training
     backbone.eval()
-    feats, index = [], []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        # no_grad per batch, never across a yield: grad mode is global and would leak into the caller
+        with torch.no_grad():
+            return backbone(x).float().cpu()
+
     try:
         if images is not None:
             for start in range(0, len(images), batch_size):
                 x = normalize_uint8(
                     images[start : start + batch_size].to(device), size, mean, std, channels_last
                 )
-                feats.append(backbone(x).float().cpu())
-            index = [torch.arange(len(images))]
-        else:
-            dataset = UnlabelledImages(list(paths or []), transform=eval_transform(size, mean, std))
-            loader = DataLoader(
-                dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping
-            )
-            for x, idx in loader:
-                if x is None:
-                    continue
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                feats.append(backbone(x.to(device)).float().cpu())
-                index.append(idx)
+                yield forward(x), torch.arange(start, start + len(x))
+            return
+        dataset = UnlabelledImages(list(paths or []), transform=eval_transform(size, mean, std))
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping)
+        for x, idx in loader:
+            if x is None:
+                continue
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield forward(x.to(device)), idx
     finally:
         backbone.train(was_training)
-    if not feats:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
-    return torch.cat(feats), torch.cat(index)
 
 
 def collate_skipping(batch: list) -> tuple[torch.Tensor | None, torch.Tensor]:

@@ -115,8 +115,8 @@ class RunConfig:
     """Intra-op CPU threads (null: the number of cores)."""
     compile: bool = False
     budget_minutes: float | None = None
-    """Wall-clock budget: after `calibrate_steps` steps the schedule length is set from the measured speed."""
-    calibrate_steps: int = 20
+    """Train for this many minutes; the lr schedule then follows the fraction of the budget spent (warm-up:
+    optim.warmup_fraction) instead of optim.epochs."""
     max_steps: int | None = None
     log_every: int = 10
     checkpoint_every: int = 500
@@ -130,6 +130,8 @@ class RunConfig:
     after pretraining), so that neither is scored with statistics of another input distribution."""
     knn_k: int = 200
     knn_temperature: float = 0.1
+    max_nonfinite_steps: int = 20
+    """Stop with advice after this many non-finite steps in a row (each one is skipped)."""
     dist_timeout_s: float = 600.0
 
 

@@ -41,6 +41,8 @@ from openseer.train.monitor import CollapseMonitor, MetricsWriter
 
 log = logging.getLogger(__name__)
 
+_BUDGET_GRID = 10_000  # resolution of the lr schedule over a wall-clock budget
+
 
 @dataclass
 class PretrainResult:
@@ -55,6 +57,28 @@ class PretrainResult:
     knn_top5_random: float | None = None
     skipped_images: int = 0
     nonfinite_steps: int = 0
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row; the message says what to change and where to resume from."""
+
+
+def _finite_step(loss: torch.Tensor, model: torch.nn.Module) -> bool:
+    if not torch.isfinite(loss):
+        return False
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return bool(torch.isfinite(torch.stack([g.abs().sum() for g in grads]).sum())) if grads else True
+
+
+def _divergence_message(step: int, streak: int, cfg: PretrainConfig, ckpt_dir: Path) -> str:
+    last = latest_checkpoint(ckpt_dir)
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    return (
+        f"training diverged: {streak} steps in a row up to step {step} had a non-finite loss or gradient. "
+        f"Likely causes: a learning rate too high (optim.base_lr={cfg.optim.base_lr}), a Sinkhorn epsilon too "
+        f"small (swav.epsilon={cfg.swav.epsilon}), fp16 overflow (run.precision={cfg.run.precision}; try bf16 "
+        f"or fp32). {where}; lower the lr and rerun with --resume."
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -173,9 +197,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         model = model.to(memory_format=torch.channels_last)
     scorable = data.bank is not None and data.test is not None and cfg.run.knn_at_end
     knn_random = None
-    if scorable and not resume and distributed.is_main():
-        knn_random = knn_eval(model.backbone, data, cfg, device)
-        log.info("kNN at random initialisation: top-1 %.4f top-5 %.4f", *knn_random)
+    random_file = out_dir / "knn_random.json"  # scored once per run folder, reused on resume
+    if scorable and distributed.is_main():
+        if resume and random_file.exists():
+            knn_random = tuple(json.loads(random_file.read_text()))
+        elif not resume:
+            knn_random = knn_eval(model.backbone, data, cfg, device)
+            random_file.write_text(json.dumps(list(knn_random)))
+            log.info("kNN at random initialisation: top-1 %.4f top-5 %.4f", *knn_random)
     train_model: torch.nn.Module = model
     if world > 1:
         train_model = DistributedDataParallel(
@@ -207,8 +236,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             start=cfg.optim.start_lr * lr_scale,
         )
 
-    total_steps = max(1, round(cfg.optim.epochs * steps_per_epoch))
-    calibrated = cfg.run.budget_minutes is None
+    # With a wall-clock budget the schedule runs over the fraction of the budget spent, not over steps, so it
+    # ends exactly when the budget does, whatever the speed of the machine (and of its neighbours).
+    budget_s = cfg.run.budget_minutes * 60 if cfg.run.budget_minutes is not None else math.inf
+    budgeted = math.isfinite(budget_s)
+    total_steps = _BUDGET_GRID if budgeted else max(1, round(cfg.optim.epochs * steps_per_epoch))
     queue = EmbeddingQueue(
         len(cfg.swav.crops_for_assign), cfg.swav.queue_length // world, cfg.model.out_dim, device
     )
@@ -220,7 +252,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     )
 
     # ============ resume ============
-    step, images_seen, train_seconds, nonfinite = 0, 0, 0.0, 0
+    step, images_seen, train_seconds, nonfinite, bad_streak = 0, 0, 0.0, 0, 0
     if resume:
         path = latest_checkpoint(ckpt_dir)
         if path is None:
@@ -233,10 +265,17 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             queue.load_state_dict(state["queue"])
             step, total_steps = state["step"], state["total_steps"]
             images_seen, train_seconds = state["images_seen"], state["train_seconds"]
-            nonfinite, calibrated = state.get("nonfinite", 0), True
-            torch.set_rng_state(state["rng_cpu"])
+            nonfinite = state.get("nonfinite", 0)
+            torch.set_rng_state(state["rng_cpu"].cpu())
+            if device.type == "cuda" and state.get("rng_cuda"):
+                torch.cuda.set_rng_state_all([t.cpu() for t in state["rng_cuda"]])
             log.info("resumed from %s at step %d of %d", path, step, total_steps)
     schedule = make_schedule(total_steps)
+
+    def lr_at(at_step: int) -> float:
+        if budgeted:
+            return float(schedule[min(int(train_seconds / budget_s * _BUDGET_GRID), _BUDGET_GRID - 1)])
+        return float(schedule[at_step])
 
     def save(at_step: int) -> None:
         if not distributed.is_main():
@@ -253,26 +292,27 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             "nonfinite": nonfinite,
             "config": to_dict(cfg),
             "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
         }
         save_checkpoint(state, ckpt_dir, at_step, keep=cfg.run.keep_checkpoints)
 
     # ============ training loop ============
     writer = MetricsWriter(out_dir, cfg.run.tensorboard) if distributed.is_main() else None
     monitor = CollapseMonitor(
-        cfg.model.prototypes, grace=max(warmup_for(total_steps), cfg.swav.freeze_prototypes_iters) + 50
+        cfg.model.prototypes,
+        grace=max(0 if budgeted else warmup_for(total_steps), cfg.swav.freeze_prototypes_iters) + 100,
     )
     bar = None
     if cfg.run.progress and distributed.is_main():
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=None if budgeted else total_steps, initial=step, unit="step", dynamic_ncols=True)
     stop_at = cfg.run.max_steps if cfg.run.max_steps is not None else math.inf
-    budget_s = cfg.run.budget_minutes * 60 if cfg.run.budget_minutes is not None else math.inf
     loss_value, batches_iter, epoch = float("nan"), None, -1
-    calib_from, calib_seconds = step + 5, 0.0
     window_start, window_images = time.perf_counter(), 0
     step_start = time.perf_counter()
-    while step < min(total_steps, stop_at) and train_seconds < budget_s:
+    last_step = math.inf if budgeted else total_steps
+    while step < min(last_step, stop_at) and train_seconds < budget_s:
         if step // steps_per_epoch != epoch or batches_iter is None:
             if epoch >= 0 and len(batches.skipped) and distributed.is_main():
                 log.warning("epoch %d: %s", epoch, batches.skipped.summary())
@@ -281,7 +321,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         crops = next(batches_iter)
         bs = crops[0].shape[0]
         for group in optimizer.param_groups:
-            group["lr"] = float(schedule[step])
+            group["lr"] = lr_at(step)
         model.head.normalize_prototypes()
 
         # multi-crop forward: same-size crops share one backbone pass
@@ -301,14 +341,22 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         loss = swav_loss(scores, codes, crops_total, cfg.swav.crops_for_assign, cfg.swav.temperature)
 
         optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            nonfinite += 1
-            log.warning("step %d: non-finite loss, step skipped (%d so far)", step, nonfinite)
-            step += 1
-            continue
         scaler.scale(loss).backward()
         if step < cfg.swav.freeze_prototypes_iters:  # prototypes frozen for the first iterations
             model.head.prototypes.weight.grad = None
+        # a non-finite loss or gradient on any process skips the step everywhere (fp16 overflow is the
+        # scaler's business: it skips and lowers its scale by itself)
+        if not scaler.is_enabled():
+            bad = torch.tensor(0.0 if _finite_step(loss, model) else 1.0, device=device)
+            if distributed.all_reduce_max(bad).item() > 0:
+                nonfinite, bad_streak = nonfinite + 1, bad_streak + 1
+                log.warning("step %d: non-finite loss or gradient, step skipped (%d so far)", step, nonfinite)
+                if bad_streak >= cfg.run.max_nonfinite_steps:
+                    raise TrainingDiverged(_divergence_message(step, bad_streak, cfg, ckpt_dir))
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                continue
+        bad_streak = 0
         scaler.step(optimizer)
         scaler.update()
 
@@ -319,33 +367,15 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         train_seconds += now - step_start
         step_start = now
 
-        # ============ budget calibration ============
-        if not calibrated and step == calib_from:
-            calib_seconds = train_seconds  # the first steps (compilation, allocator warm-up) are not typical
-        if not calibrated and step >= calib_from + cfg.run.calibrate_steps:
-            per_step = (train_seconds - calib_seconds) / cfg.run.calibrate_steps
-            total_steps = max(step + 1, step + int((budget_s - train_seconds) / per_step))
-            schedule = make_schedule(total_steps)
-            calibrated = True
-            if bar is not None:
-                bar.total = total_steps
-            log.info(
-                "budget %.1f min at %.3f s/step: %d steps (%.2f epochs)",
-                budget_s / 60,
-                per_step,
-                total_steps,
-                total_steps / steps_per_epoch,
-            )
-
         # ============ logging and checkpoints ============
         loss_value = float(loss.detach())
-        if step % cfg.run.log_every == 0 or step == total_steps:
+        if step % cfg.run.log_every == 0 or step == last_step:
             health = cluster_health(codes[0])
             rate = window_images / max(now - window_start, 1e-9)
             window_start, window_images = now, 0
             metrics = {
                 "loss": loss_value,
-                "lr": float(schedule[step - 1]),
+                "lr": optimizer.param_groups[0]["lr"],
                 "imgs_per_s": rate,
                 "epoch": step / steps_per_epoch,
                 **health,
@@ -360,7 +390,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             if step % cfg.run.log_every == 0:
                 bar.set_postfix(
                     loss=f"{loss_value:.3f}",
-                    lr=f"{float(schedule[step - 1]):.3g}",
+                    lr=f"{optimizer.param_groups[0]['lr']:.3g}",
                     img_s=f"{images_seen / max(train_seconds, 1e-9):.0f}",
                 )
         if step % cfg.run.checkpoint_every == 0:
