@@ -42,7 +42,9 @@ def cifar10_folder(tar_path: Path = CIFAR_TAR) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", choices=["builtin", "cifar10"], default="builtin")
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--preset", default="cpu")
@@ -54,18 +56,24 @@ def main() -> None:
     source = "builtin" if args.data == "builtin" else str(cifar10_folder())
     out = args.out or f"runs/bench-{args.data}-{args.minutes:g}m"
     overrides = [
-        f"data.source={source}", f"run.budget_minutes={args.minutes}", f"run.out_dir={out}",
-        "run.knn_at_end=true", "run.progress=false", *args.overrides,
+        f"data.source={source}",
+        f"run.budget_minutes={args.minutes}",
+        f"run.out_dir={out}",
+        "run.knn_at_end=true",
+        "run.progress=false",
+        *args.overrides,
     ]
     cfg = load_config(PretrainConfig, [args.preset], overrides)
     started = time.perf_counter()
     result = pretrain(cfg)
     wall = time.perf_counter() - started
     rate = result.images_seen / max(result.train_seconds, 1e-9)
-    print(f"data={args.data} preset={args.preset} train_minutes={result.train_seconds / 60:.2f} "
-          f"wall_minutes={wall / 60:.2f} steps={result.steps} images={result.images_seen} imgs_per_s={rate:.1f} "
-          f"final_loss={result.final_loss:.4f} knn_top5_pretrained={result.knn_top5:.4f} "
-          f"knn_top5_random={result.knn_top5_random:.4f}")
+    print(
+        f"data={args.data} preset={args.preset} train_minutes={result.train_seconds / 60:.2f} "
+        f"wall_minutes={wall / 60:.2f} steps={result.steps} images={result.images_seen} imgs_per_s={rate:.1f} "
+        f"final_loss={result.final_loss:.4f} knn_top5_pretrained={result.knn_top5:.4f} "
+        f"knn_top5_random={result.knn_top5_random:.4f}"
+    )
     print(f"knn_top1_pretrained={result.knn_top1:.4f} knn_top1_random={result.knn_top1_random:.4f}")
 
 

@@ -10,9 +10,12 @@ from collections.abc import Sequence
 
 from openseer.config import ConfigError, load_config, preset_names, to_dict
 
-
 # Each module adds its sub-commands with `register(subparsers)`; imports stay light until a command runs.
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = [
+    "openseer.interop.commands",
+    "openseer.eval.commands",
+    "openseer.data.commands",
+]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -39,21 +42,32 @@ def _pretrain(args: argparse.Namespace) -> int:
     with logging_redirect_tqdm():
         result = pretrain(cfg, resume=args.resume)
     if distributed.is_main():
+        quick = {}
+        if args.evaluate:  # a linear probe on the held-out split and the run's HTML report
+            from openseer.eval.quick import evaluate_run
+
+            quick = evaluate_run(result.out_dir, device=cfg.run.device)
         rate = result.images_seen / max(result.train_seconds, 1e-9)
         print(
             f"\npretraining: {result.steps} steps, {result.images_seen} images in "
             f"{result.train_seconds / 60:.1f} min ({rate:.0f} img/s), final loss {result.final_loss:.4f}"
         )
         if result.knn_top1 is not None:
-            print(f"{'kNN on held-out images':<28}{'top-1':>8}{'top-5':>8}")
+            print(f"{'held-out images':<34}{'top-1':>8}{'top-5':>8}")
             if result.knn_top1_random is not None:
                 print(
-                    f"{'  random initialisation':<28}{result.knn_top1_random:>8.4f}{result.knn_top5_random:>8.4f}"
+                    f"{'  kNN, random initialisation':<34}{result.knn_top1_random:>8.4f}{result.knn_top5_random:>8.4f}"
                 )
-            print(f"{'  after pretraining':<28}{result.knn_top1:>8.4f}{result.knn_top5:>8.4f}")
+            print(f"{'  kNN, after pretraining':<34}{result.knn_top1:>8.4f}{result.knn_top5:>8.4f}")
+        if "linear_top1" in quick:
+            print(
+                f"{'  linear probe (quick), pretrained':<34}{quick['linear_top1']:>8.4f}{quick['linear_top5']:>8.4f}"
+            )
         if result.skipped_images:
             print(f"skipped images: {result.skipped_images} (see the log for which and why)")
         print(f"run folder: {result.out_dir}")
+        if "report" in quick:
+            print(f"report: {quick['report']}")
     distributed.destroy()
     return 0
 
@@ -81,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument(
+        "--no-eval",
+        dest="evaluate",
+        action="store_false",
+        help="skip the quick evaluation (linear probe) and the HTML report at the end",
+    )
+    p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. optim.base_lr=0.6 model.prototypes=300"
     )
     p.set_defaults(func=_pretrain)
@@ -92,12 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from openseer.data.folders import DataError
     from openseer.train.checkpoint import CheckpointError
+    from openseer.train.pretrain import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, TrainingDiverged) as err:
         print(f"openseer: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

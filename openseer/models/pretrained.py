@@ -26,7 +26,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[SwAVModel, PretrainConfig]:
+def load_pretrained(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[SwAVModel, PretrainConfig]:
     """(SwAVModel with trained weights in eval mode, the config it was trained with).
 
     ``path``: a ``ckpt-*.pt`` file or a run folder. Mismatched weights raise a CheckpointError listing the
@@ -37,14 +39,18 @@ def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
     file = resolve_checkpoint(path)
     state = load_checkpoint(file, map_location=map_location)
     if "config" not in state or "model" not in state:
-        raise CheckpointError(f"{file} is not an openseer pretraining checkpoint (no 'config'/'model' entries)")
+        raise CheckpointError(
+            f"{file} is not an openseer pretraining checkpoint (no 'config'/'model' entries)"
+        )
     cfg = from_dict(PretrainConfig, state["config"])
     model = build_model(cfg)
     load_state_checked(model, state["model"], source=str(file))
     return model.eval(), cfg
 
 
-def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_state_checked(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
     """``load_state_dict`` that reports every missing, unexpected and mismatched key in one error."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))

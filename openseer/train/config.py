@@ -136,6 +136,28 @@ class RunConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How the model is spread over processes (``torchrun``/SLURM); ignored by a single process.
+
+    'ddp': every process holds the whole model and gradients are all-reduced. 'fsdp': parameters, gradients and
+    optimiser state are sharded (FSDP2 ``fully_shard`` per RegNet block), checkpoints are sharded too
+    (``torch.distributed.checkpoint``) and resumable with another number of processes.
+    """
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    sync_bn: bool = False
+    """BatchNorm statistics over the batch of a group of processes (SEER: groups of 64 GPUs). CUDA only."""
+    sync_bn_group: int | None = None
+    """Processes per SyncBatchNorm group (consecutive ranks; must divide the world size); null: all."""
+    activation_checkpointing: bool = False
+    """Recompute each backbone stage in the backward pass instead of storing its activations."""
+
+    def validate(self) -> None:
+        if self.sync_bn_group is not None and self.sync_bn_group < 1:
+            raise ConfigError(f"config key 'parallel.sync_bn_group': got {self.sync_bn_group}, expected >= 1")
+
+
+@dataclass
 class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     crops: list[CropSpec] = field(
@@ -146,6 +168,7 @@ class PretrainConfig:
     swav: SwAVConfig = field(default_factory=SwAVConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def validate(self) -> None:
         n_crops = sum(c.count for c in self.crops)

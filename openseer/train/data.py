@@ -36,6 +36,7 @@ from openseer.data.folders import (
 )
 from openseer.data.images import SkipLog
 from openseer.data.multicrop import AugmentSpec, CropSpec, MultiCrop, collate_multicrop
+from openseer.data.shards import ShardList, is_shard_source, resolve_shards
 from openseer.train.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,15 @@ class PretrainData:
 
     train_images: torch.Tensor | None = None  # (N,3,H,W) uint8, tensor path
     train_paths: list[Path] | None = None  # loader path
+    train_shards: ShardList | None = None  # streamed from tar shards (openseer.data.shards)
     bank: LabelledSet | None = None
     test: LabelledSet | None = None
     description: str = ""
     skipped: SkipLog = field(default_factory=SkipLog)
 
     def __len__(self) -> int:
+        if self.train_shards is not None:
+            return len(self.train_shards)
         return len(self.train_images) if self.train_images is not None else len(self.train_paths or [])
 
 
@@ -80,6 +84,12 @@ def prepare_data(cfg: DataConfig, seed: int = 0, progress: bool = False) -> Pret
             bank=LabelledSet(train.targets, train.classes, images=train.images),
             test=LabelledSet(test.targets, test.classes, images=test.images),
             description=f"{train.source}: {len(train.images)} training, {len(test.images)} held-out images",
+        )
+    if is_shard_source(cfg.source):
+        shards = resolve_shards(cfg.source)
+        return PretrainData(
+            train_shards=shards,
+            description=f"{cfg.source}: {len(shards)} images in {len(shards.urls)} shards",
         )
 
     root = Path(cfg.source).expanduser()

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from openseer import distributed
 from openseer.config import dump_yaml, to_dict
 from openseer.data.folders import UnlabelledImages
 from openseer.data.multicrop import n_crops
+from openseer.data.shards import ShardBatches
 from openseer.eval.features import (
     collate_skipping,
     eval_transform,
@@ -38,6 +38,8 @@ from openseer.train.checkpoint import latest_checkpoint, load_checkpoint, save_c
 from openseer.train.config import PretrainConfig
 from openseer.train.data import LabelledSet, LoaderBatches, PretrainData, TensorBatches, prepare_data
 from openseer.train.monitor import CollapseMonitor, MetricsWriter
+from openseer.train.parallel import full_backbone, parallelize
+from openseer.train.sharded_checkpoint import latest_sharded, load_sharded, save_sharded
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +106,17 @@ def build_model(cfg: PretrainConfig) -> SwAVModel:
 
 
 def _calibration_batches(split: LabelledSet, cfg: PretrainConfig, device: torch.device, n: int = 4096):
+    """Un-augmented images for BatchNorm re-estimation: a seeded random sample (the sets are sorted by class)."""
     size, mean, std = cfg.crops[0].size, cfg.augment.mean, cfg.augment.std
+    pick = torch.randperm(len(split.targets), generator=torch.Generator().manual_seed(0))[:n]
     if split.images is not None:
-        pick = torch.randperm(len(split.images), generator=torch.Generator().manual_seed(0))[:n]
         for start in range(0, len(pick), 256):
             yield normalize_uint8(
                 split.images[pick[start : start + 256]].to(device), size, mean, std, cfg.model.channels_last
             )
         return
-    dataset = UnlabelledImages(list(split.paths or [])[:n], transform=eval_transform(size, mean, std))
+    paths = list(split.paths or [])
+    dataset = UnlabelledImages([paths[i] for i in pick.tolist()], transform=eval_transform(size, mean, std))
     for x, _ in DataLoader(
         dataset, batch_size=256, num_workers=cfg.data.workers, collate_fn=collate_skipping
     ):
@@ -183,6 +187,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     )
     if data.train_images is not None:
         batches = TensorBatches(data.train_images, **stream_kwargs)
+    elif data.train_shards is not None:
+        batches = ShardBatches(
+            data.train_shards, workers=cfg.data.workers, max_pixels=cfg.data.max_pixels, **stream_kwargs
+        )
     else:
         batches = LoaderBatches(
             data.train_paths, workers=cfg.data.workers, max_pixels=cfg.data.max_pixels, **stream_kwargs
@@ -205,11 +213,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             knn_random = knn_eval(model.backbone, data, cfg, device)
             random_file.write_text(json.dumps(list(knn_random)))
             log.info("kNN at random initialisation: top-1 %.4f top-5 %.4f", *knn_random)
-    train_model: torch.nn.Module = model
-    if world > 1:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    # DDP wrapper, or FSDP: `model` sharded in place (then its parameters are DTensor shards)
+    train_model = parallelize(model, cfg.parallel, device, cfg.run.precision)
     forward = torch.compile(train_model) if cfg.run.compile else train_model
 
     # ============ optimiser, schedule, queue ============
@@ -253,16 +258,20 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
 
     # ============ resume ============
     step, images_seen, train_seconds, nonfinite, bad_streak = 0, 0, 0.0, 0, 0
+    sharded = cfg.parallel.strategy == "fsdp"  # checkpoints with torch.distributed.checkpoint
     if resume:
-        path = latest_checkpoint(ckpt_dir)
+        path = latest_sharded(ckpt_dir) if sharded else latest_checkpoint(ckpt_dir)
         if path is None:
             log.warning("--resume: no usable checkpoint in %s, starting from scratch", ckpt_dir)
         else:
-            state = load_checkpoint(path, map_location=device)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            if sharded:  # loaded in place and resharded to this number of processes
+                state = load_sharded(path, model, optimizer, queue)
+            else:
+                state = load_checkpoint(path, map_location=device)
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                queue.load_state_dict(state["queue"])
             scaler.load_state_dict(state["scaler"])
-            queue.load_state_dict(state["queue"])
             step, total_steps = state["step"], state["total_steps"]
             images_seen, train_seconds = state["images_seen"], state["train_seconds"]
             nonfinite = state.get("nonfinite", 0)
@@ -278,13 +287,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         return float(schedule[at_step])
 
     def save(at_step: int) -> None:
-        if not distributed.is_main():
+        if not sharded and not distributed.is_main():
             return
         state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
-            "queue": queue.state_dict(),
             "step": at_step,
             "total_steps": total_steps,
             "images_seen": images_seen,
@@ -294,6 +300,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
         }
+        if sharded:  # every process writes its own shards
+            save_sharded(ckpt_dir, at_step, model, optimizer, queue, state, keep=cfg.run.keep_checkpoints)
+            return
+        state.update(model=model.state_dict(), optimizer=optimizer.state_dict(), queue=queue.state_dict())
         save_checkpoint(state, ckpt_dir, at_step, keep=cfg.run.keep_checkpoints)
 
     # ============ training loop ============
@@ -334,7 +344,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             for i, crop_id in enumerate(cfg.swav.crops_for_assign):
                 out = scores[bs * crop_id : bs * (crop_id + 1)].detach()
                 if use_queue and queue.full:
-                    out = torch.cat([queue.embeddings[i] @ model.head.prototypes.weight.t(), out])
+                    out = torch.cat([model.head.prototypes(queue.embeddings[i]), out])
                 codes.append(sinkhorn(out, cfg.swav.epsilon, cfg.swav.sinkhorn_iters)[-bs:])
                 if use_queue:
                     queue.push(i, z[bs * crop_id : bs * (crop_id + 1)])
@@ -371,6 +381,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         loss_value = float(loss.detach())
         if step % cfg.run.log_every == 0 or step == last_step:
             health = cluster_health(codes[0])
+            with torch.no_grad():  # mean cosine between embeddings of the batch: -> 1 when features collapse
+                z0 = z[:bs].float()
+                health["embedding_similarity"] = float((z0 @ z0.t()).mean())
             rate = window_images / max(now - window_start, 1e-9)
             window_start, window_images = now, 0
             metrics = {
@@ -417,8 +430,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     )
     if knn_random is not None:
         result.knn_top1_random, result.knn_top5_random = knn_random
-    if scorable and distributed.is_main():
-        result.knn_top1, result.knn_top5 = knn_eval(model.backbone, data, cfg, device)
+    if scorable:
+        backbone = full_backbone(model, lambda: build_model(cfg).to(device))  # a collective under FSDP
+        if distributed.is_main():
+            result.knn_top1, result.knn_top5 = knn_eval(backbone, data, cfg, device)
     if writer is not None:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}
         writer.write(step, {f"final/{k}": v for k, v in summary.items() if isinstance(v, int | float)})

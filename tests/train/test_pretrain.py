@@ -86,8 +86,11 @@ def test_prototypes_frozen_then_trained(folder: Path, tmp_path: Path) -> None:
     def prototypes_after(steps: int, freeze: int) -> torch.Tensor:
         out = tmp_path / f"run{steps}-{freeze}"
         cfg = load_config(
-            PretrainConfig, [], tiny_overrides(folder, out, run__max_steps=steps, swav__freeze_prototypes_iters=freeze,
-                                               run__knn_at_end=False)
+            PretrainConfig,
+            [],
+            tiny_overrides(
+                folder, out, run__max_steps=steps, swav__freeze_prototypes_iters=freeze, run__knn_at_end=False
+            ),
         )
         pretrain(cfg)
         return load_checkpoint(latest_checkpoint(out / "checkpoints"))["model"]["head.prototypes.weight"]
@@ -101,10 +104,17 @@ def test_prototypes_frozen_then_trained(folder: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("cache_size", [16, None])
-def test_interrupted_run_resumes_to_identical_weights(folder: Path, tmp_path: Path, cache_size: int | None) -> None:
+def test_interrupted_run_resumes_to_identical_weights(
+    folder: Path, tmp_path: Path, cache_size: int | None
+) -> None:
     """Steps 0..5 in one go == steps 0..2, stop, resume, steps 3..5 (data order, crops, queue, schedule)."""
-    common = dict(data__cache_size="null" if cache_size is None else cache_size, swav__queue_length=16,
-                  swav__queue_start_epoch=0.0, run__checkpoint_every=3, run__knn_at_end=False)
+    common = dict(
+        data__cache_size="null" if cache_size is None else cache_size,
+        swav__queue_length=16,
+        swav__queue_start_epoch=0.0,
+        run__checkpoint_every=3,
+        run__knn_at_end=False,
+    )
     straight = tmp_path / "straight"
     pretrain(load_config(PretrainConfig, [], tiny_overrides(folder, straight, **common)))
     split = tmp_path / "split"
@@ -126,8 +136,11 @@ def test_streaming_path_skips_and_counts_bad_files(folder: Path, tmp_path: Path)
     (dirty / "class0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (dirty / "class1" / "empty.png").write_bytes(b"")
     cfg = load_config(
-        PretrainConfig, [], tiny_overrides(dirty, tmp_path / "run", data__cache_size="null", data__holdout=0.0,
-                                           run__knn_at_end=False)
+        PretrainConfig,
+        [],
+        tiny_overrides(
+            dirty, tmp_path / "run", data__cache_size="null", data__holdout=0.0, run__knn_at_end=False
+        ),
     )
     result = pretrain(cfg)
     assert result.steps == 50 // 8  # 48 good + 2 bad files, batch 8

@@ -1,0 +1,529 @@
+"""Pooled backbone features of an image set, cached on disk and reused by every evaluation.
+
+A data spec (``builtin``, ``builtin:test``, an ImageFolder tree, a CSV of ``path,label``, a folder or list of
+unlabelled images) becomes an :class:`EvalData`; an :class:`Embedder` (a backbone plus its preprocessing and an
+identity) turns it into :class:`Features`. The cache key hashes the weights, the data, the image size and the
+normalisation, so any command that needs the same features finds them instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from openseer.config import ConfigError
+from openseer.data.builtin import load_builtin
+from openseer.data.cache import cache_key, default_cache_dir
+from openseer.data.folders import DataError, LabelledImages, UnlabelledImages, list_images, split_per_class
+from openseer.eval.features import (
+    collate_skipping,
+    eval_transform,
+    feature_batches,
+    normalize_uint8,
+    recalibrate_batchnorm,
+)
+from openseer.models.head import SwAVModel
+from openseer.models.pretrained import load_pretrained, resolve_checkpoint
+from openseer.train.config import PretrainConfig
+
+log = logging.getLogger(__name__)
+
+# Bump when the way features are computed changes, so stale cache entries are not reused.
+FORMAT_VERSION = 1
+
+
+# ============ data ============
+
+
+@dataclass
+class EvalData:
+    """Images to embed, held as uint8 (N,3,H,W) in memory or as N file paths; labels when known.
+
+    ``name`` says where the images came from (``builtin:train``, a folder...), for logs and result files.
+    ``targets`` (N,) int64 index ``classes``.
+    """
+
+    name: str
+    targets: torch.Tensor | None = None
+    classes: list[str] = field(default_factory=list)
+    images: torch.Tensor | None = None
+    paths: list[Path] | None = None
+    _key: str | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.images) if self.images is not None else len(self.paths or [])
+
+    @property
+    def labelled(self) -> bool:
+        return self.targets is not None
+
+    def subset(self, idx: torch.Tensor, name: str | None = None) -> EvalData:
+        """The rows ``idx`` (K,) of this set, in that order."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return EvalData(
+            name=name or self.name,
+            targets=self.targets[idx] if self.targets is not None else None,
+            classes=list(self.classes),
+            images=self.images[idx] if self.images is not None else None,
+            paths=[self.paths[i] for i in idx.tolist()] if self.paths is not None else None,
+        )
+
+    def key(self) -> str:
+        """Content identity: the pixels of in-memory images, or each file's path, size and mtime."""
+        if self._key is None:
+            h = hashlib.sha256(f"v{FORMAT_VERSION}".encode())
+            if self.images is not None:
+                h.update(str(tuple(self.images.shape)).encode())
+                h.update(memoryview(self.images.contiguous().numpy()).cast("B"))
+            else:
+                h.update(cache_key(self.paths or [], 0).encode())
+            self._key = h.hexdigest()
+        return self._key
+
+    def items(self, index: torch.Tensor | None = None) -> list[str]:
+        """A name per row (file path, or ``name#row`` for in-memory images)."""
+        rows = range(len(self)) if index is None else index.tolist()
+        if self.paths is not None:
+            return [str(self.paths[i]) for i in rows]
+        return [f"{self.name}#{i}" for i in rows]
+
+
+def _csv_has_labels(path: Path) -> bool:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), [])
+    return "label" in {name.strip().lower() for name in header}
+
+
+def _has_class_folders(root: Path, paths: Sequence[Path]) -> bool:
+    """Every image sits directly in one of at least two sub-folders (the ImageFolder layout)."""
+    depths = [len(p.relative_to(root).parts) for p in paths]
+    return all(d == 2 for d in depths) and len({p.relative_to(root).parts[0] for p in paths}) >= 2
+
+
+def load_data(
+    spec: str, split: Literal["train", "test"] = "train", labels: Literal["auto", "required", "none"] = "auto"
+) -> EvalData:
+    """Resolve a data spec into an :class:`EvalData`.
+
+    ``builtin`` (its ``split``), ``builtin:train`` / ``builtin:test``; a folder (labelled when every image sits
+    in a class sub-folder, or when ``labels='required'``); a CSV with ``path,label`` columns; a .txt/.csv list
+    of paths (unlabelled). Raises DataError for anything unusable, and for unlabelled data when labels are
+    required.
+    """
+    if spec == "builtin" or spec.startswith("builtin:"):
+        which = spec.partition(":")[2] or split
+        if which not in ("train", "test"):
+            raise DataError(f"unknown built-in split '{which}' (use builtin:train or builtin:test)")
+        b = load_builtin(which)  # type: ignore[arg-type]
+        return EvalData(f"builtin:{which}", b.targets, b.classes, images=b.images)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"data path does not exist: {path}")
+    if labels != "none":
+        if path.is_file() and path.suffix.lower() == ".csv" and _csv_has_labels(path):
+            d = LabelledImages.from_csv(path)
+            return EvalData(str(path), d.targets, d.classes, paths=d.paths)
+        if path.is_dir() and (labels == "required" or _has_class_folders(path, list_images(path))):
+            d = LabelledImages.from_folder(path)
+            if not d.paths:
+                raise DataError(f"no images found in the class folders under {path}")
+            return EvalData(str(path), d.targets, d.classes, paths=d.paths)
+        if labels == "required":
+            raise DataError(
+                f"{path} has no labels: give a folder with one sub-folder per class, or a CSV with a "
+                "'path,label' header"
+            )
+    return EvalData(str(path), paths=list_images(path))
+
+
+def align_classes(data: EvalData, classes: Sequence[str], what: str = "the classifier") -> EvalData:
+    """``data`` with targets re-indexed into ``classes``; its classes must all be among them.
+
+    Raises DataError naming the unknown classes: a test set or a checkpoint with other classes cannot be scored.
+    """
+    if data.targets is None or list(data.classes) == list(classes):
+        return data
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [c for c in data.classes if c not in index]
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise DataError(
+            f"{data.name} has classes that {what} does not know: {shown} "
+            f"(known: {', '.join(list(classes)[:20])}{' ...' if len(classes) > 20 else ''})"
+        )
+    remap = torch.tensor([index[c] for c in data.classes], dtype=torch.long)
+    return replace(data, targets=remap[data.targets], classes=list(classes), _key=data._key)
+
+
+def train_test_data(
+    train_spec: str, test_spec: str | None, holdout: float = 0.1, seed: int = 0
+) -> tuple[EvalData, EvalData]:
+    """Labelled training and test sets.
+
+    Without ``test_spec``: ``builtin`` pairs with ``builtin:test``; any other set is split per class with
+    :func:`split_per_class` (``holdout``, ``seed``), the split pretraining holds out with data.holdout and
+    run.seed, so that the test images were never seen during pretraining.
+    """
+    train = load_data(train_spec, "train", labels="required")
+    if test_spec is None and train.name == "builtin:train":
+        test_spec = "builtin:test"
+    if test_spec is None:
+        if not 0.0 < holdout < 1.0:
+            raise ConfigError(
+                f"holdout: got {holdout}, expected a fraction in (0, 1) when no test set is given"
+            )
+        train_idx, test_idx = split_per_class(train.targets, holdout, seed=seed)
+        name = train.name
+        return (
+            train.subset(train_idx, f"{name} (train part)"),
+            train.subset(test_idx, f"{name} (held-out {holdout:g})"),
+        )
+    test = load_data(test_spec, "test", labels="required")
+    return train, align_classes(test, train.classes, f"the training set {train.name}")
+
+
+# ============ features ============
+
+
+@dataclass
+class FeatureConfig:
+    """How features are computed; shared by every evaluation command."""
+
+    batch_size: int = 256
+    workers: int = 2
+    device: str = "auto"
+    bn_recalibrate: bool = True
+    """Re-estimate BatchNorm statistics on un-augmented training images first (as pretraining's kNN does)."""
+    calibration_images: int = 4096
+    cache: bool = True
+    """Reuse features stored under the openseer cache folder (``$OPENSEER_CACHE/features``)."""
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.workers < 0 or self.calibration_images < 1:
+            raise ConfigError(
+                "features.batch_size and features.calibration_images must be >= 1, workers >= 0"
+            )
+
+
+@dataclass
+class Features:
+    """Features (M, D) float32 of the M readable rows ``index`` (M,) of a data set, with their labels (M,)."""
+
+    features: torch.Tensor
+    index: torch.Tensor
+    labels: torch.Tensor | None
+    classes: list[str]
+    items: list[str]
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 over every parameter and buffer (names, dtypes, shapes, values): the model's identity."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Embedder:
+    """A backbone with the preprocessing that goes with it, and an identity that keys the feature cache.
+
+    In-memory uint8 images are resized whole (``normalize_uint8``, as pretraining's cached data), files are
+    resized and centre-cropped (``eval_transform``).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        cfg: FeatureConfig | None = None,
+        channels_last: bool = False,
+        identity: str | None = None,
+    ) -> None:
+        self.cfg = cfg or FeatureConfig()
+        self.device = resolve_device(self.cfg.device)
+        self.backbone = backbone.to(self.device)  # eval mode is set (and restored) around each use
+        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+        self.channels_last = channels_last
+        self._identity = identity
+        self.calibrated_on: str | None = None
+        self.random_init = False
+
+    @property
+    def identity(self) -> str:
+        """What the features depend on besides the data: the weights (hashed on first use, as hashing a large
+        model takes seconds) and the BatchNorm calibration."""
+        if self._identity is None:
+            self._identity = weights_digest(self.backbone)
+        return self._identity
+
+    @classmethod
+    def from_model(
+        cls, model: SwAVModel, cfg: PretrainConfig, features: FeatureConfig | None = None
+    ) -> Embedder:
+        return cls(
+            model.backbone,
+            cfg.crops[0].size,
+            cfg.augment.mean,
+            cfg.augment.std,
+            features,
+            cfg.model.channels_last,
+        )
+
+    def _batches(self, data: EvalData, pick: torch.Tensor) -> Iterator[torch.Tensor]:
+        bs = self.cfg.batch_size
+        if data.images is not None:
+            for start in range(0, len(pick), bs):
+                x = data.images[pick[start : start + bs]].to(self.device)
+                yield normalize_uint8(x, self.size, self.mean, self.std, self.channels_last)
+            return
+        paths = [data.paths[i] for i in pick.tolist()]
+        dataset = UnlabelledImages(paths, transform=eval_transform(self.size, self.mean, self.std))
+        for x, _ in DataLoader(
+            dataset, batch_size=bs, num_workers=self.cfg.workers, collate_fn=collate_skipping
+        ):
+            if x is not None:
+                yield x.to(self.device)
+
+    def calibrate(self, data: EvalData) -> None:
+        """Re-estimate BatchNorm statistics on up to ``calibration_images`` images of ``data`` (a seeded sample,
+        as pretraining's kNN does), on a copy of the backbone; the identity records on what."""
+        n = self.cfg.calibration_images
+        base = self.identity  # of the weights as given: stable whatever the float details of re-estimation
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
+        self.backbone = copy.deepcopy(self.backbone)
+        recalibrate_batchnorm(self.backbone, self._batches(data, pick))
+        self.backbone.eval()
+        self.calibrated_on = data.key()
+        self._identity = hashlib.sha256(f"{base}|bn:{data.key()}:{n}".encode()).hexdigest()
+
+    def prepare(self, train: EvalData) -> None:
+        """Re-estimate BatchNorm on the training images when configured, and always at random initialisation,
+        whose initial statistics make every image look alike."""
+        if self.cfg.bn_recalibrate or self.random_init:
+            self.calibrate(train)
+
+    def cache_path(self, data: EvalData) -> Path:
+        blob = json.dumps(
+            {
+                "version": FORMAT_VERSION,
+                "model": self.identity,
+                "data": data.key(),
+                "size": self.size,
+                "mean": self.mean,
+                "std": self.std,
+                "resize": "whole" if data.images is not None else "center_crop",
+            }
+        )
+        return default_cache_dir() / "features" / f"{hashlib.sha256(blob.encode()).hexdigest()}.safetensors"
+
+    def __call__(self, data: EvalData) -> Features:
+        """Features of every readable image of ``data``, from the cache when present."""
+        path = self.cache_path(data)
+        if self.cfg.cache and path.exists():
+            try:
+                stored = load_file(path)
+                feats, index = stored["features"], stored["index"]
+                log.info("features of %s from cache %s", data.name, path)
+                return self._wrap(data, feats, index)
+            except Exception as err:  # noqa: BLE001 - any damage means: recompute
+                log.warning("ignoring unreadable feature cache %s (%s)", path, err)
+        feats, index = self.compute(data)
+        if self.cfg.cache:
+            try:
+                _atomic_save({"features": feats, "index": index}, path, {"data": data.name})
+            except OSError as err:
+                log.warning("could not write feature cache %s: %s", path, err)
+        return self._wrap(data, feats, index)
+
+    def compute(self, data: EvalData) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (M, D), index (M,)) without the cache, with a progress bar when configured."""
+        batches = feature_batches(
+            self.backbone,
+            self.size,
+            self.mean,
+            self.std,
+            images=data.images,
+            paths=data.paths,
+            batch_size=self.cfg.batch_size,
+            device=self.device,
+            workers=self.cfg.workers,
+            channels_last=self.channels_last,
+        )
+        bar = None
+        if self.cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=len(data), desc=f"embedding {data.name}", unit="img", dynamic_ncols=True, leave=False
+            )
+        feats, index = [], []
+        for f, idx in batches:
+            feats.append(f)
+            index.append(idx)
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.close()
+        if not feats:
+            raise DataError(f"none of the {len(data)} images of {data.name} could be read")
+        return torch.cat(feats), torch.cat(index).long()
+
+    def _wrap(self, data: EvalData, feats: torch.Tensor, index: torch.Tensor) -> Features:
+        labels = data.targets[index] if data.targets is not None else None
+        return Features(feats, index, labels, list(data.classes), data.items(index))
+
+    @torch.no_grad()
+    def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B,3,size,size) -> features (B, D) on CPU."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            return self.backbone(x.to(self.device)).float().cpu()
+        finally:
+            self.backbone.train(was_training)
+
+
+# ============ models ============
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint file belongs to (``RUN/checkpoints/ckpt-*.pt`` -> ``RUN``)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def load_model(
+    checkpoint: str | Path, random_init: bool = False, seed: int = 0
+) -> tuple[SwAVModel, PretrainConfig]:
+    """A pretrained SwAVModel, or with ``random_init`` the same architecture freshly initialised with ``seed``
+    (the baseline every evaluation is compared with)."""
+    model, cfg = load_pretrained(checkpoint)
+    return (random_model(cfg, seed) if random_init else model), cfg
+
+
+def random_model(cfg: PretrainConfig, seed: int = 0) -> SwAVModel:
+    """The architecture of ``cfg`` at random initialisation, drawn with ``seed`` (global RNG left as it was)."""
+    from openseer.train.pretrain import build_model  # the training loop imports much; only needed here
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(cfg).eval()
+
+
+def embedder_for(
+    checkpoint: str | Path, features: FeatureConfig, random_init: bool = False, seed: int = 0
+) -> tuple[Embedder, SwAVModel, PretrainConfig, Path]:
+    """(Embedder, model, pretraining config, resolved checkpoint file). Call ``embedder.prepare(train)`` before
+    embedding, to re-estimate BatchNorm statistics where that is due."""
+    file = resolve_checkpoint(checkpoint)
+    model, cfg = load_model(file, random_init, seed)
+    embedder = Embedder.from_model(model, cfg, features)
+    embedder.random_init = random_init
+    return embedder, model, cfg, file
+
+
+def split_settings(cfg: PretrainConfig, holdout: float | None, seed: int | None) -> tuple[float, int]:
+    """(holdout, seed) of the train/test split: by default those pretraining held out with (data.holdout,
+    run.seed), so that a test set carved from the pretraining folder was never trained on."""
+    if holdout is None:
+        holdout = cfg.data.holdout if cfg.data.holdout > 0 else 0.1
+    return holdout, cfg.run.seed if seed is None else seed
+
+
+# ============ the embed command ============
+
+
+@dataclass
+class EmbedConfig:
+    checkpoint: str = ""
+    data: str = "builtin"
+    split: Literal["train", "test"] = "train"
+    out: str = "features.safetensors"
+    """.safetensors (+ .json index); a name ending in .npy also writes the features as a NumPy array."""
+    random_init: bool = False
+    seed: int = 0
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+
+    def validate(self) -> None:
+        if not self.checkpoint:
+            raise ConfigError("embed needs a checkpoint (a ckpt-*.pt file or a run folder)")
+
+
+def save_features(feats: Features, out: Path, meta: dict) -> list[Path]:
+    """Write ``features`` (and ``labels``) as safetensors plus a JSON index; also ``.npy`` when ``out`` ends so.
+
+    Returns the files written.
+    """
+    out = out.expanduser()
+    base = out.with_suffix("") if out.suffix in (".npy", ".safetensors", ".json") else out
+    tensors = {"features": feats.features.float()}
+    if feats.labels is not None:
+        tensors["labels"] = feats.labels.long()
+    st_path = base.with_name(base.name + ".safetensors")
+    _atomic_save(tensors, st_path, {k: str(v) for k, v in meta.items()})
+    index = {**meta, "count": len(feats.items), "dim": int(feats.features.shape[1]), "classes": feats.classes}
+    index["items"] = feats.items
+    json_path = base.with_name(base.name + ".json")
+    json_path.write_text(json.dumps(index, indent=1))
+    written = [st_path, json_path]
+    if out.suffix == ".npy":
+        np.save(out, feats.features.float().numpy())
+        written.append(out)
+        if feats.labels is not None:
+            labels_path = base.with_name(base.name + ".labels.npy")
+            np.save(labels_path, feats.labels.numpy())
+            written.append(labels_path)
+    return written
+
+
+def run_embed(cfg: EmbedConfig) -> tuple[Features, list[Path]]:
+    """Embed ``cfg.data`` with the checkpoint's backbone and write the features; returns them and the files."""
+    data = load_data(cfg.data, cfg.split)
+    embedder, _, _, file = embedder_for(cfg.checkpoint, cfg.features, cfg.random_init, cfg.seed)
+    embedder.prepare(data)
+    feats = embedder(data)
+    meta = {
+        "checkpoint": str(file),
+        "model": "random" if cfg.random_init else "pretrained",
+        "data": data.name,
+        "image_size": embedder.size,
+    }
+    return feats, save_features(feats, Path(cfg.out), meta)

@@ -1,0 +1,252 @@
+"""Low-shot evaluation: few labels per class, several seeds, mean ± std, against two baselines.
+
+For each label budget (a fraction of each class, e.g. 1% and 10%, or N images per class) and each seed, one
+class-balanced subset of the training labels is drawn with :func:`subset_per_class`; every method is trained on
+that same subset and scored on the full test set:
+
+* ``ssl``: the pretrained network, by linear probe on frozen features or by fine-tuning (``protocol``);
+* ``random``: a linear probe on the same network at random initialisation (BatchNorm re-estimated);
+* ``supervised``: the same network trained from scratch on the subset (``scratch`` recipe).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from openseer.config import ConfigError, to_dict
+from openseer.data.folders import subset_per_class
+from openseer.eval.embed import (
+    Embedder,
+    EvalData,
+    FeatureConfig,
+    Features,
+    load_model,
+    random_model,
+    resolve_device,
+    run_dir_of,
+    split_settings,
+    train_test_data,
+)
+from openseer.eval.finetune import RecipeConfig, new_classifier, train_classifier
+from openseer.eval.linear import ProbeConfig, fit_linear_probe, score_head, write_result
+from openseer.eval.predict import evaluate_classifier
+from openseer.models.pretrained import resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+METHOD_NAMES = {
+    "ssl-linear": "self-supervised, linear probe",
+    "ssl-finetune": "self-supervised, fine-tuned",
+    "random": "random init, linear probe",
+    "supervised": "supervised from scratch",
+}
+
+
+def budget_label(fraction: float | None = None, per_class: int | None = None) -> str:
+    return f"{fraction * 100:g}%" if fraction is not None else f"{per_class}/class"
+
+
+def label_subsets(
+    targets: torch.Tensor,
+    fractions: Sequence[float] = (),
+    per_class: Sequence[int] = (),
+    seeds: Sequence[int] = (0,),
+) -> dict[str, dict[int, torch.Tensor]]:
+    """{budget label: {seed: sorted indices into targets (N,)}}, balanced per class, deterministic per seed."""
+    out: dict[str, dict[int, torch.Tensor]] = {}
+    for f in fractions:
+        out[budget_label(fraction=f)] = {s: subset_per_class(targets, fraction=f, seed=s) for s in seeds}
+    for n in per_class:
+        out[budget_label(per_class=n)] = {s: subset_per_class(targets, per_class=n, seed=s) for s in seeds}
+    return out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def probe_subset(
+    feats: Features, rows: torch.Tensor, test: Features, num_classes: int, probe: ProbeConfig
+) -> tuple[float, float]:
+    """Linear probe trained on the features of data rows ``rows`` (unreadable rows dropped), scored on test."""
+    where = torch.full((int(feats.index.max()) + 1 if len(feats.index) else 0,), -1, dtype=torch.long)
+    where[feats.index] = torch.arange(len(feats.index))
+    pos = where[rows[rows < len(where)]]
+    pos = pos[pos >= 0]
+    result = fit_linear_probe(feats.features[pos], feats.labels[pos], num_classes, probe)
+    top1, top5, _ = score_head(result.head, test.features, test.labels, num_classes)
+    return top1, top5
+
+
+@dataclass
+class LowShotConfig:
+    checkpoint: str = ""
+    train: str = "builtin"
+    test: str | None = None
+    holdout: float | None = None
+    split_seed: int | None = None
+    """The train/test split when `test` is not given; null: the checkpoint's data.holdout and run.seed."""
+    seed: int = 0
+    """Seed of the random initialisation whose features the 'random' baseline probes."""
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    per_class: list[int] = field(default_factory=list)
+    """Label budgets as images per class, in addition to (or instead of) `fractions`."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    protocol: Literal["linear", "finetune"] = "linear"
+    """How the pretrained network is evaluated: linear probe on frozen features, or fine-tuning."""
+    baselines: list[Literal["random", "supervised"]] = field(default_factory=lambda: ["random", "supervised"])
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    """Fine-tuning the pretrained network (protocol 'finetune')."""
+    scratch: RecipeConfig = field(default_factory=lambda: RecipeConfig(lr=0.1))
+    """Supervised training from scratch: the fine-tuning recipe with the usual from-scratch rate (0.1 per 256)."""
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    results: str | None = None
+
+    def validate(self) -> None:
+        if not self.checkpoint:
+            raise ConfigError("lowshot needs a pretraining checkpoint (a ckpt-*.pt file or a run folder)")
+        if not self.fractions and not self.per_class:
+            raise ConfigError("lowshot needs at least one label budget (fractions or per_class)")
+        if any(not 0 < f <= 1 for f in self.fractions) or any(n < 1 for n in self.per_class):
+            raise ConfigError("lowshot: fractions must be in (0, 1] and per_class >= 1")
+        if not self.seeds:
+            raise ConfigError("lowshot needs at least one seed")
+
+
+def run_lowshot(
+    cfg: LowShotConfig,
+    data: tuple[EvalData, EvalData] | None = None,
+    on_run: Callable[[str, str, int, float], None] | None = None,
+) -> dict:
+    """Every method on every (budget, seed); returns and writes RUN/eval/lowshot.json.
+
+    ``data``: (train, test) already loaded (benchmarks); ``on_run(method, budget, seed, top1)`` after each run.
+    """
+    started = time.perf_counter()
+    file = resolve_checkpoint(cfg.checkpoint)
+    pretrained, pcfg = load_model(file)  # loaded once; every method starts from a copy or from pcfg
+    if data is None:
+        data = train_test_data(cfg.train, cfg.test, *split_settings(pcfg, cfg.holdout, cfg.split_seed))
+    train, test = data
+    c = len(train.classes)
+    subsets = label_subsets(train.targets, cfg.fractions, cfg.per_class, cfg.seeds)
+    device = resolve_device(cfg.features.device)
+    methods = ["ssl-linear" if cfg.protocol == "linear" else "ssl-finetune", *cfg.baselines]
+    runs: dict[str, dict[str, list[dict]]] = {m: {b: [] for b in subsets} for m in methods}
+
+    def record(method: str, budget: str, seed: int, n: int, top1: float, top5: float) -> None:
+        runs[method][budget].append({"seed": seed, "n_labels": n, "top1": top1, "top5": top5})
+        log.info("low-shot %s %s seed %d: top-1 %.4f top-5 %.4f", method, budget, seed, top1, top5)
+        if on_run is not None:
+            on_run(method, budget, seed, top1)
+
+    def linear_method(method: str, random_init: bool) -> None:
+        # features of the full training set once (unlabelled images are not scarce), then a probe per subset
+        model = random_model(pcfg, cfg.seed) if random_init else pretrained
+        embedder = Embedder.from_model(model, pcfg, cfg.features)
+        embedder.random_init = random_init
+        embedder.prepare(train)  # BatchNorm re-estimated on a copy: `pretrained` stays as loaded
+        train_f, test_f = embedder(train), embedder(test)
+        for budget, by_seed in subsets.items():
+            for seed, rows in by_seed.items():
+                probe = ProbeConfig(**{**to_dict(cfg.probe), "seed": seed})
+                record(method, budget, seed, len(rows), *probe_subset(train_f, rows, test_f, c, probe))
+
+    def trained_method(method: str, init: Literal["pretrained", "random"], recipe: RecipeConfig) -> None:
+        for budget, by_seed in subsets.items():
+            for seed, rows in by_seed.items():
+                subset = train.subset(rows, f"{train.name} ({budget}, seed {seed})")
+                model = copy.deepcopy(pretrained) if init == "pretrained" else random_model(pcfg, seed)
+                clf = new_classifier(model, pcfg, subset, seed)
+                train_classifier(
+                    clf, subset, recipe, device, cfg.features.workers, cfg.features.progress, seed=seed
+                )
+                top1, top5, _ = evaluate_classifier(clf, test, cfg.features.batch_size, cfg.features.workers)
+                record(method, budget, seed, len(rows), top1, top5)
+
+    for method in methods:
+        if method == "ssl-linear":
+            linear_method(method, random_init=False)
+        elif method == "random":
+            linear_method(method, random_init=True)
+        elif method == "ssl-finetune":
+            trained_method(method, "pretrained", cfg.recipe)
+        else:
+            trained_method(method, "random", cfg.scratch)
+
+    rows = []
+    for method in methods:
+        cells = {}
+        for budget, results in runs[method].items():
+            m1, s1 = mean_std([r["top1"] for r in results])
+            m5, s5 = mean_std([r["top5"] for r in results])
+            cells[budget] = {
+                "top1_mean": m1,
+                "top1_std": s1,
+                "top5_mean": m5,
+                "top5_std": s5,
+                "runs": results,
+            }
+        rows.append({"method": method, "name": METHOD_NAMES[method], "cells": cells})
+    result = {
+        "kind": "lowshot",
+        "protocol": cfg.protocol,
+        "checkpoint": str(file),
+        "train": train.name,
+        "test": test.name,
+        "budgets": list(subsets),
+        "seeds": list(cfg.seeds),
+        "rows": rows,
+        "config": to_dict(cfg),
+        "seconds": time.perf_counter() - started,
+    }
+    folder = Path(cfg.results) if cfg.results else run_dir_of(file) / "eval"
+    result["result_file"] = str(write_result(folder, "lowshot", result))
+    return result
+
+
+def merge_lowshot(results: Sequence[dict]) -> dict:
+    """One result from several runs over different budgets (e.g. one per from-scratch budget)."""
+    merged = {**results[0], "budgets": [b for r in results for b in r["budgets"]]}
+    merged["seconds"] = sum(r.get("seconds", 0.0) for r in results)
+    merged["rows"] = [
+        {
+            **row,
+            "cells": {
+                b: c
+                for r in results
+                for x in r["rows"]
+                if x["method"] == row["method"]
+                for b, c in x["cells"].items()
+            },
+        }
+        for row in results[0]["rows"]
+    ]
+    merged.pop("config", None)
+    return merged
+
+
+def format_lowshot(result: dict) -> str:
+    """Top-1 (%) as mean ± std per method and budget."""
+    budgets = result["budgets"]
+    width = max(len(r["name"]) for r in result["rows"]) + 2
+    lines = [f"{'top-1 (%), mean ± std over seeds ' + str(result['seeds']):<{width}}"]
+    lines.append(f"{'method':<{width}}" + "".join(f"{b:>16}" for b in budgets))
+    for row in result["rows"]:
+        cells = "".join(
+            f"{100 * row['cells'][b]['top1_mean']:>9.2f} ± {100 * row['cells'][b]['top1_std']:>5.2f}"
+            for b in budgets
+        )
+        lines.append(f"{row['name']:<{width}}" + cells)
+    return "\n".join(lines)

@@ -1,0 +1,341 @@
+"""Classifiers built on a pretrained backbone: their checkpoint format, loading, and predictions with names.
+
+A classifier checkpoint (written by ``openseer linear`` and ``openseer finetune``) is self-contained: backbone
+and head weights, class names, the image size, normalisation and resizing the head was trained with, and the
+pretraining config that describes the architecture. It is an ordinary openseer checkpoint (atomic, checksummed,
+loaded with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import PIL.Image
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from openseer.config import ConfigError, from_dict, to_dict
+from openseer.data.folders import DataError, LabelledImages
+from openseer.data.images import BadImageError, load_rgb
+from openseer.eval.embed import EvalData, align_classes, load_data, resolve_device
+from openseer.eval.features import collate_skipping, eval_transform, normalize_uint8
+from openseer.eval.linear import confusion_matrix
+from openseer.eval.metrics import accuracy
+from openseer.models.backbone import build_backbone, feature_dim
+from openseer.models.pretrained import load_state_checked, resolve_checkpoint
+from openseer.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from openseer.train.config import PretrainConfig
+
+CLASSIFIER_KIND = "openseer-classifier"
+Resize = Literal["whole", "center_crop"]
+ImageLike = PIL.Image.Image | torch.Tensor
+
+
+def build_head(dim: int, num_classes: int, bn: bool) -> nn.Sequential:
+    """(BatchNorm1d(affine=False) or Identity, Linear): features (N, dim) -> logits (N, C)."""
+    norm: nn.Module = nn.BatchNorm1d(dim, affine=False) if bn else nn.Identity()
+    return nn.Sequential(norm, nn.Linear(dim, num_classes))
+
+
+class Classifier(nn.Module):
+    """Backbone -> head, plus what it takes to turn an image into its input.
+
+    ``resize``: 'whole' resizes the whole image to ``size`` (models trained on in-memory uint8 sets, like
+    pretraining's cached data); 'center_crop' resizes the shorter side to size/0.875 and centre-crops.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Sequential,
+        classes: Sequence[str],
+        pretrain_config: PretrainConfig,
+        resize: Resize = "center_crop",
+    ) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.classes = list(classes)
+        self.pretrain_config = pretrain_config
+        self.size = pretrain_config.crops[0].size
+        self.mean, self.std = tuple(pretrain_config.augment.mean), tuple(pretrain_config.augment.std)
+        self.resize: Resize = resize
+
+    @classmethod
+    def from_parts(
+        cls,
+        embedder: Any,
+        feature_head: nn.Sequential,
+        classes: Sequence[str],
+        pretrain_config: PretrainConfig,
+        head_bn: bool,
+        resize: Resize = "center_crop",
+    ) -> Classifier:
+        """A classifier from an Embedder's (possibly BN-recalibrated) backbone and a trained feature head."""
+        head = build_head(feature_dim(embedder.backbone), len(classes), head_bn)
+        head.load_state_dict(feature_head.state_dict())
+        return cls(embedder.backbone, head, classes, pretrain_config, resize)
+
+    @property
+    def head_bn(self) -> bool:
+        return isinstance(self.head[0], nn.BatchNorm1d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B,3,size,size) -> logits (B, C)."""
+        return self.head(self.backbone(x))
+
+    def transform(self) -> v2.Compose:
+        """One image (PIL, or a (3,H,W) uint8 / [0,1] float tensor) -> normalised (3, size, size)."""
+        if self.resize == "center_crop":
+            return eval_transform(self.size, self.mean, self.std)
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Resize((self.size, self.size), antialias=True),
+                v2.Normalize(self.mean, self.std),
+            ]
+        )
+
+
+def save_classifier(
+    clf: Classifier,
+    folder: Path,
+    protocol: str,
+    source: str | os.PathLike[str] | None,
+    step: int = 0,
+    extra: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write ``folder/ckpt-<step>.pt`` holding the classifier (and ``extra``, e.g. optimiser state)."""
+    state = {
+        "kind": CLASSIFIER_KIND,
+        "protocol": protocol,
+        "classes": clf.classes,
+        "resize": clf.resize,
+        "head_bn": clf.head_bn,
+        "pretrain_config": to_dict(clf.pretrain_config),
+        "source": str(source) if source is not None else "",
+        "model": clf.state_dict(),
+        **(extra or {}),
+    }
+    return save_checkpoint(state, folder, step, keep=keep)
+
+
+def is_classifier(state: dict) -> bool:
+    return state.get("kind") == CLASSIFIER_KIND
+
+
+def classifier_from_state(state: dict, source: str = "checkpoint") -> Classifier:
+    if not is_classifier(state):
+        raise CheckpointError(
+            f"{source} is not a classifier checkpoint (no class names): run `openseer linear` or "
+            "`openseer finetune` on the pretraining run and pass their output folder"
+        )
+    pcfg = from_dict(PretrainConfig, state["pretrain_config"])
+    backbone = build_backbone(pcfg.model.arch, stem=pcfg.model.stem)
+    head = build_head(feature_dim(backbone), len(state["classes"]), bool(state["head_bn"]))
+    clf = Classifier(backbone, head, state["classes"], pcfg, state["resize"])
+    load_state_checked(clf, state["model"], source=source)
+    return clf.eval()
+
+
+def load_classifier(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Classifier:
+    """A classifier from a ``ckpt-*.pt`` file or an output folder of ``openseer linear`` / ``finetune``."""
+    file = resolve_checkpoint(path)
+    return classifier_from_state(load_checkpoint(file, map_location=map_location), str(file))
+
+
+# ============ predictions ============
+
+
+@dataclass
+class Prediction:
+    label: str
+    index: int
+    probability: float
+
+
+def preprocess(clf: Classifier, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
+    """PIL images or tensors ((3,H,W) each, or one (B,3,H,W) batch; uint8, or float in [0,1]) ->
+    normalised (B, 3, size, size)."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        if images.ndim != 4:
+            raise ValueError(f"expected (3,H,W) or (B,3,H,W) images, got {tuple(images.shape)}")
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        if clf.resize == "whole":
+            # the same path as training on in-memory sets; normalize_uint8 divides by 255
+            x = images if images.dtype == torch.uint8 else images.float() * 255
+            return normalize_uint8(x, clf.size, clf.mean, clf.std, channels_last=False)
+        images = list(images)
+    transform = clf.transform()
+    out = []
+    for img in images:
+        if isinstance(img, PIL.Image.Image) and img.mode != "RGB":
+            img = img.convert("RGB")
+        elif isinstance(img, torch.Tensor) and img.ndim == 3 and img.shape[0] == 1:
+            img = img.expand(3, -1, -1)
+        out.append(transform(img))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def predict_proba(
+    clf: Classifier, images: Sequence[ImageLike] | torch.Tensor, batch_size: int = 64
+) -> torch.Tensor:
+    """Softmax class probabilities (B, C) for B images."""
+    clf.eval()
+    device = next(clf.parameters()).device
+    x = preprocess(clf, images)
+    return torch.cat(
+        [
+            clf(x[i : i + batch_size].to(device)).float().softmax(dim=1).cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+    )
+
+
+def predict(
+    clf: Classifier, images: Sequence[ImageLike] | torch.Tensor, topk: int = 5, batch_size: int = 64
+) -> list[list[Prediction]]:
+    """For each image, the ``topk`` most probable classes, most probable first."""
+    probs = predict_proba(clf, images, batch_size)
+    p, idx = probs.topk(min(topk, probs.shape[1]), dim=1)
+    return [
+        [Prediction(clf.classes[i], i, float(q)) for q, i in zip(row_p.tolist(), row_i.tolist(), strict=True)]
+        for row_p, row_i in zip(p, idx, strict=True)
+    ]
+
+
+@torch.no_grad()
+def classifier_logits(
+    clf: Classifier, data: EvalData, batch_size: int = 256, workers: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (M, C), targets (M,)) of the readable images of a labelled set, preprocessed as the classifier
+    was trained."""
+    clf.eval()
+    device = next(clf.parameters()).device
+    logits, targets = [], []
+    if data.images is not None:
+        for start in range(0, len(data), batch_size):
+            x = preprocess(clf, data.images[start : start + batch_size])
+            logits.append(clf(x.to(device)).float().cpu())
+        targets = [data.targets]
+    else:
+        dataset = LabelledImages(data.paths, data.targets, data.classes, transform=clf.transform())
+        for x, y in DataLoader(
+            dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping
+        ):
+            if x is not None:
+                logits.append(clf(x.to(device)).float().cpu())
+                targets.append(y)
+    if not logits:
+        raise DataError(f"none of the images of {data.name} could be read")
+    return torch.cat(logits), torch.cat(targets)
+
+
+def evaluate_classifier(
+    clf: Classifier, data: EvalData, batch_size: int = 256, workers: int = 2
+) -> tuple[float, float, torch.Tensor]:
+    """(top-1, top-5, confusion (C, C)) on a labelled set whose classes must be among the classifier's."""
+    data = align_classes(data, clf.classes, "the classifier checkpoint")
+    logits, targets = classifier_logits(clf, data, batch_size, workers)
+    top1, top5 = accuracy(logits, targets, topk=(1, 5))
+    return top1, top5, confusion_matrix(logits, targets, len(clf.classes))
+
+
+# ============ the predict command ============
+
+
+@dataclass
+class PredictConfig:
+    checkpoint: str = ""
+    images: list[str] | None = None
+    data: str | None = None
+    """A labelled set to score instead of (or as well as) single images."""
+    topk: int = 5
+    device: str = "auto"
+    batch_size: int = 64
+    workers: int = 2
+
+    def validate(self) -> None:
+        if not self.checkpoint:
+            raise ConfigError(
+                "predict needs a classifier checkpoint (the output of openseer linear/finetune)"
+            )
+        if not self.images and not self.data:
+            raise ConfigError("predict needs image files, or --data with a labelled set to score")
+        if self.topk < 1:
+            raise ConfigError(f"topk: got {self.topk}, expected >= 1")
+
+
+def run_predict(cfg: PredictConfig) -> dict:
+    """{'predictions': [{image, predictions | error}], 'evaluation': {top1, top5, confusion...} | None}."""
+    clf = load_classifier(cfg.checkpoint).to(resolve_device(cfg.device))
+    out: dict[str, Any] = {
+        "checkpoint": str(resolve_checkpoint(cfg.checkpoint)),
+        "predictions": [],
+        "evaluation": None,
+    }
+    good, names = [], []
+    for name in cfg.images or []:
+        try:
+            good.append(load_rgb(name))
+            names.append(name)
+        except BadImageError as err:
+            out["predictions"].append({"image": name, "error": err.reason})
+    if cfg.images and not good:
+        raise DataError(
+            "none of the images could be read: "
+            + "; ".join(f"{p['image']}: {p['error']}" for p in out["predictions"])
+        )
+    if good:
+        for name, preds in zip(names, predict(clf, good, cfg.topk, cfg.batch_size), strict=True):
+            out["predictions"].append({"image": name, "predictions": [p.__dict__ for p in preds]})
+        order = {name: i for i, name in enumerate(cfg.images or [])}
+        out["predictions"].sort(key=lambda p: order[p["image"]])
+    if cfg.data:
+        data = load_data(cfg.data, "test", labels="required")
+        top1, top5, confusion = evaluate_classifier(clf, data, cfg.batch_size, cfg.workers)
+        out["evaluation"] = {
+            "data": data.name,
+            "top1": top1,
+            "top5": top5,
+            "classes": clf.classes,
+            "confusion": confusion.tolist(),
+        }
+    return out
+
+
+def format_predictions(result: dict) -> str:
+    """A readable table: image, rank, label, probability."""
+    rows = []
+    width = max([len("image")] + [len(p["image"]) for p in result["predictions"]])
+    labels = [q["label"] for p in result["predictions"] for q in p.get("predictions", [])]
+    lw = max([len("label")] + [len(x) for x in labels])
+    if result["predictions"]:
+        rows.append(f"{'image':<{width}}  rank  {'label':<{lw}}  probability")
+    for p in result["predictions"]:
+        if "error" in p:
+            rows.append(f"{p['image']:<{width}}  -     unreadable: {p['error']}")
+            continue
+        for rank, q in enumerate(p["predictions"], 1):
+            shown = p["image"] if rank == 1 else ""
+            rows.append(f"{shown:<{width}}  {rank:<4}  {q['label']:<{lw}}  {q['probability']:.4f}")
+    ev = result.get("evaluation")
+    if ev:
+        rows.append(f"{ev['data']}: top-1 {ev['top1']:.4f}  top-5 {ev['top5']:.4f}")
+    return "\n".join(rows)
+
+
+def dumps(result: dict) -> str:
+    return json.dumps(result, indent=1)

@@ -1,0 +1,348 @@
+"""One self-contained HTML page per run: training curves, accuracies against the baselines, low-shot table,
+confusion matrix and cluster gallery, every image embedded as a base64 PNG.
+
+Everything is read from the run folder: ``config.yaml``, ``summary.json`` and ``metrics.jsonl`` written by
+pretraining, and the ``eval/*.json`` results written by the evaluation commands. Missing pieces are skipped.
+Plots use matplotlib's object API (``Figure``, Agg canvas), which leaves the global pyplot backend alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMES = {
+    "pretrained": "self-supervised",
+    "random": "random init",
+    "supervised": "supervised from scratch",
+}
+KIND_NAMES = {"knn": "kNN", "linear": "linear probe", "finetune": "fine-tuning"}
+
+
+# ============ reading ============
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The per-step records of metrics.jsonl (lines with a loss); damaged lines are skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "loss" in record and "step" in record:
+            out.append(record)
+    return out
+
+
+def read_results(folder: Path) -> list[dict]:
+    """Every eval/*.json result (dicts with a 'kind'), sorted by file name."""
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("skipping unreadable result %s: %s", path, err)
+            continue
+        if isinstance(record, dict) and "kind" in record:
+            record["_file"] = path.name
+            out.append(record)
+    return out
+
+
+# ============ plots ============
+
+
+def png_data_uri(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def file_data_uri(path: Path) -> str | None:
+    try:
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    except OSError:
+        return None
+
+
+def _finite(records: list[dict], key: str) -> tuple[list[float], list[float]]:
+    pts = [
+        (r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and math.isfinite(r[key])
+    ]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_training(records: list[dict]) -> str:
+    """Loss and learning rate against the step, side by side."""
+    fig = Figure(figsize=(11, 3.6))
+    ax_loss, ax_lr = fig.subplots(1, 2)
+    ax_loss.plot(*_finite(records, "loss"), color="tab:blue")
+    ax_loss.set(title="SwAV loss", xlabel="step", ylabel="loss")
+    ax_lr.plot(*_finite(records, "lr"), color="tab:orange")
+    ax_lr.set(title="learning rate", xlabel="step", ylabel="lr")
+    for ax in (ax_loss, ax_lr):
+        ax.grid(alpha=0.3)
+    return png_data_uri(fig)
+
+
+def plot_usage(records: list[dict]) -> str:
+    """Prototypes used per logged batch and the usage entropy, against the step."""
+    fig = Figure(figsize=(11, 3.6))
+    ax = fig.subplots()
+    ax.plot(*_finite(records, "protos_used"), color="tab:green", label="prototypes used")
+    ax.set(title="cluster usage", xlabel="step", ylabel="prototypes used")
+    ax.grid(alpha=0.3)
+    steps, entropy = _finite(records, "usage_entropy")
+    handles = list(ax.get_lines())
+    if entropy:
+        twin = ax.twinx()
+        handles += twin.plot(steps, entropy, color="tab:purple", linestyle="--", label="usage entropy")
+        twin.set_ylabel("usage entropy (normalised)")
+    ax.legend(handles=handles, loc="lower left")
+    return png_data_uri(fig)
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], title: str) -> str:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
+    c = len(matrix)
+    rows = [[v / max(1, sum(row)) for v in row] for row in matrix]
+    side = min(12.0, 2.5 + 0.45 * c)
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
+    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if c <= 30:
+        names = [n if len(n) <= 14 else n[:13] + "…" for n in classes]
+        ax.set_xticks(range(c), names, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(c), names, fontsize=8)
+    if c <= 15:
+        for i in range(c):
+            for j in range(c):
+                ax.text(
+                    j,
+                    i,
+                    f"{rows[i][j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if rows[i][j] > 0.5 else "black",
+                )
+    ax.set(title=title, xlabel="predicted", ylabel="true")
+    return png_data_uri(fig)
+
+
+def plot_cluster_sizes(sizes: list[int]) -> str:
+    """Cluster sizes sorted from largest to smallest (a flat curve is an even use of the prototypes)."""
+    fig = Figure(figsize=(11, 3))
+    ax = fig.subplots()
+    ordered = sorted(sizes, reverse=True)
+    ax.bar(range(len(ordered)), ordered, width=1.0, color="tab:blue")
+    ax.set(title="images per prototype (sorted)", xlabel="prototype rank", ylabel="images")
+    return png_data_uri(fig)
+
+
+# ============ page ============
+
+
+def _table(header: list[str] | None, rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header or [])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    thead = f"<thead><tr>{head}</tr></thead>" if header else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.2f}" if isinstance(v, int | float) else "–"
+
+
+def _img(uri: str, alt: str) -> str:
+    return f"<img src='{uri}' alt='{html.escape(alt)}'>"
+
+
+def accuracy_rows(summary: dict, results: list[dict]) -> list[list[str]]:
+    """One row per scored evaluation: evaluation, model, train, test, top-1 %, top-5 %."""
+    rows = []
+    if summary.get("knn_top1") is not None:
+        rows.append(
+            [
+                "kNN at the end of pretraining",
+                "self-supervised",
+                "",
+                "held-out",
+                _pct(summary["knn_top1"]),
+                _pct(summary.get("knn_top5")),
+            ]
+        )
+    if summary.get("knn_top1_random") is not None:
+        rows.append(
+            [
+                "kNN at the end of pretraining",
+                "random init",
+                "",
+                "held-out",
+                _pct(summary["knn_top1_random"]),
+                _pct(summary.get("knn_top5_random")),
+            ]
+        )
+    for r in results:
+        if r["kind"] not in KIND_NAMES:
+            continue
+        name = KIND_NAMES[r["kind"]] + (" (quick)" if r.get("protocol") == "quick" else "")
+        rows.append(
+            [
+                name,
+                MODEL_NAMES.get(r.get("model", ""), r.get("model", "")),
+                r.get("train", ""),
+                r.get("test", ""),
+                _pct(r.get("top1")),
+                _pct(r.get("top5")),
+            ]
+        )
+    return rows
+
+
+def lowshot_html(result: dict) -> str:
+    budgets = result["budgets"]
+    rows = []
+    for row in result["rows"]:
+        cells = [
+            f"{100 * row['cells'][b]['top1_mean']:.2f} ± {100 * row['cells'][b]['top1_std']:.2f}"
+            for b in budgets
+        ]
+        rows.append([row["name"], *cells])
+    note = (
+        f"<p>Top-1 (%) on {html.escape(result.get('test', ''))}, mean ± std over seeds {result['seeds']}; "
+        f"protocol for the pretrained network: {html.escape(result['protocol'])}.</p>"
+    )
+    return note + _table(["method", *[f"{b} of the labels" if b.endswith("%") else b for b in budgets]], rows)
+
+
+def _confusion_source(results: list[dict]) -> dict | None:
+    """The most informative result with a confusion matrix: fine-tuned, then linear, then quick."""
+
+    def rank(r: dict) -> tuple[int, int]:
+        order = {"finetune": 0, "linear": 1}
+        return (r.get("protocol") == "quick", order.get(r["kind"], 2))
+
+    candidates = [r for r in results if r.get("confusion") and r.get("model") == "pretrained"]
+    return min(candidates, key=rank) if candidates else None
+
+
+def _cluster_png(run_dir: Path, entry: dict) -> str | None:
+    path = Path(entry["png"])
+    for candidate in (path, run_dir / "eval" / "clusters" / path.name):
+        uri = file_data_uri(candidate)
+        if uri:
+            return uri
+    return None
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``RUN/report.html`` (or ``out``) and return its path."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        from openseer.data.folders import DataError
+
+        raise DataError(f"run folder does not exist: {run_dir}")
+    config = {}
+    if (run_dir / "config.yaml").exists():
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    summary = (
+        json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    )
+    records = read_metrics(run_dir / "metrics.jsonl")
+    results = read_results(run_dir / "eval")
+
+    sections = []
+    facts = []
+    if config:
+        m, d = config.get("model", {}), config.get("data", {})
+        facts += [
+            ["architecture", f"{m.get('arch')} ({m.get('stem')} stem)"],
+            ["data", d.get("source", "")],
+            ["prototypes", m.get("prototypes", "")],
+        ]
+    for key in ("steps", "images_seen", "final_loss", "skipped_images", "nonfinite_steps"):
+        if key in summary:
+            v = summary[key]
+            facts.append([key.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else v])
+    if "train_seconds" in summary:
+        facts.append(["training time", f"{summary['train_seconds'] / 60:.1f} min"])
+    if facts:
+        sections.append("<h2>Run</h2>" + _table(None, facts))
+    if records:
+        sections.append("<h2>Training</h2>" + _img(plot_training(records), "loss and learning rate"))
+        if any("protos_used" in r for r in records):
+            sections.append(_img(plot_usage(records), "cluster usage"))
+    acc = accuracy_rows(summary, results)
+    if acc:
+        sections.append(
+            "<h2>Accuracy</h2>" + _table(["evaluation", "model", "train", "test", "top-1 %", "top-5 %"], acc)
+        )
+    for r in results:
+        if r["kind"] == "lowshot":
+            sections.append("<h2>Low-shot</h2>" + lowshot_html(r))
+    conf = _confusion_source(results)
+    if conf:
+        title = f"{KIND_NAMES.get(conf['kind'], conf['kind'])} on {conf.get('test', '')}"
+        sections.append(
+            "<h2>Confusion matrix</h2>"
+            + _img(plot_confusion(conf["confusion"], conf["classes"], title), "confusion matrix")
+        )
+    for r in results:
+        if r["kind"] != "clusters":
+            continue
+        part = [
+            f"<h2>Clusters</h2><p>{r['n_images']} images of {html.escape(r['data'])}: {r['used']} of "
+            f"{r['prototypes']} prototypes used, {r['empty']} empty.</p>",
+            _img(plot_cluster_sizes(r["sizes"]), "cluster sizes"),
+            "<div class='gallery'>",
+        ]
+        for c in r["clusters"]:
+            uri = _cluster_png(run_dir, c)
+            if uri is None:
+                continue
+            caption = f"prototype {c['prototype']}: {c['size']} images"
+            if "majority_label" in c:
+                caption += f", {100 * c['majority_share']:.0f}% {c['majority_label']}"
+            part.append(
+                f"<figure>{_img(uri, 'cluster ' + str(c['prototype']))}<figcaption>{html.escape(caption)}"
+                "</figcaption></figure>"
+            )
+        part.append("</div>")
+        sections.append("".join(part))
+    if not sections:
+        sections.append(
+            "<p>Nothing to report yet: no metrics.jsonl, summary.json or eval/*.json in this folder.</p>"
+        )
+
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>openseer report: {html.escape(run_dir.name)}</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1150px;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
+        "th{background:#f2f2f2}img{max-width:100%}figure{display:inline-block;margin:.5em;vertical-align:top}"
+        "figcaption{font-size:.85em;max-width:420px}"
+        "</style></head><body>"
+        f"<h1>openseer report: {html.escape(run_dir.name)}</h1><p><code>{html.escape(str(run_dir.resolve()))}</code></p>"
+        + "\n".join(sections)
+        + "</body></html>"
+    )
+    target = Path(out) if out else run_dir / "report.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(page, encoding="utf-8")
+    return target

@@ -1,0 +1,184 @@
+"""Spreading a SwAV model over processes: DDP or FSDP2, SyncBatchNorm, activation checkpointing, mixed precision.
+
+:func:`parallelize` is the one call the training loop makes. It returns the module to run the forward pass
+through; the model passed in stays the handle for everything else (optimiser, prototypes, checkpoints):
+
+* ``ddp``: a ``DistributedDataParallel`` wrapper around the model (the model itself when alone).
+* ``fsdp``: the model itself, sharded in place with ``fully_shard``: one unit per RegNet block (the unit of
+  all-gather and of freeing memory), one for the projection MLP, one for the prototypes (so that scoring the
+  queue with ``model.head.prototypes(z)`` all-gathers them), and the root for the stem. Its parameters are then
+  ``DTensor`` shards. With one process there is nothing to shard and the model is returned unchanged; its
+  checkpoints are still written with ``torch.distributed.checkpoint``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
+
+from openseer import distributed
+from openseer.config import ConfigError
+from openseer.models import SwAVModel
+from openseer.train.config import ParallelConfig
+
+log = logging.getLogger(__name__)
+
+_STAGE_NAMES = (("s1", "s2", "s3", "s4"), ("layer1", "layer2", "layer3", "layer4"))  # timm RegNet, ResNet
+
+
+def backbone_stages(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, stage) of the four stages of a timm RegNet or ResNet trunk, in forward order."""
+    for names in _STAGE_NAMES:
+        if all(hasattr(backbone, n) for n in names):
+            return [(n, getattr(backbone, n)) for n in names]
+    raise ValueError(
+        f"no stages found in {type(backbone).__name__} (expected attributes s1..s4 or layer1..4)"
+    )
+
+
+def _inner(module: nn.Module) -> nn.Module:
+    """The stage behind an activation-checkpointing wrapper."""
+    return getattr(module, "_checkpoint_wrapped_module", module)
+
+
+@contextlib.contextmanager
+def _frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
+    """BatchNorm running statistics left alone while a checkpointed stage is recomputed in the backward pass;
+    otherwise every step would fold the batch statistics in twice (momentum 0 keeps them as they are, and the
+    batch counter is put back)."""
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.momentum is not None]
+    saved = [
+        (m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+        for m in norms
+    ]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def checkpoint_stages(backbone: nn.Module) -> None:
+    """Wrap each stage so that only its input is kept for the backward pass and its inside is recomputed.
+
+    The wrapper's state-dict hooks drop its name prefix, so checkpoints keep the plain parameter names.
+    """
+    for name, stage in backbone_stages(backbone):
+        contexts = functools.partial(_checkpoint_contexts, stage)
+        setattr(backbone, name, checkpoint_wrapper(stage, context_fn=contexts))
+
+
+def _checkpoint_contexts(stage: nn.Module) -> tuple[contextlib.AbstractContextManager, ...]:
+    """torch.utils.checkpoint's ``context_fn``: (around the forward pass, around the recomputation)."""
+    return contextlib.nullcontext(), _frozen_bn_statistics(stage)
+
+
+def sync_bn_groups(world: int, group_size: int | None) -> list[list[int]]:
+    """Consecutive ranks in groups of ``group_size`` (SEER: 64), or one group of all when None."""
+    size = world if group_size is None else group_size
+    if size < 1 or world % size:
+        raise ConfigError(
+            f"config key 'parallel.sync_bn_group': {group_size} does not divide the {world} processes"
+        )
+    return [list(range(start, start + size)) for start in range(0, world, size)]
+
+
+def convert_sync_bn(model: nn.Module, group_size: int | None) -> nn.Module:
+    """Replace every BatchNorm with a SyncBatchNorm over this process's group (all ranks must call it)."""
+    group = None
+    if distributed.is_enabled():
+        ranks = sync_bn_groups(distributed.world_size(), group_size)
+        if len(ranks) > 1:  # new_subgroups creates every group on every rank and returns this rank's
+            group, _ = dist.new_subgroups_by_enumeration(ranks)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
+
+
+def _unsharded_norm_layers(module: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers under ``module`` that no inner unit has sharded yet (their weights are no DTensor)."""
+    return [
+        m
+        for m in module.modules()
+        if isinstance(m, _BatchNorm) and m.weight is not None and not isinstance(m.weight, DTensor)
+    ]
+
+
+def shard(model: SwAVModel, precision: str = "fp32") -> None:
+    """``fully_shard`` the model in place, per RegNet block, with mixed precision for ``bf16``/``fp16``.
+
+    Mixed precision all-gathers parameters in the low precision and reduces gradients in float32 (the sharded
+    master weights stay float32). BatchNorm layers keep float32 parameters in a unit of their own per block,
+    because batch_norm refuses low-precision weights next to its float32 running statistics.
+    """
+    # FSDP shards contiguous storage only; channels_last inputs still select the NHWC convolution kernels
+    model.to(memory_format=torch.contiguous_format)
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32 if low else None)
+    fp32_norms = MixedPrecisionPolicy(cast_forward_inputs=False)
+
+    def unit(module: nn.Module) -> None:
+        norms = _unsharded_norm_layers(module)
+        if low is not None and norms:
+            fully_shard(norms, mp_policy=fp32_norms, reshard_after_forward=False)  # tiny: keep them gathered
+        fully_shard(module, mp_policy=policy)
+
+    for _, stage in backbone_stages(model.backbone):
+        for block in _inner(stage).children():
+            unit(block)
+    unit(model.head.projection)
+    fully_shard(model.head.prototypes, mp_policy=policy)
+    unit(model)
+
+
+def parallelize(
+    model: SwAVModel, cfg: ParallelConfig, device: torch.device, precision: str = "fp32"
+) -> nn.Module:
+    """Prepare ``model`` (on ``device``) for data-parallel training; returns the module for the forward pass."""
+    if cfg.activation_checkpointing:
+        checkpoint_stages(model.backbone)
+    if cfg.sync_bn:
+        if device.type != "cuda":
+            # torch's SyncBatchNorm only has CUDA kernels ("SyncBatchNorm expected input tensor to be on GPU")
+            raise ConfigError(
+                "config key 'parallel.sync_bn': SyncBatchNorm needs CUDA devices in torch; set it false"
+            )
+        convert_sync_bn(model, cfg.sync_bn_group)
+    if not distributed.is_enabled():
+        return model
+    if cfg.strategy == "fsdp":
+        shard(model, precision)
+        log.info("FSDP: model sharded over %d processes (%s)", distributed.world_size(), precision)
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def full_backbone(model: SwAVModel, build: Callable[[], SwAVModel]) -> nn.Module:
+    """The trained backbone with whole weights, for evaluation on rank 0 alone.
+
+    A sharded model is gathered (a collective: every rank calls this) into a fresh model from ``build`` on rank
+    0; other ranks get their sharded backbone back. An unsharded model's own backbone is returned as is.
+    """
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return model.backbone
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)  # whole tensors on rank 0 only
+    if not distributed.is_main():
+        return model.backbone
+    fresh = build()
+    fresh.load_state_dict(state)
+    return fresh.backbone

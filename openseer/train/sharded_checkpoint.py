@@ -1,0 +1,187 @@
+"""Sharded checkpoints with ``torch.distributed.checkpoint`` (DCP), resumable with another number of processes.
+
+``checkpoints/dcp-<step>/`` holds DCP's files (each rank writes its own shards, rank 0 the ``.metadata``) for the
+model, the optimiser, the embedding queue of the *whole* job and the other tensors of the training state, plus
+``meta.json`` for the plain values (step, counters, grad-scaler state, config, world size). DCP records every
+tensor by its global name and shape, so a checkpoint written by N processes loads into M processes (or into a
+single process with no process group at all).
+
+A checkpoint is written to ``dcp-<step>.tmp/`` and renamed by rank 0 once complete, so a folder named
+``dcp-<step>`` is always whole; the newest one is resumed. Loading never executes pickled code: DCP's non-tensor
+entries (optimiser hyper-parameters) are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.planner import ReadItem
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from openseer import distributed
+from openseer.swav import EmbeddingQueue
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^dcp-(\d{8})$")
+_META = "meta.json"
+_TENSORS = "tensors"  # DCP key holding the loose tensors of the training state (RNG states...)
+
+
+class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+    """DCP's default planner unpickles non-tensor entries with ``weights_only=False``; ours are numbers, strings
+    and lists, which the restricted unpickler reads, and anything else is refused."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        obj = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def sharded_path(folder: Path, step: int) -> Path:
+    return folder / f"dcp-{step:08d}"
+
+
+def list_sharded(folder: Path) -> list[Path]:
+    """Complete sharded checkpoints in step order."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if _NAME.match(p.name) and (p / _META).exists() and (p / ".metadata").exists()
+    )
+
+
+def latest_sharded(folder: Path) -> Path | None:
+    found = list_sharded(folder)
+    return found[-1] if found else None
+
+
+def _global_queue(queue: EmbeddingQueue) -> torch.Tensor:
+    """Every process's queue side by side, (n_assign, world * length, dim): the queue of the whole job."""
+    local = queue.embeddings.contiguous()
+    if not distributed.is_enabled():
+        return local
+    parts = [torch.empty_like(local) for _ in range(distributed.world_size())]
+    dist.all_gather(parts, local)
+    return torch.cat(parts, dim=1)
+
+
+def _split_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors (and lists of tensors, as ``key/i``) for DCP; everything else must be JSON for meta.json."""
+    tensors, plain = {}, {"_lists": {}}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            tensors[key] = value
+        elif isinstance(value, list | tuple) and value and all(isinstance(v, torch.Tensor) for v in value):
+            tensors.update({f"{key}/{i}": v for i, v in enumerate(value)})
+            plain["_lists"][key] = len(value)
+        else:
+            plain[key] = value
+    return tensors, plain
+
+
+def save_sharded(
+    folder: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    queue: EmbeddingQueue,
+    state: dict[str, Any],
+    keep: int = 3,
+) -> Path:
+    """Collective: every rank writes its shards of model and optimiser; returns the checkpoint folder."""
+    final = sharded_path(folder, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if distributed.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while writing
+        tmp.mkdir(parents=True)
+    distributed.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    tensors, plain = _split_state(state)
+    plain["_queue_filled"] = queue.filled
+    plain["world_size"] = distributed.world_size()
+    content = {
+        "model": model_state,
+        "optimizer": optim_state,
+        "queue": _global_queue(queue),
+        _TENSORS: tensors,
+    }
+    with warnings.catch_warnings():  # DCP warns that one process saves alone even when told so
+        warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        # returns on rank 0 once every rank's files and the .metadata are written
+        dcp.save(content, checkpoint_id=tmp, no_dist=not distributed.is_enabled())
+    if distributed.is_main():
+        (tmp / _META).write_text(json.dumps(plain, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in list_sharded(folder)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _share_queue(queue: EmbeddingQueue, saved: torch.Tensor, saved_world: int, saved_filled: int) -> None:
+    """This process's share of a saved job-wide queue: the filled part of every saved process's queue, laid
+    end to end, split evenly over the current processes (the same embeddings, whatever the number of them)."""
+    if queue.length == 0:
+        return
+    filled = torch.cat([part[:, :saved_filled] for part in saved.chunk(saved_world, dim=1)], dim=1)
+    share = min(filled.shape[1] // distributed.world_size(), queue.length)
+    start = distributed.rank() * share
+    embeddings = torch.zeros_like(queue.embeddings)
+    embeddings[:, :share] = filled[:, start : start + share]
+    queue.load_state_dict({"embeddings": embeddings.cpu(), "filled": share})
+
+
+def load_sharded(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, queue: EmbeddingQueue
+) -> dict[str, Any]:
+    """Collective: load model, optimiser and this process's part of the queue in place, resharded to the
+    current number of processes; returns the rest of the saved ``state`` (same keys as given to save)."""
+    plain = json.loads((path / _META).read_text())
+    model_state, optim_state = get_state_dict(model, optimizer)  # the targets, sharded like the live model
+    saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    device = queue.embeddings.device
+    tensors = {  # loose tensors are allocated from their saved shapes
+        key.removeprefix(f"{_TENSORS}."): torch.empty(meta.size, dtype=meta.properties.dtype)
+        for key, meta in saved.items()
+        if key.startswith(f"{_TENSORS}.") and isinstance(meta, TensorStorageMetadata)
+    }
+    full_queue = torch.empty(saved["queue"].size, dtype=queue.embeddings.dtype, device=device)
+    content = {"model": model_state, "optimizer": optim_state, "queue": full_queue, _TENSORS: tensors}
+    with warnings.catch_warnings():  # as in save_sharded
+        warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        dcp.load(
+            content,
+            checkpoint_id=path,
+            planner=_WeightsOnlyLoadPlanner(),
+            no_dist=not distributed.is_enabled(),
+        )
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+
+    world = distributed.world_size()
+    _share_queue(queue, full_queue, plain["world_size"], plain["_queue_filled"])
+    state = {k: v for k, v in plain.items() if not k.startswith("_") and k != "world_size"}
+    state.update({k: v for k, v in tensors.items() if "/" not in k})
+    for key, n in plain["_lists"].items():
+        state[key] = [tensors[f"{key}/{i}"] for i in range(n)]
+    if plain["world_size"] != world:
+        log.info("resharded %s from %d to %d processes", path, plain["world_size"], world)
+    return state

@@ -1,0 +1,167 @@
+"""WebDataset shards: packing a folder (bad files skipped and counted), sources, and the per-rank stream:
+disjoint ranks covering the epoch, and mid-epoch resumption on exactly the remaining batches.
+
+Images are flat colours whose red and green channels encode their index (PNG keeps them exact) and augmentation is
+reduced to crops and flips, so the index behind every crop can be read back from its pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from openseer.cli import main as cli_main
+from openseer.data.folders import DataError
+from openseer.data.multicrop import AugmentSpec, CropSpec
+from openseer.data.shards import (
+    ShardBatches,
+    ShardList,
+    count_samples,
+    is_shard_source,
+    resolve_shards,
+    round_robin_resume,
+)
+from openseer.train.config import DataConfig
+from openseer.train.data import prepare_data
+
+N, PER_SHARD, BATCH = 32, 8, 4
+PLAIN = AugmentSpec(color_p=0.0, grayscale_p=0.0, blur_p=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+CROPS = [CropSpec(6, 2, (0.5, 1.0)), CropSpec(4, 1, (0.2, 0.5))]
+
+
+def ids_of(crop: torch.Tensor) -> list[int]:
+    rgb = (crop.float() * 255).round().long()
+    assert (rgb == rgb[:, :, :1, :1]).all()
+    return (rgb[:, 0, 0, 0] + 256 * rgb[:, 1, 0, 0]).tolist()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 flat images + 1 broken file, packed by the command line into 4 shards of 8."""
+    src = tmp_path_factory.mktemp("src")
+    for i in range(N):
+        Image.new("RGB", (10, 12), (i % 256, i // 256, 7)).save(src / f"img{i:03d}.png")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    dst = tmp_path_factory.mktemp("shards")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli_main(["shards", str(src), str(dst), "--max-count", str(PER_SHARD), "--threads", "2"]) == 0
+    (dst / "stdout.txt").write_text(printed.getvalue())
+    return dst
+
+
+def stream(shards: ShardList, rank: int = 0, world: int = 1, workers: int = 0) -> ShardBatches:
+    return ShardBatches(
+        shards, BATCH, CROPS, PLAIN, seed=1, rank=rank, world_size=world, workers=workers, channels_last=False,
+        shuffle_buffer=5,
+    )  # fmt: skip
+
+
+def epoch_ids(batches: ShardBatches, epoch: int, start: int = 0) -> list[list[int]]:
+    out = []
+    for crops in batches.epoch(epoch, start):
+        per_crop = [ids_of(c) for c in crops]
+        assert all(p == per_crop[0] for p in per_crop)  # the crops of a row come from one image
+        out.append(per_crop[0])
+    return out
+
+
+def test_pack_writes_shards_and_index_and_counts_bad_files(shards: Path) -> None:
+    assert sorted(p.name for p in shards.glob("*.tar")) == [f"shard-{i:06d}.tar" for i in range(4)]
+    listed = resolve_shards(str(shards))
+    assert listed.samples == [PER_SHARD] * 4 and len(listed) == N
+    assert all(count_samples(Path(u)) == PER_SHARD for u in listed.urls)
+    out = (shards / "stdout.txt").read_text()
+    assert "wrote 32 images in 4 shards" in out and "skipped 1 file" in out
+    assert json.loads((shards / "shards.json").read_text())["skipped"] == 1
+
+
+def test_sources(shards: Path, tmp_path: Path) -> None:
+    pattern = str(shards / "shard-{000001..000002}.tar")
+    assert (
+        is_shard_source(pattern)
+        and is_shard_source(str(shards))
+        and is_shard_source(str(shards / "shards.json"))
+    )
+    assert not is_shard_source(str(tmp_path))
+    assert resolve_shards(pattern).urls == [
+        str(shards / "shard-000001.tar"),
+        str(shards / "shard-000002.tar"),
+    ]
+    lone = tmp_path / "lone.tar"  # no index next to it: counted from its headers
+    lone.write_bytes((shards / "shard-000003.tar").read_bytes())
+    assert resolve_shards(str(lone)).samples == [PER_SHARD]
+    with pytest.raises(DataError, match="shards.json"):
+        resolve_shards("pipe:cat /nowhere/shard-000000.tar")
+    data = prepare_data(DataConfig(source=pattern))
+    assert data.train_shards is not None and len(data) == 2 * PER_SHARD
+
+
+def test_two_ranks_see_disjoint_images_that_cover_the_epoch(shards: Path) -> None:
+    listed = resolve_shards(str(shards))
+    seen = []
+    for rank in range(2):
+        batches = stream(listed, rank=rank, world=2)
+        assert batches.steps_per_epoch == N // 2 // BATCH
+        ids = epoch_ids(batches, 0)
+        assert len(ids) == batches.steps_per_epoch and all(len(b) == BATCH for b in ids)
+        seen.append([i for b in ids for i in b])
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(N))
+
+
+def test_epochs_are_reshuffled(shards: Path) -> None:
+    batches = stream(resolve_shards(str(shards)))
+    assert epoch_ids(batches, 0) != epoch_ids(batches, 1)
+
+
+def test_round_robin_resume() -> None:
+    assert round_robin_resume([4, 2], 0) == ([0, 0], 0)
+    assert round_robin_resume([4, 2], 3) == ([2, 1], 1)
+    assert round_robin_resume([4, 2], 5) == ([3, 2], 0)  # stream 1 has run out: the rest come from stream 0
+    assert round_robin_resume([1, 3, 2], 5) == ([1, 2, 2], 1)
+
+
+def test_resume_mid_epoch_neither_repeats_nor_skips_with_workers(shards: Path) -> None:
+    """3 shards of 8 on 2 workers: one worker holds 4 batches, the other 2, so the DataLoader's round-robin runs
+    out of one worker mid-epoch; resuming before and after that point must continue on the very same crops."""
+    listed = resolve_shards(str(shards))
+    three = ShardList(listed.urls[:3], listed.samples[:3])
+    full = list(stream(three, workers=2).epoch(0))
+    assert len(full) == 3 * PER_SHARD // BATCH - 1  # one batch of slack per extra worker
+    for start in (1, 4):
+        resumed = list(stream(three, workers=2).epoch(0, start))
+        assert len(resumed) == len(full) - start
+        for got, want in zip(resumed, full[start:], strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_pretrain_streams_from_shards(shards: Path, tmp_path: Path) -> None:
+    from openseer.config import load_config
+    from openseer.train.config import PretrainConfig
+    from openseer.train.pretrain import pretrain
+
+    cfg = load_config(
+        PretrainConfig,
+        ["cpu"],
+        [
+            f"data.source={shards}",
+            "data.workers=0",
+            "crops=[{size: 8, count: 2, scale: [0.5, 1.0]}]",
+            "model.stem=small",
+            "model.prototypes=10",
+            "optim.batch_size=8",
+            "run.max_steps=2",
+            f"run.out_dir={tmp_path}",
+            "run.progress=false",
+            "run.tensorboard=false",
+        ],
+    )
+    result = pretrain(cfg)
+    assert result.steps == 2 and result.images_seen == 16 and result.knn_top1 is None  # unlabelled stream

@@ -1,0 +1,253 @@
+"""Data specs, feature extraction, the feature cache and `openseer embed`.
+
+Also home of the helpers the other evaluation tests import: a tiny ImageFolder and a 2-step pretraining run on
+it (made once per process, copied for tests that write into it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from openseer.cli import main as cli_main
+from openseer.config import load_config
+from openseer.data.folders import DataError, split_per_class
+from openseer.eval.embed import (
+    Embedder,
+    EvalData,
+    FeatureConfig,
+    align_classes,
+    load_data,
+    load_model,
+    train_test_data,
+    weights_digest,
+)
+from openseer.train.config import PretrainConfig
+
+# ============ shared helpers ============
+
+
+def make_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 20) -> Path:
+    """Class-coloured noisy squares (PNG) in an ImageFolder tree: class c is mostly channel c."""
+    gen = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        base = torch.zeros(3, size, size)
+        base[c % 3] = 0.8
+        for i in range(per_class):
+            img = (base + 0.3 * torch.rand(3, size, size, generator=gen)).clamp(0, 1)
+            Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(
+                root / f"class{c}" / f"{i}.png"
+            )
+    return root
+
+
+def tiny_config(source: Path, out: Path) -> PretrainConfig:
+    values = {
+        "data.source": str(source),
+        "data.cache_size": 16,
+        "data.holdout": 0.25,
+        "data.workers": 0,
+        "crops": "[{size: 16, count: 2, scale: [0.3, 1.0]}, {size: 8, count: 2, scale: [0.1, 0.3]}]",
+        "model.arch": "regnety_200mf",
+        "model.stem": "small",
+        "model.head_hidden": "[32]",
+        "model.out_dim": 16,
+        "model.prototypes": 10,
+        "optim.batch_size": 8,
+        "optim.epochs": 1,
+        "optim.warmup_epochs": 0.5,
+        "swav.freeze_prototypes_iters": 0,
+        "swav.queue_length": 0,
+        "run.out_dir": str(out),
+        "run.progress": False,
+        "run.tensorboard": False,
+        "run.log_every": 1,
+        "run.knn_k": 5,
+        "run.max_steps": 2,
+        "run.knn_at_end": False,
+    }
+    return load_config(PretrainConfig, [], [f"{k}={v}" for k, v in values.items()])
+
+
+_TINY: dict[str, tuple[Path, Path]] = {}
+
+
+def tiny_run(factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(run folder, image folder) of a 2-step pretraining on 36 images; made once per process, do not modify."""
+    if "run" not in _TINY:
+        from openseer.train.pretrain import pretrain
+
+        root = factory.mktemp("tiny")
+        folder = make_folder(root / "imgs")
+        old = os.environ.get("OPENSEER_CACHE")
+        os.environ["OPENSEER_CACHE"] = str(root / "cache")
+        try:
+            pretrain(tiny_config(folder, root / "run"))
+        finally:
+            if old is None:
+                os.environ.pop("OPENSEER_CACHE", None)
+            else:
+                os.environ["OPENSEER_CACHE"] = old
+        _TINY["run"] = (root / "run", folder)
+    return _TINY["run"]
+
+
+def fresh_run(factory: pytest.TempPathFactory, tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the tiny run, for tests that write results into it."""
+    run, folder = tiny_run(factory)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy, folder
+
+
+FAST = ["--workers", "0", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+# ============ data specs ============
+
+
+def test_folder_with_class_subfolders_is_labelled(tmp_path: Path) -> None:
+    data = load_data(str(make_folder(tmp_path / "f", classes=2, per_class=3)))
+    assert data.classes == ["class0", "class1"] and data.targets.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.paths is not None and len(data) == 6 and data.images is None
+
+
+def test_csv_and_lists(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "f", classes=2, per_class=2)
+    (tmp_path / "l.csv").write_text("path,label\nf/class0/0.png,zebra\nf/class1/1.png,ant\n")
+    data = load_data(str(tmp_path / "l.csv"))
+    assert data.classes == ["ant", "zebra"] and data.targets.tolist() == [1, 0]
+    (tmp_path / "l.txt").write_text(f"{folder}/class0/0.png\n{folder}/class0/1.png\n")
+    unlabelled = load_data(str(tmp_path / "l.txt"))
+    assert not unlabelled.labelled and len(unlabelled) == 2
+    with pytest.raises(DataError, match="no labels"):
+        load_data(str(tmp_path / "l.txt"), labels="required")
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(str(tmp_path / "missing"))
+
+
+def test_builtin_test_split() -> None:
+    data = load_data("builtin", split="test")
+    assert (
+        data.name == "builtin:test"
+        and data.images.dtype == torch.uint8
+        and data.images.shape[1:] == (3, 28, 28)
+    )
+    assert len(data.classes) == 10 and len(data.targets) == len(data.images)
+
+
+def test_align_classes_remaps_and_rejects_unknown() -> None:
+    data = EvalData(
+        "x", torch.tensor([0, 1, 1]), ["b", "c"], images=torch.zeros(3, 3, 4, 4, dtype=torch.uint8)
+    )
+    aligned = align_classes(data, ["a", "b", "c"])
+    assert aligned.classes == ["a", "b", "c"] and aligned.targets.tolist() == [1, 2, 2]
+    with pytest.raises(DataError, match="does not know: c"):
+        align_classes(data, ["a", "b"])
+
+
+def test_default_test_split_is_pretrainings_holdout(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "f", classes=3, per_class=8)
+    full = load_data(str(folder))
+    train, test = train_test_data(str(folder), None, holdout=0.25, seed=3)
+    tr, te = split_per_class(full.targets, 0.25, seed=3)
+    assert train.paths == [full.paths[i] for i in tr] and test.paths == [full.paths[i] for i in te]
+    assert not set(train.paths) & set(test.paths)
+
+
+# ============ features and cache ============
+
+
+def _embedder(cfg: FeatureConfig | None = None, seed: int = 0) -> Embedder:
+    from openseer.models import build_backbone
+
+    torch.manual_seed(seed)
+    return Embedder(build_backbone("regnety_200mf", stem="small"), 16, (0.5,) * 3, (0.25,) * 3, cfg)
+
+
+def test_features_are_cached_by_weights_data_and_size(
+    monkeypatch: pytest.MonkeyPatch, cache_dir: Path
+) -> None:
+    images = torch.randint(
+        0, 256, (10, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    data = EvalData("mem", torch.arange(10) % 2, ["a", "b"], images=images)
+    emb = _embedder(FeatureConfig(batch_size=4, progress=False))
+    first = emb(data)
+    assert first.features.shape == (10, 368) and first.labels.tolist() == data.targets.tolist()
+    assert len(list((cache_dir / "features").glob("*.safetensors"))) == 1
+
+    def boom(_data: EvalData) -> None:
+        raise AssertionError("recomputed instead of read from the cache")
+
+    monkeypatch.setattr(emb, "compute", boom)
+    again = emb(data)
+    assert torch.equal(again.features, first.features)
+    # other pixels, another size or other weights are other entries
+    other = EvalData("mem", data.targets, data.classes, images=images.flip(0))
+    assert emb.cache_path(other) != emb.cache_path(data)
+    assert _embedder(seed=1).cache_path(data) != emb.cache_path(data)
+    emb.size = 20
+    assert emb.cache_path(data) != _embedder().cache_path(data)
+
+
+def test_weights_digest_sees_every_value() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    before = weights_digest(net)
+    net[1].running_mean[0] += 1e-6
+    assert weights_digest(net) != before
+
+
+def test_random_init_features_are_told_apart_after_bn_recalibration(tmp_path: Path) -> None:
+    """At random init BN's (0, 1) statistics make images look alike; recalibrated, they differ."""
+    data = load_data(str(make_folder(tmp_path / "f", classes=3, per_class=4)))
+    emb = _embedder(FeatureConfig(workers=0, progress=False, cache=False))
+    emb.random_init = True
+    emb.prepare(data)
+    f = emb(data).features
+    assert f.std(dim=0).mean() > 1e-3
+
+
+# ============ the embed command ============
+
+
+def test_embed_command_writes_safetensors_json_and_npy(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    run, folder = tiny_run(tmp_path_factory)
+    out = tmp_path / "feats.npy"
+    assert cli_main(["embed", str(run), "--data", str(folder), "--out", str(out), *FAST]) == 0
+    tensors = load_file(tmp_path / "feats.safetensors")
+    index = json.loads((tmp_path / "feats.json").read_text())
+    assert tensors["features"].shape == (36, 368) and tensors["labels"].shape == (36,)
+    assert index["classes"] == ["class0", "class1", "class2"] and len(index["items"]) == 36
+    assert index["items"][0].endswith("class0/0.png")
+    assert np.allclose(np.load(out), tensors["features"].numpy())
+    # the same network from a loaded checkpoint gives the same features (eval mode, recalibrated on the set)
+    model, cfg = load_model(run)
+    emb = Embedder.from_model(model, cfg, FeatureConfig(workers=0, progress=False))
+    data = load_data(str(folder))
+    emb.prepare(data)
+    assert torch.allclose(emb(data).features, tensors["features"], atol=1e-5)
+
+
+def test_embed_errors_exit_2(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys) -> None:
+    run, _ = tiny_run(tmp_path_factory)
+    assert cli_main(["embed", str(run), "--data", str(tmp_path / "nothing"), *FAST]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["embed", str(tmp_path / "nocheckpoint"), "--data", "builtin", *FAST]) == 2

@@ -1,0 +1,130 @@
+"""The run report: built from a tiny run after the quick evaluation, self-contained, rendered by Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_embed import fresh_run
+
+from openseer.cli import main as cli_main
+from openseer.eval.neighbors import save_grid
+from openseer.eval.quick import evaluate_run
+from openseer.eval.report import accuracy_rows, build_report, read_metrics
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run after quick_evaluation, plus hand-written low-shot and cluster results."""
+    import os
+
+    tmp = tmp_path_factory.mktemp("report")
+    old = os.environ.get("OPENSEER_CACHE")
+    os.environ["OPENSEER_CACHE"] = str(tmp / "cache")
+    try:
+        run, _ = fresh_run(tmp_path_factory, tmp)
+        # evaluate_run = quick_evaluation(run, data, cfg, backbone, device) on the run's own data and split
+        figures = evaluate_run(run, device="cpu", probe_epochs=5)
+    finally:
+        if old is None:
+            os.environ.pop("OPENSEER_CACHE", None)
+        else:
+            os.environ["OPENSEER_CACHE"] = old
+    (run / "figures.json").write_text(json.dumps(figures))
+    cell = {"top1_mean": 0.5, "top1_std": 0.1, "top5_mean": 0.9, "top5_std": 0.0, "runs": []}
+    lowshot = {
+        "kind": "lowshot",
+        "protocol": "linear",
+        "test": "held-out",
+        "budgets": ["1%", "10%"],
+        "seeds": [0, 1, 2],
+        "rows": [
+            {"method": m, "name": n, "cells": {"1%": cell, "10%": cell}}
+            for m, n in [
+                ("ssl-linear", "self-supervised, linear probe"),
+                ("supervised", "supervised from scratch"),
+            ]
+        ],
+    }
+    (run / "eval" / "lowshot.json").write_text(json.dumps(lowshot))
+    rng = np.random.default_rng(0)
+    png = save_grid(
+        __import__("torch").from_numpy(rng.integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)),
+        run / "eval" / "clusters" / "cluster-00003.png",
+    )
+    clusters = {
+        "kind": "clusters",
+        "data": "imgs",
+        "n_images": 36,
+        "prototypes": 10,
+        "used": 2,
+        "empty": 8,
+        "sizes": [0, 0, 0, 30, 6, 0, 0, 0, 0, 0],
+        "clusters": [{"prototype": 3, "rank": 1, "size": 30, "png": str(png), "majority_label": "class1",
+                      "majority_share": 0.5}],
+    }  # fmt: skip
+    (run / "eval" / "clusters.json").write_text(json.dumps(clusters))
+    return run
+
+
+def test_quick_evaluation_scores_the_held_out_split(evaluated_run: Path) -> None:
+    figures = json.loads((evaluated_run / "figures.json").read_text())
+    for key in ("knn_top1", "knn_top5", "linear_top1", "linear_top5"):
+        assert 0.0 <= figures[key] <= 1.0
+    knn = json.loads((evaluated_run / "eval" / "quick-knn.json").read_text())
+    linear = json.loads((evaluated_run / "eval" / "quick-linear.json").read_text())
+    assert knn["n_test"] == linear["n_test"] == 9 and knn["n_train"] == 27 and linear["protocol"] == "quick"
+    assert Path(figures["report"]) == evaluated_run / "report.html"
+
+
+def test_report_is_one_self_contained_page(evaluated_run: Path) -> None:
+    page = build_report(evaluated_run).read_text()
+    for heading in ("Training", "Accuracy", "Low-shot", "Confusion matrix", "Clusters"):
+        assert f"<h2>{heading}</h2>" in page
+    sources = re.findall(r"<img src='([^']*)'", page)
+    assert len(sources) >= 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "supervised from scratch" in page and "50.00 ± 10.00" in page
+    assert "http://" not in page and "https://" not in page  # nothing fetched from anywhere
+
+
+def test_report_reading_is_tolerant(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\nnot json\n{"step": 2, "final/x": 1}\n')
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 2.0}]
+    rows = accuracy_rows(
+        {"knn_top1": 0.5, "knn_top5": 0.75}, [{"kind": "knn", "model": "random", "top1": 0.25}]
+    )
+    assert rows[0][-2:] == ["50.00", "75.00"] and rows[1][1] == "random init" and rows[1][-1] == "–"
+    assert cli_main(["report", str(tmp_path)]) == 0
+    assert "Nothing to report" not in (tmp_path / "report.html").read_text()
+    assert cli_main(["report", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium)")
+def test_report_renders_in_headless_chromium(evaluated_run: Path, tmp_path: Path) -> None:
+    page = build_report(evaluated_run, tmp_path / "report.html")
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert len(re.findall(r"<img src=\"data:image/png;base64,", dom.stdout)) >= 5
+    shot = tmp_path / "shot.png"
+    run = subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+    with Image.open(shot) as img:
+        pixels = np.asarray(img.convert("L"), dtype=np.float32)
+    assert pixels.shape == (2000, 1200) and pixels.std() > 10  # text, plots and grids, not a blank page
+    assert len(np.unique(pixels)) > 50

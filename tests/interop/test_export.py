@@ -1,0 +1,150 @@
+"""``openseer export`` of the CPU preset's backbone: ONNX (run with onnxruntime), TorchScript, safetensors."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from openseer.cli import main as cli_main
+from openseer.config import load_config, to_dict
+from openseer.interop import load_weights
+from openseer.interop.commands import EXPORT_FORMATS
+from openseer.interop.export import FORMATS, relative_error
+from openseer.train.checkpoint import save_checkpoint
+from openseer.train.config import PretrainConfig
+from openseer.train.pretrain import build_model
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def randomize(module: nn.Module, seed: int) -> nn.Module:
+    """Random BatchNorm statistics and affine terms too, as a trained network has."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A run folder holding a checkpoint of the CPU preset's model, and a fine-tuned checkpoint beside it."""
+    cfg = load_config(PretrainConfig, ["cpu"])
+    torch.manual_seed(0)
+    model = randomize(build_model(cfg), seed=1)
+    folder = tmp_path_factory.mktemp("run")
+    save_checkpoint(
+        {"config": to_dict(cfg), "model": model.state_dict(), "step": 1}, folder / "checkpoints", 1
+    )
+    classifier = nn.Linear(model.backbone.num_features, 3)
+    finetuned = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
+    finetuned |= {f"classifier.{k}": v for k, v in classifier.state_dict().items()}
+    torch.save(
+        {"config": to_dict(cfg), "model": finetuned, "classes": ["a", "b", "c"]}, folder / "finetuned.pt"
+    )
+    size = cfg.crops[0].size
+    x = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(2))
+    return {"folder": folder, "backbone": model.backbone, "classifier": classifier, "x": x, "cfg": cfg}
+
+
+def _onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"images": x.numpy()})
+    return torch.from_numpy(out)
+
+
+def test_onnx_backbone_matches_pytorch(run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dst = tmp_path / "backbone.onnx"
+    assert cli_main(["export", str(run["folder"]), str(dst), "--format", "onnx", "--verify"]) == 0
+    assert "relative error" in capsys.readouterr().out
+    assert run["cfg"].model.arch == "regnety_200mf"
+    with torch.no_grad():
+        expected = run["backbone"](run["x"])
+    for batch in (5, 1):  # the batch axis is dynamic
+        actual = _onnx(dst, run["x"][:batch])
+        assert actual.shape == (batch, run["backbone"].num_features)
+        assert relative_error(actual, expected[:batch]) <= 1e-4
+
+
+def test_onnx_with_classifier_outputs_logits(run: dict, tmp_path: Path) -> None:
+    dst = tmp_path / "classifier.onnx"
+    assert (
+        cli_main(["export", str(run["folder"] / "finetuned.pt"), str(dst), "--format", "onnx", "--with-head"])
+        == 0
+    )
+    with torch.no_grad():
+        expected = run["classifier"](run["backbone"](run["x"]))
+    assert relative_error(_onnx(dst, run["x"]), expected) <= 1e-4
+
+
+def test_torchscript_accepts_other_batches_and_sizes(run: dict, tmp_path: Path) -> None:
+    dst = tmp_path / "backbone.pt"
+    assert cli_main(["export", str(run["folder"]), str(dst), "--format", "torchscript"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.load(str(dst))
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), run["backbone"](x))
+
+
+def test_safetensors_keeps_the_backbone_and_the_classifier_only_when_asked(run: dict, tmp_path: Path) -> None:
+    assert (
+        cli_main(["export", str(run["folder"]), str(tmp_path / "b.safetensors"), "--format", "safetensors"])
+        == 0
+    )
+    weights = load_weights(tmp_path / "b.safetensors")
+    assert weights.head is None and weights.classifier is None and (tmp_path / "b.yaml").exists()
+    original = run["backbone"].state_dict()
+    assert all(torch.equal(weights.backbone[k], v) for k, v in original.items())
+
+    src = str(run["folder"] / "finetuned.pt")
+    assert (
+        cli_main(["export", src, str(tmp_path / "c.safetensors"), "--format", "safetensors", "--with-head"])
+        == 0
+    )
+    weights = load_weights(tmp_path / "c.safetensors")
+    assert weights.classes == ["a", "b", "c"] and torch.equal(
+        weights.classifier["bias"], run["classifier"].bias
+    )
+
+
+def test_with_head_needs_a_classifier(run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = cli_main(
+        ["export", str(run["folder"]), str(tmp_path / "x.onnx"), "--format", "onnx", "--with-head"]
+    )
+    assert code == 2
+    assert "holds no classifier" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_formats_match_the_exporter() -> None:
+    assert EXPORT_FORMATS == FORMATS
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # one process on purpose
+def test_sharded_fsdp_run_exports_like_any_other(run: dict, tmp_path: Path) -> None:
+    """An FSDP run's ``dcp-*`` checkpoint (written here by one process) is gathered for export and loading."""
+    sharded = pytest.importorskip("openseer.train.sharded_checkpoint")
+    from openseer.swav import EmbeddingQueue
+
+    cfg = run["cfg"]
+    model = randomize(build_model(cfg), seed=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    queue = EmbeddingQueue(len(cfg.swav.crops_for_assign), 0, cfg.model.out_dim, torch.device("cpu"))
+    sharded.save_sharded(
+        tmp_path / "fsdp" / "checkpoints", 5, model, optimizer, queue, {"config": to_dict(cfg)}
+    )
+    dst = tmp_path / "fsdp.safetensors"
+    assert cli_main(["export", str(tmp_path / "fsdp"), str(dst), "--format", "safetensors"]) == 0
+    weights = load_weights(dst)
+    assert all(torch.equal(weights.backbone[k], v) for k, v in model.backbone.state_dict().items())
