@@ -24,6 +24,10 @@ def _shards(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from openseer.data.images import (
+        DEFAULT_MAX_PIXELS,  # the same bomb limit as pretraining's data.max_pixels
+    )
+
     p = subparsers.add_parser(
         "shards",
         help="pack a folder of images into WebDataset tar shards",
@@ -35,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dst", help="output folder for the shards and their index")
     p.add_argument("--max-size", type=float, default=1e9, help="bytes per shard at most (default: 1e9)")
     p.add_argument("--max-count", type=int, default=10_000, help="images per shard at most (default: 10000)")
-    p.add_argument("--max-pixels", type=int, default=178_956_970, help="larger images are skipped as bombs")
+    p.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are skipped as bombs"
+    )
     p.add_argument("--threads", type=int, default=4, help="decoding threads for the check (default: 4)")
     p.set_defaults(func=_shards)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from openseer.config import ConfigError
+from openseer.data.images import DEFAULT_MAX_PIXELS
 from openseer.data.multicrop import AugmentSpec, CropSpec
 
 
@@ -26,7 +27,7 @@ class DataConfig:
     """Decode every image once to a uint8 cache of this side and augment whole batches on tensors (fast for
     small images). null: decode and augment per image in loader workers (any image size)."""
     workers: int = 2
-    max_pixels: int = 178_956_970
+    max_pixels: int = DEFAULT_MAX_PIXELS
     """Images with more pixels are skipped as decompression bombs."""
 
     def validate(self) -> None:

@@ -34,7 +34,7 @@ from openseer.data.folders import (
     list_images,
     split_per_class,
 )
-from openseer.data.images import SkipLog
+from openseer.data.images import DEFAULT_MAX_PIXELS, SkipLog
 from openseer.data.multicrop import AugmentSpec, CropSpec, MultiCrop, collate_multicrop
 from openseer.data.shards import ShardList, is_shard_source, resolve_shards
 from openseer.train.config import DataConfig
@@ -271,7 +271,7 @@ class LoaderBatches:
         workers: int = 2,
         device: torch.device | str = "cpu",
         channels_last: bool = True,
-        max_pixels: int = 178_956_970,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.dataset = _SeededMultiCrop(
             UnlabelledImages(list(paths), max_pixels=max_pixels), MultiCrop(crops, aug), seed
