@@ -34,7 +34,7 @@ from pathlib import Path
 
 from openseer.config import from_dict, to_dict
 from openseer.data.folders import subset_per_class
-from openseer.eval.embed import EvalData, load_data
+from openseer.eval.data import EvalData, load_data
 from openseer.eval.linear import write_result
 from openseer.eval.lowshot import LowShotConfig, format_lowshot, merge_lowshot, run_lowshot
 from openseer.eval.quick import as_eval_data
@@ -47,7 +47,7 @@ FRACTIONS = (0.01, 0.1)
 
 def cifar10_split(cache_size: int | None, workers: int) -> tuple[EvalData, EvalData]:
     """CIFAR-10 training folder -> (90% labelled training part, 10% held-out test part), seed 0."""
-    from pretrain_knn import cifar10_folder  # the sibling script (its folder is on sys.path when run)
+    from _common import cifar10_folder  # the sibling module (its folder is on sys.path when run)
 
     data = prepare_data(
         DataConfig(

@@ -14,31 +14,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-import tarfile
 import time
-from pathlib import Path
+
+from _common import cifar10_folder  # the sibling module (its folder is on sys.path when run)
 
 from openseer.config import load_config
-from openseer.data.cache import default_cache_dir
 from openseer.train.config import PretrainConfig
 from openseer.train.pretrain import pretrain
-
-REPO = Path(__file__).resolve().parents[1]
-CIFAR_TAR = REPO.parent / "shared" / "data" / "cifar10-train.tar.gz"
-
-
-def cifar10_folder(tar_path: Path = CIFAR_TAR) -> Path:
-    """Unpack the CIFAR-10 JPEG folder once into the openseer cache and return it."""
-    target = default_cache_dir() / "cifar10-train"
-    if (target / "truck").is_dir():
-        return target
-    if not tar_path.exists():
-        sys.exit(f"CIFAR-10 archive not found at {tar_path}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(target.parent, filter="data")
-    return target
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -14,6 +15,7 @@ from openseer.config import ConfigError, load_config, preset_names, to_dict
 _COMMAND_MODULES: list[str] = [
     "openseer.interop.commands",
     "openseer.eval.commands",
+    "openseer.eval.use_commands",
     "openseer.data.commands",
 ]
 
@@ -31,7 +33,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from openseer import distributed
     from openseer.train.config import PretrainConfig
-    from openseer.train.pretrain import pretrain
+    from openseer.train.pretrain import SKIPPED_FILE, pretrain
 
     cfg = load_config(PretrainConfig, args.config or ["cpu"], args.overrides)
     if args.print_config:
@@ -64,7 +66,8 @@ def _pretrain(args: argparse.Namespace) -> int:
                 f"{'  linear probe (quick), pretrained':<34}{quick['linear_top1']:>8.4f}{quick['linear_top5']:>8.4f}"
             )
         if result.skipped_images:
-            print(f"skipped images: {result.skipped_images} (see the log for which and why)")
+            listed = result.out_dir / SKIPPED_FILE
+            print(f"skipped images: {result.skipped_images} unreadable files (which and why: {listed})")
         print(f"run folder: {result.out_dir}")
         if "report" in quick:
             print(f"report: {quick['report']}")
@@ -109,7 +112,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# 2: a bad config, data path or checkpoint, a diverged run, a full disk; the message says what to do
+EXIT_USER_ERROR = 2
+EXIT_OUT_OF_MEMORY = 3
+
+OUT_OF_MEMORY_ADVICE = (
+    "to fit, lower optim.batch_size (images per process), use fewer or smaller crops (crops[i].count, "
+    "crops[i].size), recompute activations in the backward pass (parallel.activation_checkpointing=true), "
+    "train in bf16 on a GPU (run.precision=bf16) or shard the model over several GPUs (parallel.strategy=fsdp); "
+    "for an evaluation command, lower --batch-size; then rerun (pretrain: with --resume)"
+)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch.OutOfMemoryError, MemoryError, or an allocator RuntimeError (CUDA or CPU) saying it ran out."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    message = str(err).lower()
+    return isinstance(err, RuntimeError) and (
+        "out of memory" in message or "can't allocate memory" in message
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; exit codes: 0 done, 1 some inputs unreadable (predict), 2 a user error (config, data,
+    checkpoint, diverged run, disk full), 3 out of memory, 130 interrupted."""
     from openseer.data.folders import DataError
     from openseer.train.checkpoint import CheckpointError
     from openseer.train.pretrain import TrainingDiverged
@@ -120,7 +147,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, TrainingDiverged) as err:
         print(f"openseer: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(
+            f"openseer: error: disk full ({err}); files are written to a temporary name and then renamed, so "
+            "the checkpoints already written are intact: free some space (or lower run.keep_checkpoints) and "
+            "rerun (pretrain: with --resume)",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"openseer: error: out of memory ({first}); {OUT_OF_MEMORY_ADVICE}", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
     except KeyboardInterrupt:
         print(
             "openseer: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr

@@ -189,6 +189,13 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def any_process(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on any process; with one process, no tensor and no device sync."""
+    if not is_enabled():
+        return flag
+    return all_reduce_max(torch.tensor(float(flag), device=device)).item() > 0
+
+
 def barrier() -> None:
     if is_enabled():
         _collective("barrier", dist.barrier)

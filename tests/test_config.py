@@ -52,7 +52,7 @@ def test_swav_rn50_preset():
 def test_cpu_preset():
     cfg = load_config(PretrainConfig, ["cpu"])
     assert cfg.model.arch == "regnety_200mf" and cfg.model.stem == "small" and cfg.model.prototypes == 100
-    assert cfg.data.cache_size == 32 and cfg.swav.queue_length == 0 and cfg.swav.temperature == 0.5
+    assert cfg.data.cache_size == 32 and cfg.swav.queue_length == 0 and cfg.swav.temperature == 0.3
     assert [(c.size, c.count) for c in cfg.crops] == [(32, 2), (16, 2)]
     assert isinstance(cfg.crops[0], CropSpec) and cfg.crops[0].scale == (0.2, 1.0)
 

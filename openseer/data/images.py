@@ -6,6 +6,7 @@ with a reason instead of crashing a DataLoader worker hours into a run.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -182,6 +183,27 @@ class SkipLog:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def distinct(self) -> SkipLog:
+        """The first entry of each path, in order (a file drawn in several epochs is one skipped file)."""
+        first: dict[str, str] = {}
+        for path, reason in self.entries:
+            first.setdefault(path, reason)
+        return SkipLog(list(first.items()))
+
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        """Write ``[{"path": ..., "reason": ...}, ...]`` (an empty list when nothing was skipped)."""
+        rows = [{"path": p, "reason": r} for p, r in self.entries]
+        Path(path).write_text(json.dumps(rows, indent=1) + "\n")
+
+    @classmethod
+    def read_json(cls, path: str | os.PathLike[str]) -> SkipLog:
+        """The entries :meth:`write_json` wrote; empty when the file is missing or unreadable."""
+        try:
+            rows = json.loads(Path(path).read_text())
+            return cls([(str(row["path"]), str(row["reason"])) for row in rows])
+        except (OSError, ValueError, TypeError, KeyError):
+            return cls()
 
     def by_reason(self) -> dict[str, int]:
         """Number of skipped files per reason, most frequent first."""

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from openseer.config import ConfigError
-from openseer.eval.embed import FeatureConfig, embedder_for, load_data, run_dir_of
+from openseer.eval.data import load_data
+from openseer.eval.embed import FeatureConfig, embedder_for, run_dir_of
 from openseer.eval.neighbors import save_grid, thumbnails
 from openseer.models.head import SwAVHead
 

@@ -1,4 +1,5 @@
-"""The evaluation sub-commands: embed, knn, linear, finetune, lowshot, predict, neighbors, clusters, report.
+"""The sub-commands that score features: embed, knn, linear, finetune, lowshot (and the flag plumbing shared
+with ``openseer.eval.use_commands``).
 
 Each command maps its flags into ONE typed config dataclass (defaults <- flags <- ``--set key=value``), checked by
 ``openseer.config.from_dict`` before any work, then calls the module that does the work and prints the result.
@@ -8,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from openseer.config import ConfigError, deep_merge, from_dict, parse_overrides, to_dict
+from openseer.config import deep_merge, from_dict, parse_overrides, to_dict
 
 T = TypeVar("T")
+CKPT_HELP = "a pretraining checkpoint (ckpt-*.pt) or run folder"
 
 # ============ config plumbing ============
 
@@ -30,7 +29,7 @@ def make_config(cls: type[T], values: dict[str, Any], sets: list[str] | None = N
     return from_dict(cls, deep_merge(merged, parse_overrides(sets or [])))
 
 
-def _features(args: argparse.Namespace) -> dict[str, Any]:
+def feature_values(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "batch_size": args.batch_size,
         "workers": args.workers,
@@ -41,7 +40,7 @@ def _features(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _add_common(p: argparse.ArgumentParser, features: bool = True) -> None:
+def add_common_flags(p: argparse.ArgumentParser, features: bool = True) -> None:
     if features:
         g = p.add_argument_group("features")
         g.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
@@ -65,7 +64,7 @@ def _add_common(p: argparse.ArgumentParser, features: bool = True) -> None:
     )
 
 
-def _add_train_test(p: argparse.ArgumentParser) -> None:
+def add_train_test_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--train",
         help="labelled training set: builtin, an ImageFolder tree or a CSV of path,label (default builtin)",
@@ -84,7 +83,7 @@ def _add_train_test(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the random initialisation and of training (default 0)")
 
 
-def _print_json(obj: Any) -> None:
+def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=1, default=str))
 
 
@@ -103,12 +102,14 @@ def _embed(args: argparse.Namespace) -> int:
             "out": args.out,
             "random_init": args.random_init or None,
             "seed": args.seed,
-            "features": _features(args),
+            "features": feature_values(args),
         },
         args.set,
     )
     feats, files = run_embed(cfg)
     print(f"{len(feats.items)} images -> features {tuple(feats.features.shape)}")
+    if len(feats.skipped):
+        print(feats.skipped.summary() + "\n(every one under 'skipped' in the .json index)")
     for f in files:
         print(f"wrote {f}")
     return 0
@@ -117,76 +118,9 @@ def _embed(args: argparse.Namespace) -> int:
 # ============ knn ============
 
 
-@dataclass
-class KnnConfig:
-    checkpoint: str = ""
-    train: str = "builtin"
-    test: str | None = None
-    holdout: float | None = None
-    split_seed: int | None = None
-    """The train/test split when `test` is not given; null: the checkpoint's data.holdout and run.seed."""
-    seed: int = 0
-    k: int = 200
-    temperature: float = 0.1
-    model: Literal["pretrained", "random"] = "pretrained"
-    results: str | None = None
-    features: Any = field(default_factory=dict)
-    """An openseer.eval.embed.FeatureConfig (given as a mapping; typed by validate, which imports torch)."""
-
-    def validate(self) -> None:
-        from openseer.eval.embed import FeatureConfig
-
-        if not self.checkpoint:
-            raise ConfigError("knn needs a checkpoint (a ckpt-*.pt file or a run folder)")
-        if self.k < 1 or self.temperature <= 0:
-            raise ConfigError(f"k must be >= 1 and temperature > 0, got k={self.k}, T={self.temperature}")
-        if not isinstance(self.features, FeatureConfig):
-            self.features = from_dict(FeatureConfig, self.features or {}, prefix="features.")
-
-
-def run_knn(cfg: KnnConfig) -> dict:
-    """Weighted cosine kNN of the test features against the training features; RUN/eval/knn[-random].json."""
-    from openseer.eval.embed import embedder_for, run_dir_of, split_settings, train_test_data
-    from openseer.eval.knn import knn_classifier
-    from openseer.eval.linear import write_result
-
-    started = time.perf_counter()
-    cfg.validate()
-    embedder, _, pcfg, file = embedder_for(cfg.checkpoint, cfg.features, cfg.model == "random", cfg.seed)
-    train, test = train_test_data(cfg.train, cfg.test, *split_settings(pcfg, cfg.holdout, cfg.split_seed))
-    embedder.prepare(train)
-    train_f, test_f = embedder(train), embedder(test)
-    top1, top5 = knn_classifier(
-        train_f.features,
-        train_f.labels,
-        test_f.features,
-        test_f.labels,
-        cfg.k,
-        cfg.temperature,
-        len(train.classes),
-    )
-    result = {
-        "kind": "knn",
-        "model": cfg.model,
-        "checkpoint": str(file),
-        "train": train.name,
-        "test": test.name,
-        "n_train": len(train_f.index),
-        "n_test": len(test_f.index),
-        "k": cfg.k,
-        "temperature": cfg.temperature,
-        "top1": top1,
-        "top5": top5,
-        "seconds": time.perf_counter() - started,
-    }
-    folder = Path(cfg.results) if cfg.results else run_dir_of(file) / "eval"
-    result["result_file"] = str(
-        write_result(folder, "knn-random" if cfg.model == "random" else "knn", result)
-    )
-    return result
-
-
 def _knn(args: argparse.Namespace) -> int:
+    from openseer.eval.knn import KnnConfig, run_knn
+
     cfg = make_config(
         KnnConfig,
         {
@@ -200,13 +134,13 @@ def _knn(args: argparse.Namespace) -> int:
             "temperature": args.temperature,
             "model": "random" if args.random_init else None,
             "results": args.results,
-            "features": _features(args),
+            "features": feature_values(args),
         },
         args.set,
     )
     result = run_knn(cfg)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(
             f"kNN (k={result['k']}, T={result['temperature']:g}, {result['model']}) "
@@ -237,13 +171,13 @@ def _linear(args: argparse.Namespace) -> int:
             "out_dir": args.out,
             "save": False if args.no_save else None,
             "results": args.results,
-            "features": _features(args),
+            "features": feature_values(args),
         },
         args.set,
     )
     result = run_linear(cfg)
     if args.json:
-        _print_json(result)
+        print_json(result)
         return 0
     print(
         "validation top-1 per learning rate: "
@@ -324,7 +258,7 @@ def _lowshot(args: argparse.Namespace) -> int:
         "protocol": args.protocol,
         "baselines": [b for b in args.baselines.split(",") if b] if args.baselines is not None else None,
         "results": args.results,
-        "features": _features(args),
+        "features": feature_values(args),
     }
     if args.per_class and not args.fractions:
         values["fractions"] = []  # N per class replaces the default 1% / 10%
@@ -332,98 +266,10 @@ def _lowshot(args: argparse.Namespace) -> int:
     with logging_redirect_tqdm():
         result = run_lowshot(cfg)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(format_lowshot(result))
         print(f"result: {result['result_file']}")
-    return 0
-
-
-# ============ predict ============
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from openseer.eval.predict import PredictConfig, format_predictions, run_predict
-
-    cfg = make_config(
-        PredictConfig,
-        {
-            "checkpoint": args.checkpoint,
-            "images": args.images or None,
-            "data": args.data,
-            "topk": args.topk,
-            "device": args.device,
-        },
-        args.set,
-    )
-    result = run_predict(cfg)
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_predictions(result))
-    return 1 if any("error" in p for p in result["predictions"]) else 0
-
-
-# ============ neighbors ============
-
-
-def _neighbors(args: argparse.Namespace) -> int:
-    from openseer.eval.neighbors import NeighborsConfig, format_neighbors, run_neighbors
-
-    cfg = make_config(
-        NeighborsConfig,
-        {
-            "checkpoint": args.checkpoint,
-            "images": args.images,
-            "index": args.index,
-            "k": args.k,
-            "random_init": args.random_init or None,
-            "grid": args.grid,
-            "features": _features(args),
-        },
-        args.set,
-    )
-    result = run_neighbors(cfg)
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_neighbors(result))
-        if cfg.grid:
-            print(f"grid: {cfg.grid}")
-    return 0
-
-
-# ============ clusters ============
-
-
-def _clusters(args: argparse.Namespace) -> int:
-    from openseer.eval.clusters import ClustersConfig, format_clusters, run_clusters
-
-    cfg = make_config(
-        ClustersConfig,
-        {
-            "checkpoint": args.checkpoint,
-            "data": args.data,
-            "clusters": args.top,
-            "per_cluster": args.per_cluster,
-            "max_images": args.max_images,
-            "out_dir": args.out,
-            "results": args.results,
-            "features": _features(args),
-        },
-        args.set,
-    )
-    print(format_clusters(run_clusters(cfg)))
-    return 0
-
-
-# ============ report ============
-
-
-def _report(args: argparse.Namespace) -> int:
-    from openseer.eval.report import build_report
-
-    print(f"report: {build_report(args.run_dir, args.out)}")
     return 0
 
 
@@ -432,10 +278,9 @@ def _report(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the evaluation sub-commands to the ``openseer`` parser."""
-    ckpt_help = "a pretraining checkpoint (ckpt-*.pt) or run folder"
 
     p = subparsers.add_parser("embed", help="pooled backbone features of a folder or labelled set")
-    p.add_argument("checkpoint", help=ckpt_help)
+    p.add_argument("checkpoint", help=CKPT_HELP)
     p.add_argument(
         "--data", help="builtin, builtin:test, a folder, an ImageFolder tree or a CSV (default builtin)"
     )
@@ -445,25 +290,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--random-init", action="store_true", help="the same network at random initialisation")
     p.add_argument("--seed", type=int, help="seed of the random initialisation (default 0)")
-    _add_common(p)
+    add_common_flags(p)
     p.set_defaults(func=_embed)
 
     p = subparsers.add_parser("knn", help="weighted cosine kNN accuracy of the features")
-    p.add_argument("checkpoint", help=ckpt_help)
-    _add_train_test(p)
+    p.add_argument("checkpoint", help=CKPT_HELP)
+    add_train_test_flags(p)
     p.add_argument("--k", type=int, help="neighbours (default 200)")
     p.add_argument("--temperature", "-T", type=float, help="vote temperature (default 0.1)")
     p.add_argument("--random-init", action="store_true", help="score the network at random initialisation")
     p.add_argument("--results", help="folder of the JSON result (default RUN/eval)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_common(p)
+    add_common_flags(p)
     p.set_defaults(func=_knn)
 
     p = subparsers.add_parser(
         "linear", help="linear probe on frozen features (one pass, several learning rates)"
     )
-    p.add_argument("checkpoint", help=ckpt_help)
-    _add_train_test(p)
+    p.add_argument("checkpoint", help=CKPT_HELP)
+    add_train_test_flags(p)
     p.add_argument("--lrs", help="comma-separated learning rates per 256 samples (default 0.001,...,1.0)")
     p.add_argument("--epochs", type=int, help="epochs over the cached features (default 100)")
     p.add_argument("--val-fraction", type=float, help="validation share of each class (default 0.1)")
@@ -472,14 +317,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-save", action="store_true", help="do not write a classifier checkpoint")
     p.add_argument("--results", help="folder of the JSON result (default RUN/eval)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_common(p)
+    add_common_flags(p)
     p.set_defaults(func=_linear)
 
     p = subparsers.add_parser(
         "finetune", help="fine-tune backbone + new linear head end to end (SEER recipe)"
     )
-    p.add_argument("checkpoint", help=ckpt_help)
-    _add_train_test(p)
+    p.add_argument("checkpoint", help=CKPT_HELP)
+    add_train_test_flags(p)
     p.add_argument("--epochs", type=float, help="epochs (default 35; milestones scale with it)")
     p.add_argument("--batch-size", type=int, help="batch (default 256, capped at the training-set size)")
     p.add_argument("--lr", type=float, help="learning rate per 256 images (default 0.0125)")
@@ -492,14 +337,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
     p.add_argument("--workers", type=int, help="DataLoader workers for image files (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_common(p, features=False)
+    add_common_flags(p, features=False)
     p.set_defaults(func=_finetune)
 
     p = subparsers.add_parser(
         "lowshot", help="1%% / 10%% of the labels, several seeds, against the baselines"
     )
-    p.add_argument("checkpoint", help=ckpt_help)
-    _add_train_test(p)
+    p.add_argument("checkpoint", help=CKPT_HELP)
+    add_train_test_flags(p)
     p.add_argument("--fractions", help="label fractions per class, comma-separated (default 0.01,0.1)")
     p.add_argument("--per-class", help="or images per class, comma-separated (e.g. 1,5,10)")
     p.add_argument("--seeds", help="subset seeds, comma-separated (default 0,1,2)")
@@ -509,48 +354,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines", help="comma-separated from random,supervised (default both; '' for none)")
     p.add_argument("--results", help="folder of the JSON result (default RUN/eval)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_common(p)
+    add_common_flags(p)
     p.set_defaults(func=_lowshot)
-
-    p = subparsers.add_parser(
-        "predict", help="top-k labels of images from a classifier (linear or finetune output)"
-    )
-    p.add_argument(
-        "checkpoint", help="a classifier checkpoint or the output folder of openseer linear/finetune"
-    )
-    p.add_argument("images", nargs="*", help="image files")
-    p.add_argument("--topk", "-k", type=int, help="labels per image (default 5)")
-    p.add_argument("--data", help="also score a labelled set (its classes must be the classifier's)")
-    p.add_argument("--device", help="auto (default), cpu, cuda ...")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_common(p, features=False)
-    p.set_defaults(func=_predict)
-
-    p = subparsers.add_parser("neighbors", help="nearest images of an indexed folder, with cosine scores")
-    p.add_argument("checkpoint", help=ckpt_help)
-    p.add_argument("images", nargs="+", help="query image files")
-    p.add_argument(
-        "--index", required=True, help="folder (or labelled set) to search; its features are cached"
-    )
-    p.add_argument("--k", type=int, help="neighbours per query (default 10)")
-    p.add_argument("--grid", help="also write a PNG: each query followed by its neighbours")
-    p.add_argument("--random-init", action="store_true", help="use the network at random initialisation")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    _add_common(p)
-    p.set_defaults(func=_neighbors)
-
-    p = subparsers.add_parser("clusters", help="what the SwAV prototypes group: grids and an HTML gallery")
-    p.add_argument("checkpoint", help=ckpt_help)
-    p.add_argument("--data", help="images to assign (default builtin)")
-    p.add_argument("--top", type=int, help="largest clusters to draw (default 12)")
-    p.add_argument("--per-cluster", type=int, help="images per grid, most confident first (default 32)")
-    p.add_argument("--max-images", type=int, help="assign a seeded sample of this many images")
-    p.add_argument("--out", help="folder of the grids and index.html (default RUN/eval/clusters)")
-    p.add_argument("--results", help="folder of clusters.json (default RUN/eval)")
-    _add_common(p)
-    p.set_defaults(func=_clusters)
-
-    p = subparsers.add_parser("report", help="one self-contained HTML page of a run")
-    p.add_argument("run_dir", help="a pretraining run folder")
-    p.add_argument("--out", help="output file (default RUN_DIR/report.html)")
-    p.set_defaults(func=_report)

@@ -26,14 +26,8 @@ from openseer.config import ConfigError, to_dict
 from openseer.data.batched_crops import batched_multicrop
 from openseer.data.folders import DataError, LabelledImages
 from openseer.data.multicrop import AugmentSpec, CropSpec
-from openseer.eval.embed import (
-    EvalData,
-    load_model,
-    resolve_device,
-    run_dir_of,
-    split_settings,
-    train_test_data,
-)
+from openseer.eval.data import EvalData, SplitConfig, train_test_data
+from openseer.eval.embed import load_model, resolve_device, run_dir_of, split_settings
 from openseer.eval.features import collate_skipping
 from openseer.eval.linear import write_result
 from openseer.eval.predict import (
@@ -284,13 +278,7 @@ def new_classifier(model: SwAVModel, pcfg: PretrainConfig, train: EvalData, seed
 
 
 @dataclass
-class FinetuneConfig:
-    checkpoint: str = ""
-    train: str = "builtin"
-    test: str | None = None
-    holdout: float | None = None
-    split_seed: int | None = None
-    """The train/test split when `test` is not given; null: the checkpoint's data.holdout and run.seed."""
+class FinetuneConfig(SplitConfig):
     seed: int = 0
     """Seed of the new head, of the random initialisation (init 'random') and of the data order."""
     init: Literal["pretrained", "random"] = "pretrained"

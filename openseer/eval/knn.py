@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
 import torch
 import torch.nn.functional as F
 
+from openseer.config import ConfigError, from_dict
+from openseer.eval.data import SplitConfig
 from openseer.eval.metrics import accuracy
 
 
@@ -50,3 +57,70 @@ def knn_classifier(
     scores = knn_scores(train_features, train_labels, test_features, c, k, temperature)
     top1, top5 = accuracy(scores, test_labels, topk=(1, 5))
     return top1, top5
+
+
+# ============ the knn command ============
+
+
+@dataclass
+class KnnConfig(SplitConfig):
+    seed: int = 0
+    k: int = 200
+    temperature: float = 0.1
+    model: Literal["pretrained", "random"] = "pretrained"
+    results: str | None = None
+    features: Any = field(default_factory=dict)
+    """An openseer.eval.embed.FeatureConfig (given as a mapping; typed by validate, which imports torch)."""
+
+    def validate(self) -> None:
+        from openseer.eval.embed import FeatureConfig
+
+        if not self.checkpoint:
+            raise ConfigError("knn needs a checkpoint (a ckpt-*.pt file or a run folder)")
+        if self.k < 1 or self.temperature <= 0:
+            raise ConfigError(f"k must be >= 1 and temperature > 0, got k={self.k}, T={self.temperature}")
+        if not isinstance(self.features, FeatureConfig):
+            self.features = from_dict(FeatureConfig, self.features or {}, prefix="features.")
+
+
+def run_knn(cfg: KnnConfig) -> dict:
+    """Weighted cosine kNN of the test features against the training features; RUN/eval/knn[-random].json."""
+    from openseer.eval.data import train_test_data
+    from openseer.eval.embed import embedder_for, run_dir_of, split_settings
+    from openseer.eval.knn import knn_classifier
+    from openseer.eval.linear import write_result
+
+    started = time.perf_counter()
+    cfg.validate()
+    embedder, _, pcfg, file = embedder_for(cfg.checkpoint, cfg.features, cfg.model == "random", cfg.seed)
+    train, test = train_test_data(cfg.train, cfg.test, *split_settings(pcfg, cfg.holdout, cfg.split_seed))
+    embedder.prepare(train)
+    train_f, test_f = embedder(train), embedder(test)
+    top1, top5 = knn_classifier(
+        train_f.features,
+        train_f.labels,
+        test_f.features,
+        test_f.labels,
+        cfg.k,
+        cfg.temperature,
+        len(train.classes),
+    )
+    result = {
+        "kind": "knn",
+        "model": cfg.model,
+        "checkpoint": str(file),
+        "train": train.name,
+        "test": test.name,
+        "n_train": len(train_f.index),
+        "n_test": len(test_f.index),
+        "k": cfg.k,
+        "temperature": cfg.temperature,
+        "top1": top1,
+        "top5": top5,
+        "seconds": time.perf_counter() - started,
+    }
+    folder = Path(cfg.results) if cfg.results else run_dir_of(file) / "eval"
+    result["result_file"] = str(
+        write_result(folder, "knn-random" if cfg.model == "random" else "knn", result)
+    )
+    return result

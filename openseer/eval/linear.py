@@ -24,7 +24,8 @@ from torch import nn
 
 from openseer.config import ConfigError, to_dict
 from openseer.data.folders import split_per_class
-from openseer.eval.embed import FeatureConfig, embedder_for, run_dir_of, split_settings, train_test_data
+from openseer.eval.data import SplitConfig, train_test_data
+from openseer.eval.embed import FeatureConfig, embedder_for, run_dir_of, split_settings
 from openseer.eval.metrics import accuracy
 
 log = logging.getLogger(__name__)
@@ -172,14 +173,7 @@ def score_head(
 
 
 @dataclass
-class LinearConfig:
-    checkpoint: str = ""
-    train: str = "builtin"
-    test: str | None = None
-    """Labelled test set; none: builtin's test split, or `holdout` of each class of `train`."""
-    holdout: float | None = None
-    split_seed: int | None = None
-    """The train/test split when `test` is not given; null: the checkpoint's data.holdout and run.seed."""
+class LinearConfig(SplitConfig):
     seed: int = 0
     """Seed of the random initialisation (model 'random')."""
     model: Literal["pretrained", "random"] = "pretrained"

@@ -24,9 +24,9 @@ import torch
 
 from openseer.config import ConfigError, to_dict
 from openseer.data.folders import subset_per_class
+from openseer.eval.data import EvalData, SplitConfig, train_test_data
 from openseer.eval.embed import (
     Embedder,
-    EvalData,
     FeatureConfig,
     Features,
     load_model,
@@ -34,7 +34,6 @@ from openseer.eval.embed import (
     resolve_device,
     run_dir_of,
     split_settings,
-    train_test_data,
 )
 from openseer.eval.finetune import RecipeConfig, new_classifier, train_classifier
 from openseer.eval.linear import ProbeConfig, fit_linear_probe, score_head, write_result
@@ -89,13 +88,7 @@ def probe_subset(
 
 
 @dataclass
-class LowShotConfig:
-    checkpoint: str = ""
-    train: str = "builtin"
-    test: str | None = None
-    holdout: float | None = None
-    split_seed: int | None = None
-    """The train/test split when `test` is not given; null: the checkpoint's data.holdout and run.seed."""
+class LowShotConfig(SplitConfig):
     seed: int = 0
     """Seed of the random initialisation whose features the 'random' baseline probes."""
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])

@@ -14,7 +14,8 @@ from torchvision.utils import make_grid
 from openseer.config import ConfigError
 from openseer.data.folders import DataError
 from openseer.data.images import BadImageError, load_rgb
-from openseer.eval.embed import EvalData, FeatureConfig, embedder_for, load_data
+from openseer.eval.data import EvalData, load_data
+from openseer.eval.embed import FeatureConfig, embedder_for
 from openseer.eval.features import eval_transform, normalize_uint8
 
 

@@ -22,9 +22,10 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from openseer.config import ConfigError, from_dict, to_dict
-from openseer.data.folders import DataError, LabelledImages
+from openseer.data.folders import DataError, UnlabelledImages, list_images
 from openseer.data.images import BadImageError, load_rgb
-from openseer.eval.embed import EvalData, align_classes, load_data, resolve_device
+from openseer.eval.data import EvalData, align_classes, load_data
+from openseer.eval.embed import resolve_device
 from openseer.eval.features import collate_skipping, eval_transform, normalize_uint8
 from openseer.eval.linear import confusion_matrix
 from openseer.eval.metrics import accuracy
@@ -219,28 +220,29 @@ def predict(
 @torch.no_grad()
 def classifier_logits(
     clf: Classifier, data: EvalData, batch_size: int = 256, workers: int = 2
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (M, C), targets (M,)) of the readable images of a labelled set, preprocessed as the classifier
-    was trained."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits (M, C), targets (M,), rows (M,)) of the M readable images of a labelled set, preprocessed as the
+    classifier was trained; ``rows`` index ``data``."""
     clf.eval()
     device = next(clf.parameters()).device
-    logits, targets = [], []
+    logits, rows = [], []
     if data.images is not None:
         for start in range(0, len(data), batch_size):
             x = preprocess(clf, data.images[start : start + batch_size])
             logits.append(clf(x.to(device)).float().cpu())
-        targets = [data.targets]
+        rows = [torch.arange(len(data))]
     else:
-        dataset = LabelledImages(data.paths, data.targets, data.classes, transform=clf.transform())
-        for x, y in DataLoader(
+        dataset = UnlabelledImages(list(data.paths or []), transform=clf.transform())
+        for x, idx in DataLoader(
             dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping
         ):
             if x is not None:
                 logits.append(clf(x.to(device)).float().cpu())
-                targets.append(y)
+                rows.append(idx)
     if not logits:
         raise DataError(f"none of the images of {data.name} could be read")
-    return torch.cat(logits), torch.cat(targets)
+    used = torch.cat(rows).long()
+    return torch.cat(logits), data.targets[used], used
 
 
 def evaluate_classifier(
@@ -248,7 +250,7 @@ def evaluate_classifier(
 ) -> tuple[float, float, torch.Tensor]:
     """(top-1, top-5, confusion (C, C)) on a labelled set whose classes must be among the classifier's."""
     data = align_classes(data, clf.classes, "the classifier checkpoint")
-    logits, targets = classifier_logits(clf, data, batch_size, workers)
+    logits, targets, _ = classifier_logits(clf, data, batch_size, workers)
     top1, top5 = accuracy(logits, targets, topk=(1, 5))
     return top1, top5, confusion_matrix(logits, targets, len(clf.classes))
 
@@ -278,22 +280,52 @@ class PredictConfig:
             raise ConfigError(f"topk: got {self.topk}, expected >= 1")
 
 
+def image_files(entries: Sequence[str]) -> list[str]:
+    """Image files as given, with each folder replaced by the images under it (sorted)."""
+    files = []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        files += [str(p) for p in list_images(path)] if path.is_dir() else [entry]
+    return files
+
+
+def score_labelled(clf: Classifier, data: EvalData, batch_size: int = 256, workers: int = 2) -> dict:
+    """{data, top1, top5, classes, confusion, images, skipped: [{path, reason}]} on a labelled set whose classes
+    must be among the classifier's."""
+    data = align_classes(data, clf.classes, "the classifier checkpoint")
+    logits, targets, used = classifier_logits(clf, data, batch_size, workers)
+    top1, top5 = accuracy(logits, targets, topk=(1, 5))
+    return {
+        "data": data.name,
+        "top1": top1,
+        "top5": top5,
+        "classes": clf.classes,
+        "confusion": confusion_matrix(logits, targets, len(clf.classes)).tolist(),
+        "images": len(used),
+        "skipped": [{"path": p, "reason": r} for p, r in data.unreadable(used).entries],
+    }
+
+
 def run_predict(cfg: PredictConfig) -> dict:
-    """{'predictions': [{image, predictions | error}], 'evaluation': {top1, top5, confusion...} | None}."""
+    """{'predictions': [{image, predictions | error}], 'evaluation': {top1, top5, confusion, skipped...} | None}.
+
+    A folder among ``cfg.images`` stands for the images under it.
+    """
     clf = load_classifier(cfg.checkpoint).to(resolve_device(cfg.device))
     out: dict[str, Any] = {
         "checkpoint": str(resolve_checkpoint(cfg.checkpoint)),
         "predictions": [],
         "evaluation": None,
     }
+    files = image_files(cfg.images or [])
     good, names = [], []
-    for name in cfg.images or []:
+    for name in files:
         try:
             good.append(load_rgb(name))
             names.append(name)
         except BadImageError as err:
             out["predictions"].append({"image": name, "error": err.reason})
-    if cfg.images and not good:
+    if files and not good:
         raise DataError(
             "none of the images could be read: "
             + "; ".join(f"{p['image']}: {p['error']}" for p in out["predictions"])
@@ -301,18 +333,11 @@ def run_predict(cfg: PredictConfig) -> dict:
     if good:
         for name, preds in zip(names, predict(clf, good, cfg.topk, cfg.batch_size), strict=True):
             out["predictions"].append({"image": name, "predictions": [p.__dict__ for p in preds]})
-        order = {name: i for i, name in enumerate(cfg.images or [])}
+        order = {name: i for i, name in enumerate(files)}
         out["predictions"].sort(key=lambda p: order[p["image"]])
     if cfg.data:
         data = load_data(cfg.data, "test", labels="required")
-        top1, top5, confusion = evaluate_classifier(clf, data, cfg.batch_size, cfg.workers)
-        out["evaluation"] = {
-            "data": data.name,
-            "top1": top1,
-            "top5": top5,
-            "classes": clf.classes,
-            "confusion": confusion.tolist(),
-        }
+        out["evaluation"] = score_labelled(clf, data, cfg.batch_size, cfg.workers)
     return out
 
 
@@ -333,7 +358,8 @@ def format_predictions(result: dict) -> str:
             rows.append(f"{shown:<{width}}  {rank:<4}  {q['label']:<{lw}}  {q['probability']:.4f}")
     ev = result.get("evaluation")
     if ev:
-        rows.append(f"{ev['data']}: top-1 {ev['top1']:.4f}  top-5 {ev['top5']:.4f}")
+        rows.append(f"{ev['data']}: top-1 {ev['top1']:.4f}  top-5 {ev['top5']:.4f} on {ev['images']} images")
+        rows += [f"  skipped {s['path']}: {s['reason']}" for s in ev["skipped"]]
     return "\n".join(rows)
 
 

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from openseer.data.folders import subset_per_class
-from openseer.eval.embed import Embedder, EvalData, FeatureConfig
+from openseer.eval.data import EvalData
+from openseer.eval.embed import Embedder, FeatureConfig
 from openseer.eval.knn import knn_classifier
 from openseer.eval.linear import ProbeConfig, fit_linear_probe, score_head, write_result
 from openseer.eval.report import build_report

@@ -8,13 +8,10 @@ as one safetensors file (config and class names in the metadata) plus the matchi
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -28,8 +25,7 @@ log = logging.getLogger(__name__)
 
 Format = Literal["auto", "vissl", "timm", "openseer"]
 Resize = Literal["center_crop", "whole"]
-_MAGIC = "openseer-weights"  # safetensors metadata key marking a file written by save_weights
-_PARTS = ("backbone", "head", "classifier")
+PARTS = ("backbone", "head", "classifier")
 _BLOCK_CONV1 = re.compile(r"s\d+\.b\d+\.conv1\.conv\.weight")
 
 
@@ -56,7 +52,7 @@ class Weights:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """One flat dict: ``backbone.*``, ``head.*``, ``classifier.*`` (the SwAVModel layout plus a classifier)."""
         out: dict[str, torch.Tensor] = {}
-        for part in _PARTS:
+        for part in PARTS:
             for key, value in (getattr(self, part) or {}).items():
                 out[f"{part}.{key}"] = value
         return out
@@ -228,9 +224,9 @@ def finish_import(
     config = make_config(arch, stem, head)
     if head is not None:
         config.model.validate()
-        _check_head(config, head, source)
+        check_head(config, head, source)
     if classifier is not None:
-        classes = _check_classifier(classifier, int(expected_dim(arch)), classes, source)
+        classes = check_classifier(classifier, int(expected_dim(arch)), classes, source)
     elif classes is not None:
         raise CheckpointError(f"class names were given, but {source} holds no classifier")
     return Weights(config, backbone, head, classifier, classes, source, notes)
@@ -243,7 +239,7 @@ def expected_dim(arch: str) -> int:
     return int(build_on_meta(arch).num_features)
 
 
-def _check_head(config: PretrainConfig, head: dict[str, torch.Tensor], source: str) -> None:
+def check_head(config: PretrainConfig, head: dict[str, torch.Tensor], source: str) -> None:
     from openseer.models.head import SwAVHead
 
     m = config.model
@@ -254,7 +250,7 @@ def _check_head(config: PretrainConfig, head: dict[str, torch.Tensor], source: s
     check_state(shapes, head, f"{source} as a SwAV head")
 
 
-def _check_classifier(
+def check_classifier(
     classifier: dict[str, torch.Tensor], dim: int, classes: list[str] | None, source: str
 ) -> list[str]:
     weight = classifier.get("weight")
@@ -271,255 +267,6 @@ def _check_classifier(
     return list(classes)
 
 
-# ---------------------------------------------------------------- files
-
-
-def _harmless_globals() -> list[Any]:
-    """NumPy scalars and dtypes, which VISSL/ClassyVision checkpoints carry in their bookkeeping entries.
-
-    Only plain data types: anything else in a file still fails ``weights_only=True`` and is refused.
-    """
-    import numpy as np
-    import numpy.dtypes as np_dtypes
-    from numpy._core.multiarray import scalar
-
-    dtypes = [getattr(np_dtypes, n) for n in dir(np_dtypes) if n.endswith("DType")]
-    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
-
-
-def read_torch_file(path: Path) -> Any:
-    """``torch.load(weights_only=True)``, memory-mapped where the file format allows (SEER-10B is 40 GB)."""
-    with torch.serialization.safe_globals(_harmless_globals()):
-        try:
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as err:
-                if "mmap" not in str(err):  # files written before torch 1.6 cannot be mapped
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... by damage
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise CheckpointError(
-                f"cannot load {path}: {err.__class__.__name__}: {first} (only plain tensors, containers and "
-                "NumPy scalars are accepted; files carrying other pickled objects are refused on purpose)"
-            ) from err
-
-
-def save_weights(weights: Weights, path: str | Path) -> tuple[Path, Path]:
-    """Write ``path`` (safetensors; config, classes, source and notes in its metadata) and ``path``.yaml.
-
-    Returns (weights file, config file). The YAML is the config to pretrain or evaluate with these weights.
-    """
-    from safetensors.torch import save_file
-
-    from openseer.config import dump_yaml
-
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        _MAGIC: "1",
-        "config": json.dumps(to_dict(weights.config)),
-        "source": weights.source,
-        "notes": json.dumps(weights.notes),
-        "resize": weights.resize,
-    }
-    if weights.classes is not None:
-        metadata["classes"] = json.dumps(weights.classes)
-    # safetensors wants dense, unshared storage; memory-mapped or view tensors are copied only if needed
-    tensors = {k: v.detach().contiguous() for k, v in weights.state_dict().items()}
-    save_file(tensors, str(path), metadata=metadata)
-    yaml_path = path.with_suffix(".yaml")
-    dump_yaml(weights.config, yaml_path)
-    return path, yaml_path
-
-
-def _split_parts(flat: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    other = []
-    for key, value in flat.items():
-        prefix, _, rest = key.partition(".")
-        if prefix in _PARTS and rest:
-            parts.setdefault(prefix, {})[rest] = value
-        else:
-            other.append(key)
-    return parts, other
-
-
-def _from_openseer(
-    config: PretrainConfig, flat: dict[str, torch.Tensor], classes: list[str] | None, source: str
-) -> Weights:
-    parts, other = _split_parts(flat)
-    if other:
-        raise CheckpointError(f"{source}: keys outside backbone/head/classifier: {', '.join(sorted(other))}")
-    if "backbone" not in parts:
-        raise CheckpointError(f"{source} holds no backbone tensors")
-    m = config.model
-    check_state(expected_shapes(m.arch, m.stem), parts["backbone"], f"{source} as a {m.arch} backbone")
-    if "head" in parts:
-        _check_head(config, parts["head"], source)
-    classifier = parts.get("classifier")
-    if classifier is not None:
-        classes = _check_classifier(classifier, expected_dim(m.arch), classes, source)
-    return Weights(config, parts["backbone"], parts.get("head"), classifier, classes, source)
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
-
-
-def _openseer_checkpoint(state: dict[str, Any], source: str) -> Weights:
-    """A pretraining checkpoint (``config`` + ``model``), or a fine-tuned one that also stores ``classes``.
-
-    A fine-tuned checkpoint is the state of ``{"backbone": ..., "classifier": nn.Linear}`` (keys ``backbone.*``,
-    ``classifier.weight``/``bias``), optionally with a separate ``classifier`` state dict, plus ``classes``.
-    """
-    config = from_dict(PretrainConfig, state["config"])
-    flat = dict(state["model"])
-    if isinstance(state.get("classifier"), dict):
-        flat.update({f"classifier.{k}": v for k, v in state["classifier"].items()})
-    classes = state.get("classes")
-    return _from_openseer(config, flat, list(classes) if classes is not None else None, source)
-
-
-def _sharded_checkpoint(folder: Path) -> Path | None:
-    """The newest complete ``dcp-<step>`` folder of an FSDP run (see openseer/train/sharded_checkpoint.py),
-    when ``folder`` is one, or a run / checkpoints folder holding only those."""
-    from openseer.train.checkpoint import latest_checkpoint
-
-    def complete(p: Path) -> bool:
-        return p.name.startswith("dcp-") and (p / "meta.json").is_file() and (p / ".metadata").is_file()
-
-    if complete(folder):
-        return folder
-    for where in (folder / "checkpoints", folder):
-        if latest_checkpoint(where) is not None:
-            return None  # a run with ordinary checkpoints
-        found = sorted(p for p in where.glob("dcp-*") if complete(p)) if where.is_dir() else []
-        if found:
-            return found[-1]
-    return None
-
-
-def _read_sharded(path: Path, source: str) -> Weights:
-    """The model of a sharded checkpoint, gathered into one process with torch.distributed.checkpoint.
-
-    Only the model's tensors are requested, so none of the checkpoint's pickled entries is read.
-    """
-    import torch.distributed.checkpoint as dcp
-
-    from openseer.train.pretrain import build_model  # the loop module imports this package's siblings
-
-    config = from_dict(PretrainConfig, json.loads((path / "meta.json").read_text())["config"])
-    state = build_model(config).state_dict()  # the targets DCP fills in place
-    try:
-        with warnings.catch_warnings():  # DCP warns that it reads in one process: that is the point here
-            warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
-            dcp.load({"model": state}, checkpoint_id=path)
-    except Exception as err:  # DCP reports missing keys and damaged files with assorted exception types
-        raise CheckpointError(f"cannot read the sharded checkpoint {path}: {err}") from err
-    return _from_openseer(config, {k: v for k, v in state.items()}, None, f"{source} ({path.name})")
-
-
-CLASSIFIER_KIND = "openseer-classifier"  # the "kind" of openseer/eval/predict.py's classifier checkpoints
-
-
-def fold_batchnorm(head: dict[str, torch.Tensor], eps: float = 1e-5) -> dict[str, torch.Tensor]:
-    """(BatchNorm1d without affine terms, Linear) as one Linear: W' = W / sqrt(var + eps), b' = b - W' mean.
-
-    In eval mode the BatchNorm is a fixed per-feature affine map, so folding it is exact up to rounding, and
-    every exporter and :class:`Weights` keep a single classifier layout.
-    """
-    weight, bias = head["1.weight"].double(), head["1.bias"].double()
-    if "0.running_mean" not in head:  # Identity in place of the BatchNorm
-        return {"weight": head["1.weight"], "bias": head["1.bias"]}
-    scale = (head["0.running_var"].double() + eps).rsqrt()
-    folded = weight * scale
-    dtype = head["1.weight"].dtype
-    return {"weight": folded.to(dtype), "bias": (bias - folded @ head["0.running_mean"].double()).to(dtype)}
-
-
-def _classifier_checkpoint(state: dict[str, Any], source: str) -> Weights:
-    """A checkpoint of ``openseer linear`` / ``openseer finetune``: backbone, (BN, Linear) head, class names."""
-    config = from_dict(PretrainConfig, state["pretrain_config"])
-    parts, other = _split_parts(dict(state["model"]))
-    head = parts.pop("head", {})
-    if other or "backbone" not in parts or "1.weight" not in head:
-        raise CheckpointError(
-            f"{source}: unexpected classifier checkpoint layout (keys {', '.join(sorted(other))})"
-        )
-    flat = {f"backbone.{k}": v for k, v in parts["backbone"].items()}
-    flat |= {f"classifier.{k}": v for k, v in fold_batchnorm(head).items()}
-    weights = _from_openseer(config, flat, list(state["classes"]), source)
-    notes = ["folded the classifier's BatchNorm into its Linear layer"] if "0.running_mean" in head else []
-    return replace(weights, notes=notes, resize=state.get("resize", "center_crop"))
-
-
-def load_weights(
-    path: str | Path,
-    fmt: Format = "auto",
-    arch: str | None = None,
-    classes: list[str] | None = None,
-    skip_unknown: bool = False,
-) -> Weights:
-    """Read weights from any supported file into openseer's layout, checking every key and shape.
-
-    ``path``: an openseer run folder or checkpoint, a safetensors file written by :func:`save_weights` or by timm,
-    a VISSL/ClassyVision checkpoint, or a timm/torchvision state dict. ``fmt`` forces the layout of a foreign
-    file; ``arch`` forces the architecture (otherwise read off the shapes); ``classes`` names the outputs of an
-    imported classifier; ``skip_unknown`` imports despite keys that have no place in openseer's model (they are
-    logged and recorded in ``Weights.notes``; otherwise they are an error).
-    """
-    from openseer.interop import timm_weights, vissl
-    from openseer.models.pretrained import resolve_checkpoint
-
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"no such file or folder: {path}")
-    source = str(path)
-    if path.is_dir():
-        sharded = _sharded_checkpoint(path)
-        if sharded is not None:
-            return _read_sharded(sharded, source)
-        path = resolve_checkpoint(path)
-    if path.suffix == ".safetensors":
-        flat, metadata = _read_safetensors(path)
-        if _MAGIC in metadata and fmt in ("auto", "openseer"):
-            config = from_dict(PretrainConfig, json.loads(metadata["config"]))
-            names = json.loads(metadata["classes"]) if "classes" in metadata else None
-            weights = _from_openseer(config, flat, names, source)
-            resize = metadata.get("resize", "center_crop")
-            return replace(weights, notes=json.loads(metadata.get("notes", "[]")), resize=resize)
-        state: Any = flat
-    else:
-        state = read_torch_file(path)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{source} holds a {type(state).__name__}, not a dict of tensors")
-    if fmt in ("auto", "openseer") and state.get("kind") == CLASSIFIER_KIND:
-        return _classifier_checkpoint(state, source)
-    if fmt in ("auto", "openseer") and "config" in state and "model" in state:
-        return _openseer_checkpoint(state, source)
-    if fmt == "openseer":
-        raise CheckpointError(f"{source} is not an openseer checkpoint (no 'config'/'model' entries)")
-    if fmt == "auto":
-        fmt = "vissl" if vissl.looks_like(state) else "timm" if timm_weights.looks_like(state) else "auto"
-    if fmt == "vissl":
-        return vissl.import_vissl(state, arch=arch, classes=classes, skip_unknown=skip_unknown, source=source)
-    if fmt == "timm":
-        return timm_weights.import_timm(
-            state, arch=arch, classes=classes, skip_unknown=skip_unknown, source=source
-        )
-    raise CheckpointError(
-        f"cannot tell the layout of {source} (not an openseer, VISSL/ClassyVision or timm checkpoint); "
-        "name it with --format vissl or --format timm"
-    )
-
-
 def report_unknown(unknown: list[str], skip_unknown: bool, source: str, what: str) -> list[str]:
     """Keys with no place in openseer's model: an error, or with ``skip_unknown`` a logged note."""
     if not unknown:
@@ -532,3 +279,24 @@ def report_unknown(unknown: list[str], skip_unknown: bool, source: str, what: st
         )
     log.warning("%s: skipped %d %s key(s): %s", source, len(unknown), what, listing)
     return [f"skipped {len(unknown)} {what} key(s): {listing}"]
+
+
+# reading and writing files (after the definitions above, which openseer.interop.files imports)
+from openseer.interop.files import (  # noqa: E402
+    CLASSIFIER_KIND,
+    fold_batchnorm,
+    load_weights,
+    read_torch_file,
+    save_weights,
+)
+
+__all__ = [
+    "CLASSIFIER_KIND",
+    "Weights",
+    "finish_import",
+    "fold_batchnorm",
+    "load_weights",
+    "read_torch_file",
+    "report_unknown",
+    "save_weights",
+]

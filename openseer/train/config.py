@@ -52,6 +52,12 @@ class ModelConfig:
     channels_last: bool = True
 
     def validate(self) -> None:
+        from openseer.models.backbone import ARCHS  # imports timm: only once a config is being checked
+
+        if self.arch not in ARCHS:
+            raise ConfigError(
+                f"config key 'model.arch': got {self.arch!r}, expected one of {', '.join(ARCHS)}"
+            )
         if self.prototypes < 2:
             raise ConfigError(f"config key 'model.prototypes': got {self.prototypes}, expected >= 2")
         if self.out_dim < 1 or any(h < 1 for h in self.head_hidden):

@@ -173,7 +173,10 @@ class TensorBatches:
     def _make(self, perm: torch.Tensor, epoch: int, step: int) -> list[torch.Tensor]:
         start = (step * self.world_size + self.rank) * self.batch_size
         idx = perm[start : start + self.batch_size]
-        batch = self.images[idx].to(self.device, non_blocking=True)
+        batch = self.images[idx]
+        if self.device.type == "cuda":  # page-locked, so the copy overlaps the step running on the GPU
+            batch = batch.pin_memory()
+        batch = batch.to(self.device, non_blocking=True)
         gen = torch.Generator(device=self.device).manual_seed(_step_seed(self.seed, epoch, step, self.rank))
         return batched_multicrop(batch, self.crops, self.aug, generator=gen, channels_last=self.channels_last)
 
@@ -257,7 +260,10 @@ class _EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 class LoaderBatches:
-    """Per-image decoding and torchvision-v2 multi-crop in DataLoader workers; bad files are skipped and counted."""
+    """Per-image decoding and torchvision-v2 multi-crop in DataLoader workers; bad files are skipped and counted.
+
+    A batch loses its unreadable files; one that had nothing else is yielded as an empty list.
+    """
 
     def __init__(
         self,
@@ -302,6 +308,5 @@ class LoaderBatches:
         for crops, _, skipped in loader:
             for item in skipped:
                 self.skipped.add(item.path, item.reason)
-            if not crops:
-                continue
+            # a batch of only unreadable files is an empty list, so that step numbers stay those of the batches
             yield [c.to(self.device, non_blocking=True, memory_format=fmt) for c in crops]

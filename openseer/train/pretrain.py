@@ -7,7 +7,6 @@ data -> model -> optimiser and schedule -> resume -> loop(multi-crop, codes, swa
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -16,27 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from openseer import distributed
 from openseer.config import dump_yaml, to_dict
-from openseer.data.folders import UnlabelledImages
+from openseer.data.images import SkipLog
 from openseer.data.multicrop import n_crops
 from openseer.data.shards import ShardBatches
-from openseer.eval.features import (
-    collate_skipping,
-    eval_transform,
-    extract_features,
-    normalize_uint8,
-    recalibrate_batchnorm,
-)
-from openseer.eval.knn import knn_classifier
 from openseer.models import SwAVHead, SwAVModel, build_backbone, feature_dim
 from openseer.optim import LARS, cosine_schedule, param_groups
 from openseer.swav import EmbeddingQueue, cluster_health, sinkhorn, swav_loss
 from openseer.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from openseer.train.config import PretrainConfig
-from openseer.train.data import LabelledSet, LoaderBatches, PretrainData, TensorBatches, prepare_data
+from openseer.train.data import LoaderBatches, TensorBatches, prepare_data
+from openseer.train.knn_probe import knn_eval
 from openseer.train.monitor import CollapseMonitor, MetricsWriter
 from openseer.train.parallel import full_backbone, parallelize
 from openseer.train.sharded_checkpoint import latest_sharded, load_sharded, save_sharded
@@ -44,6 +35,7 @@ from openseer.train.sharded_checkpoint import latest_sharded, load_sharded, save
 log = logging.getLogger(__name__)
 
 _BUDGET_GRID = 10_000  # resolution of the lr schedule over a wall-clock budget
+SKIPPED_FILE = "skipped_images.json"  # in the run folder: [{path, reason}] of every unreadable image
 
 
 @dataclass
@@ -83,6 +75,15 @@ def _divergence_message(step: int, streak: int, cfg: PretrainConfig, ckpt_dir: P
     )
 
 
+def _skipped_files(summary: Path, resume: bool, *logs: SkipLog) -> SkipLog:
+    """Every unreadable file of the run once, with its reason: those of ``logs`` plus, when resuming, those the
+    earlier part of the run recorded in ``summary``."""
+    skipped = SkipLog.read_json(summary) if resume else SkipLog()
+    for found in logs:
+        skipped.extend(found)
+    return skipped.distinct()
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return (
@@ -103,59 +104,6 @@ def build_model(cfg: PretrainConfig) -> SwAVModel:
         cfg.model.head_bn,
     )
     return SwAVModel(backbone, head)
-
-
-def _calibration_batches(split: LabelledSet, cfg: PretrainConfig, device: torch.device, n: int = 4096):
-    """Un-augmented images for BatchNorm re-estimation: a seeded random sample (the sets are sorted by class)."""
-    size, mean, std = cfg.crops[0].size, cfg.augment.mean, cfg.augment.std
-    pick = torch.randperm(len(split.targets), generator=torch.Generator().manual_seed(0))[:n]
-    if split.images is not None:
-        for start in range(0, len(pick), 256):
-            yield normalize_uint8(
-                split.images[pick[start : start + 256]].to(device), size, mean, std, cfg.model.channels_last
-            )
-        return
-    paths = list(split.paths or [])
-    dataset = UnlabelledImages([paths[i] for i in pick.tolist()], transform=eval_transform(size, mean, std))
-    for x, _ in DataLoader(
-        dataset, batch_size=256, num_workers=cfg.data.workers, collate_fn=collate_skipping
-    ):
-        if x is not None:
-            yield x.to(device)
-
-
-def knn_eval(backbone: torch.nn.Module, data: PretrainData, cfg: PretrainConfig, device: torch.device):
-    """(top1, top5) of weighted kNN: bank = labelled training images, queries = held-out images."""
-    size = cfg.crops[0].size
-    if cfg.run.knn_bn_recalibrate:
-        backbone = copy.deepcopy(backbone)  # the run's own statistics stay as trained
-        recalibrate_batchnorm(backbone, _calibration_batches(data.bank, cfg, device))
-
-    def feats(split: LabelledSet) -> tuple[torch.Tensor, torch.Tensor]:
-        f, idx = extract_features(
-            backbone,
-            size,
-            cfg.augment.mean,
-            cfg.augment.std,
-            images=split.images,
-            paths=split.paths,
-            device=device,
-            workers=cfg.data.workers,
-            channels_last=cfg.model.channels_last,
-        )
-        return f, split.targets[idx]
-
-    bank_f, bank_y = feats(data.bank)
-    test_f, test_y = feats(data.test)
-    return knn_classifier(
-        bank_f,
-        bank_y,
-        test_f,
-        test_y,
-        k=cfg.run.knn_k,
-        temperature=cfg.run.knn_temperature,
-        num_classes=len(data.bank.classes),
-    )
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
@@ -329,6 +277,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             epoch = step // steps_per_epoch
             batches_iter = batches.epoch(epoch, start=step % steps_per_epoch)
         crops = next(batches_iter)
+        # a batch of only unreadable files (counted in batches.skipped) is a step skipped by every process
+        if distributed.any_process(not crops, device):
+            step += 1
+            continue
         bs = crops[0].shape[0]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -357,8 +309,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         # a non-finite loss or gradient on any process skips the step everywhere (fp16 overflow is the
         # scaler's business: it skips and lowers its scale by itself)
         if not scaler.is_enabled():
-            bad = torch.tensor(0.0 if _finite_step(loss, model) else 1.0, device=device)
-            if distributed.all_reduce_max(bad).item() > 0:
+            if distributed.any_process(not _finite_step(loss, model), device):
                 nonfinite, bad_streak = nonfinite + 1, bad_streak + 1
                 log.warning("step %d: non-finite loss or gradient, step skipped (%d so far)", step, nonfinite)
                 if bad_streak >= cfg.run.max_nonfinite_steps:
@@ -415,8 +366,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     if bar is not None:
         bar.close()
     save(step)
-    if len(batches.skipped) and distributed.is_main():
-        log.warning("%s", batches.skipped.summary())
+    skipped = _skipped_files(out_dir / SKIPPED_FILE, resume, data.skipped, batches.skipped)
+    if distributed.is_main():
+        skipped.write_json(out_dir / SKIPPED_FILE)
+        if len(skipped):
+            log.warning("%s\n(all of them in %s)", skipped.summary(), out_dir / SKIPPED_FILE)
 
     # ============ evaluation ============
     result = PretrainResult(
@@ -425,7 +379,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         images_seen=images_seen,
         train_seconds=train_seconds,
         final_loss=loss_value,
-        skipped_images=len(batches.skipped) + len(data.skipped),
+        skipped_images=len(skipped),
         nonfinite_steps=nonfinite,
     )
     if knn_random is not None:

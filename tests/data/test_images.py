@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
+import signal
 import struct
 import zlib
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -207,21 +210,101 @@ def test_bad_image_error_pickles():
     assert (err.path, err.reason) == ("/x.jpg", "truncated file")
 
 
-_SIGNATURES = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"II*\x00", b"RIFF"]
+_SIGNATURES = [
+    b"",
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"RIFF",
+    b"RIFF\x24\x00\x00\x00WEBPVP8 ",
+    b"RIFF\x24\x00\x00\x00WEBPVP8L",
+]
+# A slow decode fails the deadline; a decoder that never returns is interrupted by the watchdog. Both are generous,
+# as the suite shares its machine; a healthy decode of these few hundred bytes takes milliseconds.
+_DEADLINE = timedelta(seconds=10)
+_HANG_S = 30.0
+
+
+class _Hang(BaseException):
+    """Raised by the watchdog; a BaseException, so that load_rgb cannot turn it into a BadImageError."""
+
+
+@contextlib.contextmanager
+def _watchdog(seconds: float):  # noqa: ANN202 - a context manager
+    def fire(signum: int, frame: object) -> None:
+        raise _Hang(f"load_rgb did not return within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _decodes_or_reports(path: Path, **kwargs) -> None:
+    with _watchdog(_HANG_S):
+        try:
+            img = load_rgb(path, **kwargs)
+        except BadImageError as err:
+            assert err.reason
+        else:
+            assert img.mode == "RGB" and min(img.size) > 0
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # PIL warns about the junk it reads
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=_DEADLINE, suppress_health_check=[HealthCheck.too_slow])
 @given(prefix=st.sampled_from(_SIGNATURES), body=st.binary(max_size=600))
 def test_random_bytes_only_ever_raise_bad_image_error(tmp_path_factory, prefix, body):
     path = tmp_path_factory.mktemp("fuzz", numbered=True) / "x.img"
     path.write_bytes(prefix + body)
-    try:
-        img = load_rgb(path)
-    except BadImageError as err:
-        assert err.reason
-    else:
-        assert img.mode == "RGB" and min(img.size) > 0
+    _decodes_or_reports(path)
+
+
+def _valid_files() -> dict[str, bytes]:
+    """Small real files of each format the loader is most often fed, to be cut and damaged."""
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    frames = [img, img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    out = {}
+    for name, fmt, kwargs in [
+        ("jpeg", "JPEG", {"quality": 90}),
+        ("progressive-jpeg", "JPEG", {"progressive": True}),
+        ("png", "PNG", {}),
+        ("gif", "GIF", {"save_all": True, "append_images": frames[1:]}),
+        ("webp", "WEBP", {"quality": 80}),
+        ("webp-lossless", "WEBP", {"lossless": True}),
+    ]:
+        buffer = io.BytesIO()
+        img.save(buffer, format=fmt, **kwargs)
+        out[name] = buffer.getvalue()
+    return out
+
+
+_VALID = _valid_files()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(max_examples=80, deadline=_DEADLINE, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(sorted(_VALID)),
+    cut=st.floats(0.0, 1.0),
+    flips=st.lists(st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(0, 255)), max_size=4),
+    tail=st.binary(max_size=200),
+)
+def test_damaged_real_files_only_ever_raise_bad_image_error(tmp_path_factory, name, cut, flips, tail):
+    """Valid JPEG/PNG/GIF/WebP files, cut short, with a few bytes overwritten and junk appended: headers and
+    magic numbers are real, so the decoders go deep before they meet the damage."""
+    data = bytearray(_VALID[name][: max(1, round(cut * len(_VALID[name])))])
+    for where, value in flips:
+        data[int(where * len(data))] = value
+    path = tmp_path_factory.mktemp("damaged", numbered=True) / "x.img"
+    path.write_bytes(bytes(data) + tail)
+    _decodes_or_reports(path, max_pixels=1 << 22)  # a damaged header may declare any size: keep memory small
 
 
 def test_skip_log_counts_summarises_and_pickles():

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from openseer import distributed
+from openseer.testing import tiny_overrides
 
 TIMEOUT_S = 10
 
@@ -34,29 +35,8 @@ def make_folder(root: Path, classes: int = 2, per_class: int = 12, size: int = 2
 
 
 def overrides(source: Path, out: Path, **extra: object) -> list[str]:
-    values = {
-        "data.source": source,
-        "data.workers": 0,
-        "data.cache_size": "null",
-        "data.holdout": 0.25,
-        "crops": "[{size: 16, count: 2, scale: [0.3, 1.0]}, {size: 8, count: 2, scale: [0.1, 0.3]}]",
-        "model.arch": "regnety_200mf",
-        "model.stem": "small",
-        "model.head_hidden": "[32]",
-        "model.out_dim": 16,
-        "model.prototypes": 10,
-        "optim.batch_size": 4,
-        "optim.epochs": 5,
-        "swav.freeze_prototypes_iters": 0,
-        "swav.queue_length": 0,
-        "run.out_dir": out,
-        "run.progress": False,
-        "run.tensorboard": False,
-        "run.knn_k": 3,
-        "run.dist_timeout_s": TIMEOUT_S,
-        **{k.replace("__", "."): v for k, v in extra.items()},
-    }
-    return [f"{k}={v}" for k, v in values.items()]
+    changes = dict(data__cache_size=None, optim__batch_size=4, optim__epochs=5, run__knn_k=3)
+    return tiny_overrides(source, out, **{**changes, "run__dist_timeout_s": TIMEOUT_S, **extra})
 
 
 def _free_port() -> int:

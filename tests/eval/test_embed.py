@@ -20,16 +20,9 @@ from safetensors.torch import load_file
 from openseer.cli import main as cli_main
 from openseer.config import load_config
 from openseer.data.folders import DataError, split_per_class
-from openseer.eval.embed import (
-    Embedder,
-    EvalData,
-    FeatureConfig,
-    align_classes,
-    load_data,
-    load_model,
-    train_test_data,
-    weights_digest,
-)
+from openseer.eval.data import EvalData, align_classes, load_data, train_test_data
+from openseer.eval.embed import Embedder, FeatureConfig, load_model, weights_digest
+from openseer.testing import tiny_overrides
 from openseer.train.config import PretrainConfig
 
 # ============ shared helpers ============
@@ -51,31 +44,8 @@ def make_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 2
 
 
 def tiny_config(source: Path, out: Path) -> PretrainConfig:
-    values = {
-        "data.source": str(source),
-        "data.cache_size": 16,
-        "data.holdout": 0.25,
-        "data.workers": 0,
-        "crops": "[{size: 16, count: 2, scale: [0.3, 1.0]}, {size: 8, count: 2, scale: [0.1, 0.3]}]",
-        "model.arch": "regnety_200mf",
-        "model.stem": "small",
-        "model.head_hidden": "[32]",
-        "model.out_dim": 16,
-        "model.prototypes": 10,
-        "optim.batch_size": 8,
-        "optim.epochs": 1,
-        "optim.warmup_epochs": 0.5,
-        "swav.freeze_prototypes_iters": 0,
-        "swav.queue_length": 0,
-        "run.out_dir": str(out),
-        "run.progress": False,
-        "run.tensorboard": False,
-        "run.log_every": 1,
-        "run.knn_k": 5,
-        "run.max_steps": 2,
-        "run.knn_at_end": False,
-    }
-    return load_config(PretrainConfig, [], [f"{k}={v}" for k, v in values.items()])
+    overrides = tiny_overrides(source, out, run__max_steps=2, run__knn_at_end=False)
+    return load_config(PretrainConfig, [], overrides)
 
 
 _TINY: dict[str, tuple[Path, Path]] = {}

@@ -11,8 +11,9 @@ from test_embed import FAST, fresh_run
 
 from openseer.cli import build_parser
 from openseer.cli import main as cli_main
-from openseer.eval.commands import KnnConfig, make_config
+from openseer.eval.commands import make_config
 from openseer.eval.embed import FeatureConfig
+from openseer.eval.knn import KnnConfig
 from openseer.eval.lowshot import LowShotConfig
 
 COMMANDS = ["embed", "knn", "linear", "finetune", "lowshot", "predict", "neighbors", "clusters", "report"]

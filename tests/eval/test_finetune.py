@@ -13,7 +13,8 @@ from test_embed import fresh_run, tiny_run
 
 from openseer.cli import main as cli_main
 from openseer.data.folders import DataError
-from openseer.eval.embed import EvalData, load_data, load_model
+from openseer.eval.data import EvalData, load_data
+from openseer.eval.embed import load_model
 from openseer.eval.finetune import RecipeConfig, new_classifier, plan, step_lr, train_classifier
 from openseer.eval.predict import evaluate_classifier, load_classifier
 from openseer.train.checkpoint import list_checkpoints, load_checkpoint

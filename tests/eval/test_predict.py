@@ -12,7 +12,6 @@ from PIL import Image
 from test_embed import make_folder, tiny_run
 
 from openseer.cli import main as cli_main
-from openseer.config import from_dict
 from openseer.eval.predict import (
     Classifier,
     build_head,
@@ -22,20 +21,14 @@ from openseer.eval.predict import (
     save_classifier,
 )
 from openseer.models import build_backbone
+from openseer.testing import tiny_classifier_config
 from openseer.train.checkpoint import CheckpointError
-from openseer.train.config import PretrainConfig
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
 
 
 def tiny_classifier(resize: str = "center_crop") -> Classifier:
-    pcfg = from_dict(
-        PretrainConfig,
-        {
-            "model": {"arch": "regnety_200mf", "stem": "small", "head_hidden": [8], "prototypes": 4},
-            "crops": [{"size": 16, "count": 2, "scale": [0.3, 1.0]}],
-        },
-    )
+    pcfg = tiny_classifier_config()
     torch.manual_seed(0)
     backbone = build_backbone("regnety_200mf", stem="small")
     head = build_head(backbone.num_features, len(CLASSES), bn=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from openseer import testing
 from openseer.cli import main as cli_main
 from openseer.config import load_config
 from openseer.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -32,30 +33,7 @@ def make_folder(root: Path, classes: int = 3, per_class: int = 16, size: int = 2
 
 
 def tiny_overrides(source: Path, out: Path, **extra: object) -> list[str]:
-    values = {
-        "data.source": str(source),
-        "data.cache_size": 16,
-        "data.holdout": 0.25,
-        "data.workers": 0,
-        "crops": "[{size: 16, count: 2, scale: [0.3, 1.0]}, {size: 8, count: 2, scale: [0.1, 0.3]}]",
-        "model.arch": "regnety_200mf",
-        "model.stem": "small",
-        "model.head_hidden": "[32]",
-        "model.out_dim": 16,
-        "model.prototypes": 10,
-        "optim.batch_size": 8,
-        "optim.epochs": 1,
-        "optim.warmup_epochs": 0.5,
-        "swav.freeze_prototypes_iters": 0,
-        "swav.queue_length": 0,
-        "run.out_dir": str(out),
-        "run.progress": False,
-        "run.tensorboard": False,
-        "run.log_every": 1,
-        "run.knn_k": 5,
-    }
-    values.update({k.replace("__", "."): v for k, v in extra.items()})
-    return [f"{k}={v}" for k, v in values.items()]
+    return testing.tiny_overrides(source, out, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +144,103 @@ def test_cli_print_config_resolves_preset_and_overrides(capsys: pytest.CaptureFi
     assert cli_main(["pretrain", "--config", "seer-rg256gf", "--print-config", "optim.batch_size=4"]) == 0
     out = capsys.readouterr().out
     assert "regnety_256gf" in out and "batch_size: 4" in out and "prototypes: 16000" in out
+
+
+def test_a_batch_of_only_unreadable_files_is_a_skipped_step(tmp_path: Path) -> None:
+    """2 good and 6 empty files, batch 2: at least two batches hold no readable image; the epoch still has its 4
+    steps (the empty ones skipped), so step numbers stay those of the batches and resuming stays exact."""
+    source = tmp_path / "mostly_bad"
+    source.mkdir()
+    for i in range(2):
+        Image.new("RGB", (20, 20), (60 * i, 90, 120)).save(source / f"good{i}.png")
+    for i in range(6):
+        (source / f"empty{i}.jpg").write_bytes(b"")
+    cfg = load_config(
+        PretrainConfig,
+        [],
+        tiny_overrides(
+            source, tmp_path / "run", data__cache_size="null", optim__batch_size=2, run__knn_at_end=False
+        ),
+    )
+    result = pretrain(cfg)
+    assert result.steps == 4 and result.images_seen == 2 and result.skipped_images == 6
+    listed = json.loads((tmp_path / "run" / "skipped_images.json").read_text())
+    assert sorted(row["path"] for row in listed) == sorted(str(p) for p in source.glob("empty*.jpg"))
+    assert {row["reason"] for row in listed} == {"empty file"}
+
+
+def _nan_loss_from(monkeypatch: pytest.MonkeyPatch, first: int, last: float = float("inf")) -> None:
+    """Make the loss of the loop's calls number first..last (1-based) NaN, as a diverging run would."""
+    import openseer.train.pretrain as loop
+
+    original, calls = loop.swav_loss, [0]
+
+    def swav_loss(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - pass-through
+        calls[0] += 1
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if first <= calls[0] <= last else loss
+
+    monkeypatch.setattr(loop, "swav_loss", swav_loss)
+
+
+def test_a_non_finite_step_is_skipped_and_counted(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _nan_loss_from(monkeypatch, first=2, last=2)
+    run = tmp_path / "run"
+    overrides = tiny_overrides(
+        folder,
+        run,
+        run__max_steps=2,
+        run__checkpoint_every=1,
+        run__keep_checkpoints=0,
+        run__knn_at_end=False,
+        swav__freeze_prototypes_iters=100,
+    )
+    result = pretrain(load_config(PretrainConfig, [], overrides))
+    assert result.steps == 2 and result.nonfinite_steps == 1 and result.images_seen == 8
+    assert json.loads((run / "summary.json").read_text())["nonfinite_steps"] == 1
+    # the state after step 2 (written at the end of the run) is the state after step 1: nothing was applied
+    before, after = (load_checkpoint(run / "checkpoints" / f"ckpt-0000000{i}.pt") for i in (1, 2))
+    assert (after["step"], after["nonfinite"], after["images_seen"]) == (2, 1, 8)
+    for key, value in before["model"].items():
+        if "running_" in key or "num_batches_tracked" in key:
+            continue  # BatchNorm statistics follow every forward pass, applied step or not
+        if key == "head.prototypes.weight":  # renormalised at the start of each step
+            torch.testing.assert_close(after["model"][key], value, rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(after["model"][key], value), key
+    for i, state in before["optimizer"]["state"].items():
+        for name, buffer in state.items():
+            assert torch.equal(after["optimizer"]["state"][i][name], buffer), (i, name)
+
+
+def test_cli_stops_a_non_finite_streak_with_advice(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _nan_loss_from(monkeypatch, first=3)
+    run = tmp_path / "run"
+    overrides = tiny_overrides(
+        folder,
+        run,
+        optim__epochs=5,
+        run__checkpoint_every=1,
+        run__max_nonfinite_steps=3,
+        run__knn_at_end=False,
+    )
+    assert cli_main(["pretrain", "--no-eval", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "step 2: non-finite loss or gradient, step skipped (1 so far)" in err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("openseer: error: training diverged: 3 steps in a row up to step 4")
+    for cause in (
+        "learning rate",
+        "optim.base_lr",
+        "Sinkhorn epsilon",
+        "swav.epsilon",
+        "fp16",
+        "run.precision",
+    ):
+        assert cause in message
+    assert f"the last good checkpoint is {run / 'checkpoints' / 'ckpt-00000002.pt'}" in message
+    assert "--resume" in message

@@ -1,0 +1,57 @@
+"""A pretraining small enough to finish in seconds on a CPU, shared by the test suite and the benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_PRETRAIN: dict[str, object] = {
+    "data.cache_size": 16,
+    "data.holdout": 0.25,
+    "data.workers": 0,
+    "crops": "[{size: 16, count: 2, scale: [0.3, 1.0]}, {size: 8, count: 2, scale: [0.1, 0.3]}]",
+    "model.arch": "regnety_200mf",
+    "model.stem": "small",
+    "model.head_hidden": "[32]",
+    "model.out_dim": 16,
+    "model.prototypes": 10,
+    "optim.batch_size": 8,
+    "optim.epochs": 1,
+    "optim.warmup_epochs": 0.5,
+    "swav.freeze_prototypes_iters": 0,
+    "swav.queue_length": 0,
+    "run.device": "cpu",
+    "run.progress": False,
+    "run.tensorboard": False,
+    "run.log_every": 1,
+    "run.knn_k": 5,
+}
+
+
+def _yaml(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def tiny_overrides(source: str | Path, out: str | Path, **changes: object) -> list[str]:
+    """``key=value`` overrides for a tiny pretraining of ``source`` into ``out``; ``changes`` name keys with
+    ``__`` for the dots (``run__max_steps=2``) and replace or add to ``TINY_PRETRAIN``."""
+    values = {"data.source": source, **TINY_PRETRAIN, "run.out_dir": out}
+    values.update({key.replace("__", "."): value for key, value in changes.items()})
+    return [f"{key}={_yaml(value)}" for key, value in values.items()]
+
+
+def tiny_classifier_config():  # noqa: ANN201 - PretrainConfig, imported lazily
+    """The pretraining config a tiny classifier checkpoint records (a RegNetY-200MF on 16-px crops)."""
+    from openseer.config import from_dict
+    from openseer.train.config import PretrainConfig
+
+    return from_dict(
+        PretrainConfig,
+        {
+            "model": {"arch": "regnety_200mf", "stem": "small", "head_hidden": [8], "prototypes": 4},
+            "crops": [{"size": 16, "count": 2, "scale": [0.3, 1.0]}],
+        },
+    )
