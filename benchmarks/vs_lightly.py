@@ -16,7 +16,7 @@
     openseer runs its cpu preset (``pretrain_knn.py``); ``--openseer-run DIR`` reuses a finished run of
     ``pretrain_knn.py --data cifar10 --minutes M`` instead of training again.
 
-    pip install lightly==1.6.0 torch==2.14.1 torchvision==0.29.1    # benchmark-only dependency
+    pip install -e ".[bench]"          # lightly 1.6.0, a benchmark-only dependency
     python benchmarks/vs_lightly.py --minutes 20
     python benchmarks/vs_lightly.py --skip-knn                       # (a) only, ~3 minutes
 

@@ -249,10 +249,8 @@ def evaluate_classifier(
     clf: Classifier, data: EvalData, batch_size: int = 256, workers: int = 2
 ) -> tuple[float, float, torch.Tensor]:
     """(top-1, top-5, confusion (C, C)) on a labelled set whose classes must be among the classifier's."""
-    data = align_classes(data, clf.classes, "the classifier checkpoint")
-    logits, targets, _ = classifier_logits(clf, data, batch_size, workers)
-    top1, top5 = accuracy(logits, targets, topk=(1, 5))
-    return top1, top5, confusion_matrix(logits, targets, len(clf.classes))
+    scored = score_labelled(clf, data, batch_size, workers)
+    return scored["top1"], scored["top5"], torch.tensor(scored["confusion"])
 
 
 # ============ the predict command ============
