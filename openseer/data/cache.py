@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from openseer.data.images import BadImageError, SkipLog, load_rgb
+from openseer.data.images import DEFAULT_MAX_PIXELS, BadImageError, SkipLog, load_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,10 @@ def default_cache_dir() -> Path:
     return base / "openseer"
 
 
-def _decode_one(path: Path, size: int) -> torch.Tensor | BadImageError:
+def _decode_one(path: Path, size: int, max_pixels: int) -> torch.Tensor | BadImageError:
     """(3, size, size) uint8: shorter side resized to ``size``, then centre-cropped."""
     try:
-        img = load_rgb(path)
+        img = load_rgb(path, max_pixels)
     except BadImageError as err:
         return err
     # Cropping the central square first equals "resize shorter side, then centre-crop",
@@ -60,8 +60,9 @@ def decode_to_uint8(
     size: int,
     num_threads: int = 2,
     progress: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Decoded:
-    """Decode ``paths`` (N files) into square uint8 images.
+    """Decode ``paths`` (N files) into square uint8 images; files above ``max_pixels`` are skipped as bombs.
 
     Returns:
         images: (M, 3, size, size) uint8, contiguous, for the M files that decoded.
@@ -83,7 +84,7 @@ def decode_to_uint8(
     with ThreadPoolExecutor(max_workers=num_threads) as pool:
         for start in range(0, len(paths), _CHUNK):
             chunk = paths[start : start + _CHUNK]
-            results = pool.map(_decode_one, chunk, [size] * len(chunk))
+            results = pool.map(_decode_one, chunk, [size] * len(chunk), [max_pixels] * len(chunk))
             for index, result in enumerate(results, start=start):
                 if isinstance(result, BadImageError):
                     skipped.add(result.path, result.reason)
@@ -101,8 +102,10 @@ def decode_to_uint8(
     return images, torch.tensor(kept, dtype=torch.int64), skipped
 
 
-def cache_key(paths: Sequence[str | os.PathLike[str]], size: int) -> str:
-    """sha256 over the paths, their sizes and mtimes, ``size`` and the format version.
+def cache_key(
+    paths: Sequence[str | os.PathLike[str]], size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> str:
+    """sha256 over the paths, their sizes and mtimes, ``size``, the pixel limit and the format version.
 
     The paths keep their given order: ``kept`` indexes into it, so a reordered list is a
     different cache entry.
@@ -114,7 +117,10 @@ def cache_key(paths: Sequence[str | os.PathLike[str]], size: int) -> str:
             files.append([str(p), st.st_size, st.st_mtime_ns])
         except OSError:
             files.append([str(p), -1, -1])
-    blob = json.dumps({"version": FORMAT_VERSION, "size": size, "files": files})
+    settings = {"version": FORMAT_VERSION, "size": size}
+    if max_pixels != DEFAULT_MAX_PIXELS:  # keys made before the limit was configurable stay valid
+        settings["max_pixels"] = max_pixels
+    blob = json.dumps({**settings, "files": files})
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -124,19 +130,20 @@ def cached_decode(
     cache_dir: str | os.PathLike[str],
     num_threads: int = 2,
     progress: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Decoded:
     """:func:`decode_to_uint8`, stored in and reused from ``cache_dir/<key>.pt``.
 
     A missing or unreadable cache file is (re)built; failing to write one only logs.
     """
     cache_dir = Path(cache_dir)
-    target = cache_dir / f"{cache_key(paths, size)}.pt"
+    target = cache_dir / f"{cache_key(paths, size, max_pixels)}.pt"
     if target.exists():
         loaded = _load(target, size)
         if loaded is not None:
             logger.info("using decoded-image cache %s", target)
             return loaded
-    images, kept, skipped = decode_to_uint8(paths, size, num_threads, progress)
+    images, kept, skipped = decode_to_uint8(paths, size, num_threads, progress, max_pixels)
     payload = {"images": images, "kept": kept, "skipped": list(skipped.entries)}
     try:
         _save_atomic(payload, target)

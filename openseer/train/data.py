@@ -113,7 +113,12 @@ def prepare_data(cfg: DataConfig, seed: int = 0, progress: bool = False) -> Pret
     data = PretrainData(description=f"{root}: {len(paths)} images")
     if cfg.cache_size is not None:
         images, kept, data.skipped = cached_decode(
-            paths, cfg.cache_size, default_cache_dir(), num_threads=max(1, cfg.workers), progress=progress
+            paths,
+            cfg.cache_size,
+            default_cache_dir(),
+            num_threads=max(1, cfg.workers),
+            progress=progress,
+            max_pixels=cfg.max_pixels,
         )
         # positions in `images` of each original index (-1 when the file could not be decoded)
         where = torch.full((len(paths),), -1, dtype=torch.long)

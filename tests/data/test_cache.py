@@ -110,3 +110,15 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "openseer"
+
+
+def test_pixel_limit_skips_large_images_and_keys_the_cache(tmp_path):
+    paths = _files(tmp_path / "img")
+    big = tmp_path / "img" / "big.png"
+    Image.new("RGB", (40, 40), (0, 255, 0)).save(big)
+    store = tmp_path / "cache"
+    good = [i for i, p in enumerate(paths) if p.name != "broken.jpg"]  # all at most 800 pixels
+    _, kept, skipped = cached_decode([*paths, big], 8, store, max_pixels=1000)
+    assert kept.tolist() == good and "decompression bomb" in dict(skipped.entries)[str(big)]
+    _, kept, _ = cached_decode([*paths, big], 8, store)  # the default limit: another cache entry
+    assert kept.tolist() == [*good, len(paths)] and len(list(store.iterdir())) == 2
