@@ -64,6 +64,12 @@ def add_common_flags(p: argparse.ArgumentParser, features: bool = True) -> None:
     )
 
 
+def split_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The values of :func:`add_train_test_flags` (and the checkpoint) for a ``SplitConfig``."""
+    keys = ("checkpoint", "train", "test", "holdout", "split_seed", "seed")
+    return {key: getattr(args, key) for key in keys}
+
+
 def add_train_test_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--train",
@@ -124,12 +130,7 @@ def _knn(args: argparse.Namespace) -> int:
     cfg = make_config(
         KnnConfig,
         {
-            "checkpoint": args.checkpoint,
-            "train": args.train,
-            "test": args.test,
-            "holdout": args.holdout,
-            "split_seed": args.split_seed,
-            "seed": args.seed,
+            **split_values(args),
             "k": args.k,
             "temperature": args.temperature,
             "model": "random" if args.random_init else None,
@@ -160,12 +161,7 @@ def _linear(args: argparse.Namespace) -> int:
     cfg = make_config(
         LinearConfig,
         {
-            "checkpoint": args.checkpoint,
-            "train": args.train,
-            "test": args.test,
-            "holdout": args.holdout,
-            "split_seed": args.split_seed,
-            "seed": args.seed,
+            **split_values(args),
             "model": "random" if args.random_init else None,
             "probe": {"lrs": lrs, "epochs": args.epochs, "val_fraction": args.val_fraction},
             "out_dir": args.out,
@@ -204,12 +200,7 @@ def _finetune(args: argparse.Namespace) -> int:
     cfg = make_config(
         FinetuneConfig,
         {
-            "checkpoint": args.checkpoint,
-            "train": args.train,
-            "test": args.test,
-            "holdout": args.holdout,
-            "split_seed": args.split_seed,
-            "seed": args.seed,
+            **split_values(args),
             "init": "random" if args.from_scratch else None,
             "recipe": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
             "out_dir": args.out,
@@ -246,12 +237,7 @@ def _lowshot(args: argparse.Namespace) -> int:
         return [int(x) for x in s.split(",")] if s else None
 
     values: dict[str, Any] = {
-        "checkpoint": args.checkpoint,
-        "train": args.train,
-        "test": args.test,
-        "holdout": args.holdout,
-        "split_seed": args.split_seed,
-        "seed": args.seed,
+        **split_values(args),
         "fractions": floats(args.fractions),
         "per_class": ints(args.per_class),
         "seeds": ints(args.seeds),
