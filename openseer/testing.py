@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch import nn
+
 TINY_PRETRAIN: dict[str, object] = {
     "data.cache_size": 16,
     "data.holdout": 0.25,
@@ -55,3 +58,19 @@ def tiny_classifier_config():  # noqa: ANN201 - PretrainConfig, imported lazily
             "crops": [{"size": 16, "count": 2, "scale": [0.3, 1.0]}],
         },
     )
+
+
+def randomize_batchnorm(module: nn.Module, seed: int) -> nn.Module:
+    """Random BatchNorm statistics, affine terms and batch counters, as a trained network has, so that a
+    misplaced buffer changes the outputs; returns ``module`` in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+                m.num_batches_tracked.fill_(seed)
+    return module.eval()

@@ -14,6 +14,7 @@ from openseer.config import load_config, to_dict
 from openseer.interop import load_weights
 from openseer.interop.commands import EXPORT_FORMATS
 from openseer.interop.export import FORMATS, relative_error
+from openseer.testing import randomize_batchnorm
 from openseer.train.checkpoint import save_checkpoint
 from openseer.train.config import PretrainConfig
 from openseer.train.pretrain import build_model
@@ -21,26 +22,12 @@ from openseer.train.pretrain import build_model
 ort = pytest.importorskip("onnxruntime")
 
 
-def randomize(module: nn.Module, seed: int) -> nn.Module:
-    """Random BatchNorm statistics and affine terms too, as a trained network has."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
-    return module.eval()
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A run folder holding a checkpoint of the CPU preset's model, and a fine-tuned checkpoint beside it."""
     cfg = load_config(PretrainConfig, ["cpu"])
     torch.manual_seed(0)
-    model = randomize(build_model(cfg), seed=1)
+    model = randomize_batchnorm(build_model(cfg), seed=1)
     folder = tmp_path_factory.mktemp("run")
     save_checkpoint(
         {"config": to_dict(cfg), "model": model.state_dict(), "step": 1}, folder / "checkpoints", 1
@@ -138,7 +125,7 @@ def test_sharded_fsdp_run_exports_like_any_other(run: dict, tmp_path: Path) -> N
     from openseer.swav import EmbeddingQueue
 
     cfg = run["cfg"]
-    model = randomize(build_model(cfg), seed=3)
+    model = randomize_batchnorm(build_model(cfg), seed=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     queue = EmbeddingQueue(len(cfg.swav.crops_for_assign), 0, cfg.model.out_dim, torch.device("cpu"))
     sharded.save_sharded(

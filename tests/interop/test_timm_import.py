@@ -9,28 +9,14 @@ import timm
 import timm.models.regnet as timm_regnet
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from openseer.api import PretrainedModel
 from openseer.cli import main as cli_main
 from openseer.interop import load_weights
 from openseer.interop.timm_weights import to_timm
 from openseer.models.regnet import REGNETY
+from openseer.testing import randomize_batchnorm
 from openseer.train.checkpoint import CheckpointError
-
-
-def randomize(module: nn.Module, seed: int) -> nn.Module:
-    """Random BatchNorm statistics and affine terms too, so that a misplaced buffer changes the features."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
-    return module.eval()
 
 
 def images(n: int = 1, size: int = 64) -> torch.Tensor:
@@ -41,7 +27,7 @@ def images(n: int = 1, size: int = 64) -> torch.Tensor:
 def regnety_320(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """timm's own ``regnety_320`` (the architecture of ``regnety_320.seer``), saved as a Hub-style safetensors."""
     torch.manual_seed(0)
-    model = randomize(timm.create_model("regnety_320", pretrained=False, num_classes=0), seed=1)
+    model = randomize_batchnorm(timm.create_model("regnety_320", pretrained=False, num_classes=0), seed=1)
     folder = tmp_path_factory.mktemp("timm320")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     with torch.no_grad():
@@ -78,7 +64,7 @@ def test_other_seer_sizes_share_timm_architecture(timm_name: str, arch: str) -> 
 
 def test_timm_classifier_becomes_openseer_classifier(tmp_path: Path) -> None:
     """A fine-tuned timm model (``head.fc``): predictions equal timm's own softmax."""
-    model = randomize(timm.create_model("regnety_002", pretrained=False, num_classes=4), seed=2)
+    model = randomize_batchnorm(timm.create_model("regnety_002", pretrained=False, num_classes=4), seed=2)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     weights = load_weights(tmp_path / "pytorch_model.bin", classes=["a", "b", "c", "d"])
     assert weights.config.model.arch == "regnety_200mf" and weights.classes == ["a", "b", "c", "d"]
@@ -96,7 +82,7 @@ def test_timm_classifier_becomes_openseer_classifier(tmp_path: Path) -> None:
 
 
 def test_timm_training_checkpoint_and_resnet(tmp_path: Path) -> None:
-    model = randomize(timm.create_model("resnet18", pretrained=False, num_classes=0), seed=3)
+    model = randomize_batchnorm(timm.create_model("resnet18", pretrained=False, num_classes=0), seed=3)
     torch.save({"epoch": 3, "arch": "resnet18", "state_dict": model.state_dict()}, tmp_path / "last.pth.tar")
     weights = load_weights(tmp_path / "last.pth.tar", fmt="timm")
     assert weights.config.model.arch == "resnet18"

@@ -20,22 +20,8 @@ from openseer.interop import load_weights
 from openseer.interop.vissl import to_vissl_checkpoint
 from openseer.models.backbone import build_backbone
 from openseer.models.head import SwAVHead
+from openseer.testing import randomize_batchnorm
 from openseer.train.checkpoint import CheckpointError
-
-
-def randomize(module: nn.Module, seed: int) -> nn.Module:
-    """Random BatchNorm statistics and affine terms too, so that a misplaced buffer changes the features."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
-                m.num_batches_tracked.fill_(seed)
-    return module.eval()
 
 
 def images(n: int = 1, size: int = 64) -> torch.Tensor:
@@ -49,8 +35,8 @@ def images(n: int = 1, size: int = 64) -> torch.Tensor:
 def seer32(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A RegNetY-32GF (141M parameters) with a small SwAV head, saved once in VISSL's layout."""
     torch.manual_seed(0)
-    backbone = randomize(build_backbone("regnety_32gf"), seed=1)
-    head = randomize(SwAVHead(backbone.num_features, [256], 32, 50, use_bn=True), seed=2)
+    backbone = randomize_batchnorm(build_backbone("regnety_32gf"), seed=1)
+    head = randomize_batchnorm(SwAVHead(backbone.num_features, [256], 32, 50, use_bn=True), seed=2)
     folder = tmp_path_factory.mktemp("seer32")
     src = folder / "model_final_checkpoint_phase0.torch"
     torch.save(to_vissl_checkpoint(backbone.state_dict(), head.state_dict()), src)
@@ -159,8 +145,8 @@ class ClassyRegNet(nn.Module):
 @pytest.fixture(scope="module")
 def small() -> dict:
     torch.manual_seed(0)
-    backbone = randomize(build_backbone("regnety_200mf"), seed=3)
-    head = randomize(SwAVHead(backbone.num_features, [64], 16, 20, use_bn=True), seed=4)
+    backbone = randomize_batchnorm(build_backbone("regnety_200mf"), seed=3)
+    head = randomize_batchnorm(SwAVHead(backbone.num_features, [64], 16, 20, use_bn=True), seed=4)
     return {"backbone": backbone, "head": head}
 
 
@@ -287,7 +273,7 @@ def test_batchnorm_counters_may_be_absent(small: dict, tmp_path: Path) -> None:
 
 
 def test_vissl_resnet_trunk_keeps_torchvision_names(tmp_path: Path) -> None:
-    backbone = randomize(build_backbone("resnet18"), seed=5)
+    backbone = randomize_batchnorm(build_backbone("resnet18"), seed=5)
     ckpt = to_vissl_checkpoint(backbone.state_dict())
     assert (
         "_feature_blocks.layer1.0.conv1.weight" in ckpt["classy_state_dict"]["base_model"]["model"]["trunk"]
