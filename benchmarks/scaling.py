@@ -17,17 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from openseer.testing import free_port
 
 
 def run(procs: int, steps: int, global_batch: int, out: Path) -> float:
@@ -47,7 +42,7 @@ def run(procs: int, steps: int, global_batch: int, out: Path) -> float:
     if procs > 1:
         launch = [
             *(sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}"),
-            *("--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "openseer"),
+            *("--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "openseer"),
         ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     subprocess.run([*launch, "pretrain", "--no-eval", "--config", "cpu", *overrides], env=env, check=True)

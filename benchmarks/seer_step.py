@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import sys
 import time
 
@@ -33,6 +32,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from openseer.testing import free_port
 
 FALLBACK = ("regnety_256gf", "regnety_128gf", "regnety_64gf", "regnety_32gf", "regnety_16gf")
 GIB = 2**30
@@ -150,12 +151,6 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, out: d
     distributed.destroy()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="regnety_256gf", help="first size to try (default: regnety_256gf)")
@@ -178,7 +173,7 @@ def main() -> None:
         out = mp.Manager().dict()
         ctx = mp.start_processes(
             rank_main,
-            (args.world, _free_port(), args, out),
+            (args.world, free_port(), args, out),
             nprocs=args.world,
             join=False,
             start_method="spawn",

@@ -1,7 +1,10 @@
-"""A pretraining small enough to finish in seconds on a CPU, shared by the test suite and the benchmarks."""
+"""What the test suite and the benchmarks share: a pretraining small enough to finish in seconds on a CPU, a
+tiny classifier config, BatchNorm randomisation, and the environment of a local multi-process run."""
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import torch
@@ -74,3 +77,23 @@ def randomize_batchnorm(module: nn.Module, seed: int) -> nn.Module:
                 m.bias.copy_(0.1 * torch.randn(n, generator=gen))
                 m.num_batches_tracked.fill_(seed)
     return module.eval()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a local process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, world: int, port: int | str, threads: int = 1) -> dict[str, str]:
+    """This process's environment plus what torchrun would set for ``rank`` of ``world`` on one machine."""
+    return {
+        **os.environ,
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": str(threads),
+    }

@@ -1,7 +1,5 @@
 """Process-group helpers: single-process fallbacks, and a real 2-process gloo group for global Sinkhorn."""
 
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +9,7 @@ import torch
 
 from openseer import distributed
 from openseer.swav.sinkhorn import sinkhorn, sinkhorn_reference
+from openseer.testing import free_port, rank_env
 
 
 @pytest.fixture
@@ -70,12 +69,6 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sinkhorn_over_two_processes_equals_one_process_on_the_global_batch(tmp_path):
     """Equipartition is over the *global* batch: 2 gloo ranks with 12 + 12 samples give the codes one process
     computes on all 24."""
@@ -83,18 +76,10 @@ def test_sinkhorn_over_two_processes_equals_one_process_on_the_global_batch(tmp_
     scores = torch.rand(24, 6, generator=g) * 2 - 1
     torch.save(scores, tmp_path / "scores.pt")
     (tmp_path / "worker.py").write_text(WORKER)
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(2):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            "OMP_NUM_THREADS": "1",
-        }
+        env = rank_env(rank, 2, port)
         cmd = [
             sys.executable,
             str(tmp_path / "worker.py"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import torch
 from PIL import Image
 
 from openseer import distributed
-from openseer.testing import tiny_overrides
+from openseer.testing import free_port, tiny_overrides
 
 TIMEOUT_S = 10
 
@@ -37,12 +36,6 @@ def make_folder(root: Path, classes: int = 2, per_class: int = 12, size: int = 2
 def overrides(source: Path, out: Path, **extra: object) -> list[str]:
     changes = dict(data__cache_size=None, optim__batch_size=4, optim__epochs=5, run__knn_k=3)
     return tiny_overrides(source, out, **{**changes, "run__dist_timeout_s": TIMEOUT_S, **extra})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +95,7 @@ def test_torchrun_fsdp_run_resumes_in_one_process(
     )
     cmd = [
         *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"),
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         *("-m", "openseer", "pretrain", "--no-eval"),
         *args,
         *("run.max_steps=3", "run.checkpoint_every=1", "run.keep_checkpoints=2"),
@@ -131,7 +124,7 @@ def test_dead_rank_ends_the_other_with_a_clear_error(folder: Path, tmp_path: Pat
     """Rank 1 exits abruptly (or hangs) at step 3; rank 0, blocked in a collective, must stop with an explanation
     within the collective timeout. Launched with SLURM's variables only (no torchrun), which also checks their
     mapping. A closed connection is noticed at once; a silent peer after run.dist_timeout_s."""
-    port = str(_free_port())
+    port = str(free_port())
     marker = tmp_path / "died_at"
     timeout = TIMEOUT_S if fate == "exit" else 4
     procs = []

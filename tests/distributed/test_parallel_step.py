@@ -10,8 +10,6 @@ The workers are this file run as a script (``python test_parallel_step.py OUT``)
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch.distributed as dist
 from openseer.models import SwAVHead, SwAVModel, build_backbone, feature_dim
 from openseer.optim import LARS, param_groups
 from openseer.swav import EmbeddingQueue, sinkhorn, swav_loss
+from openseer.testing import free_port, rank_env
 
 BATCH = 4  # per process
 CROPS = [16, 16, 8, 8]
@@ -106,27 +105,13 @@ def worker(out: Path) -> None:
     distributed.destroy()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("parallel")
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(2):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            "OMP_NUM_THREADS": "1",
-        }
+        env = rank_env(rank, 2, port)
         cmd = [sys.executable, __file__, str(out)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     for proc in procs:
