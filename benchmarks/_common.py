@@ -12,12 +12,9 @@ from pathlib import Path
 import torch
 
 from openseer.data.cache import default_cache_dir
-from openseer.data.multicrop import n_crops
 from openseer.optim.lars import LARS, param_groups
-from openseer.swav.loss import swav_loss
-from openseer.swav.sinkhorn import sinkhorn
 from openseer.train.config import PretrainConfig
-from openseer.train.pretrain import build_model
+from openseer.train.pretrain import build_model, objective
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TAR = REPO.parent / "shared" / "data" / "cifar10-train.tar.gz"
@@ -69,8 +66,9 @@ def synthetic_crops(cfg: PretrainConfig, device: torch.device, seed: int = 0) ->
 
 
 def swav_step_fn(cfg: PretrainConfig, device: torch.device) -> Callable[[list[torch.Tensor]], float]:
-    """One SwAV training step as the pretraining loop runs it (no queue, no logging): prototypes
-    re-normalised, multi-crop forward, Sinkhorn codes, swapped-prediction loss, backward, LARS/SGD step."""
+    """One SwAV training step as the pretraining loop runs it (no queue, no logging, no non-finite check):
+    prototypes re-normalised, multi-crop forward, the loop's own ``objective`` (Sinkhorn codes,
+    swapped-prediction loss), backward, LARS/SGD step."""
     model = build_model(cfg).to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -83,20 +81,14 @@ def swav_step_fn(cfg: PretrainConfig, device: torch.device) -> Callable[[list[to
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.optim.momentum)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    crops_total = n_crops(cfg.crops)
     precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.run.precision)
 
     def step(crops: list[torch.Tensor]) -> float:
         bs = crops[0].shape[0]
         model.head.normalize_prototypes()
         with torch.autocast(device.type, dtype=precision or torch.float32, enabled=precision is not None):
-            _, scores = forward(crops)
-        with torch.no_grad():
-            codes = [
-                sinkhorn(scores[bs * i : bs * (i + 1)].detach(), cfg.swav.epsilon, cfg.swav.sinkhorn_iters)
-                for i in cfg.swav.crops_for_assign
-            ]
-        loss = swav_loss(scores, codes, crops_total, cfg.swav.crops_for_assign, cfg.swav.temperature)
+            z, scores = forward(crops)
+        loss, _ = objective(cfg, model, z, scores)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

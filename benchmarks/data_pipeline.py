@@ -4,8 +4,8 @@ Measures, on the preset's crops and batch (default: the cpu preset), images/s of
 (no model), and of the training step alone on ready-made crops:
 
 * the decoded-cache path the cpu preset uses (``data.cache_size``): uint8 images held in memory, multi-crop
-  batched on tensors (``TensorBatches``), with 1 and with 2 intra-op threads (in training it runs in one
-  background thread beside the step);
+  batched on tensors (``TensorBatches``), with 1 and with 2 intra-op threads (in CPU training it runs
+  between steps, on the step's threads);
 * the per-image path (``data.cache_size=null``): JPEG decoding and torchvision-v2 multi-crop per image in
   DataLoader workers (``LoaderBatches``), with 1 and 2 workers. Needs a folder (``--data cifar10``).
 

@@ -42,28 +42,37 @@ class LARS(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # One fused (foreach) kernel per operation over all tensors of a group rather than a Python loop
+        # over the tensors: the per-tensor loop cost 15 ms a step on RegNetY-200MF (184 tensors, 1 thread).
         for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
             wd, mom = group["weight_decay"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if not group["lars_exclude"]:
-                    p_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(g)
-                    local = group["trust_coefficient"] * p_norm / (g_norm + wd * p_norm + group["eps"])
-                    # a zero weight or gradient (fresh zero-init layer) keeps the plain step with no weight
-                    # decay, as in LARC (which also leaves the gradient untouched then)
-                    g = torch.where((p_norm > 0) & (g_norm > 0), (g + wd * p) * local, g)
-                if mom != 0:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = g.detach().clone()
-                    else:
-                        buf.mul_(mom).add_(g)
-                    g = buf
-                p.add_(g, alpha=-group["lr"])
+            if not group["lars_exclude"]:
+                p_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                local = group["trust_coefficient"] * p_norm / (g_norm + wd * p_norm + group["eps"])
+                # a zero weight or gradient (fresh zero-init layer) keeps the plain step with no weight
+                # decay, as in LARC (which also leaves the gradient untouched then)
+                adapt = (p_norm > 0) & (g_norm > 0)
+                g_scale = torch.where(adapt, local, torch.ones_like(local)).unbind()
+                p_scale = torch.where(adapt, wd * local, torch.zeros_like(local)).unbind()
+                grads = torch._foreach_mul(grads, g_scale)  # (g + wd * p) * local, or g
+                torch._foreach_add_(grads, torch._foreach_mul(params, p_scale))
+            if mom != 0:
+                states = [self.state[p] for p in params]
+                running = [i for i, st in enumerate(states) if "momentum_buffer" in st]
+                if running:
+                    bufs = [states[i]["momentum_buffer"] for i in running]
+                    torch._foreach_mul_(bufs, mom)
+                    torch._foreach_add_(bufs, [grads[i] for i in running])
+                for st, g in zip(states, grads, strict=True):
+                    if "momentum_buffer" not in st:  # the first step starts the buffer at g
+                        st["momentum_buffer"] = g.detach().clone()
+                grads = [st["momentum_buffer"] for st in states]
+            torch._foreach_add_(params, grads, alpha=-group["lr"])
         return loss
 
 

@@ -23,7 +23,7 @@ from openseer.data.multicrop import n_crops
 from openseer.data.shards import ShardBatches
 from openseer.models import SwAVHead, SwAVModel, build_backbone, feature_dim
 from openseer.optim import LARS, cosine_schedule, param_groups
-from openseer.swav import EmbeddingQueue, cluster_health, sinkhorn, swav_loss
+from openseer.swav import EmbeddingQueue, cluster_health, swav_objective
 from openseer.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from openseer.train.config import PretrainConfig
 from openseer.train.data import LoaderBatches, TensorBatches, prepare_data
@@ -61,7 +61,30 @@ def _finite_step(loss: torch.Tensor, model: torch.nn.Module) -> bool:
     if not torch.isfinite(loss):
         return False
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return bool(torch.isfinite(torch.stack([g.abs().sum() for g in grads]).sum())) if grads else True
+    # one fused max-norm over all gradients: a NaN or Inf anywhere makes it non-finite, and, unlike a sum or
+    # an L2 norm, large finite values cannot overflow it
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, math.inf)).max())) if grads else True
+
+
+def objective(
+    cfg: PretrainConfig,
+    model: SwAVModel,
+    z: torch.Tensor,
+    scores: torch.Tensor,
+    queue: EmbeddingQueue | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The run's SwAV objective (codes, then swapped prediction) with its settings; the benchmarks time it too."""
+    return swav_objective(
+        z,
+        scores,
+        model.head.prototypes,
+        n_crops(cfg.crops),
+        cfg.swav.crops_for_assign,
+        cfg.swav.temperature,
+        cfg.swav.epsilon,
+        cfg.swav.sinkhorn_iters,
+        queue,
+    )
 
 
 def _divergence_message(step: int, streak: int, cfg: PretrainConfig, ckpt_dir: Path) -> str:
@@ -144,7 +167,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             data.train_paths, workers=cfg.data.workers, max_pixels=cfg.data.max_pixels, **stream_kwargs
         )
     steps_per_epoch = batches.steps_per_epoch
-    crops_total = n_crops(cfg.crops)
     global_batch = cfg.optim.batch_size * world
 
     # ============ model ============
@@ -289,18 +311,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         # multi-crop forward: same-size crops share one backbone pass
         with autocast:
             z, scores = forward(crops)
-        # codes for the assignment crops, over the global batch (and the queue once it is full)
+        # codes for the assignment crops over the global batch (and the queue once it is full), swapped loss
         use_queue = queue.length > 0 and step >= cfg.swav.queue_start_epoch * steps_per_epoch
-        codes = []
-        with torch.no_grad():
-            for i, crop_id in enumerate(cfg.swav.crops_for_assign):
-                out = scores[bs * crop_id : bs * (crop_id + 1)].detach()
-                if use_queue and queue.full:
-                    out = torch.cat([model.head.prototypes(queue.embeddings[i]), out])
-                codes.append(sinkhorn(out, cfg.swav.epsilon, cfg.swav.sinkhorn_iters)[-bs:])
-                if use_queue:
-                    queue.push(i, z[bs * crop_id : bs * (crop_id + 1)])
-        loss = swav_loss(scores, codes, crops_total, cfg.swav.crops_for_assign, cfg.swav.temperature)
+        loss, codes = objective(cfg, model, z, scores, queue if use_queue else None)
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -160,22 +160,23 @@ def test_dead_rank_ends_the_other_with_a_clear_error(folder: Path, tmp_path: Pat
 
 
 def _fail_on_rank_1(fate: str, marker: str, at_step: int) -> None:
-    """Wrap the loss of the training loop so that rank 1 exits without a word (or stops answering) at its
+    """Wrap the SwAV objective of the training loop so that rank 1 exits without a word (or stops answering) at its
     ``at_step``-th step."""
     import openseer.train.pretrain as loop
 
-    original, calls = loop.swav_loss, [0]
+    original, calls = loop.swav_objective, [0]
 
-    def swav_loss(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - pass-through
+    def swav_objective(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - pass-through
         calls[0] += 1
+        out = original(*args, **kwargs)  # its Sinkhorn collectives done: rank 0 goes on into backward
         if distributed.rank() == 1 and calls[0] == at_step:
             Path(marker).write_text(str(time.time()))
             if fate == "exit":
                 os._exit(3)
             time.sleep(600)
-        return original(*args, **kwargs)
+        return out
 
-    loop.swav_loss = swav_loss
+    loop.swav_objective = swav_objective
 
 
 if __name__ == "__main__":

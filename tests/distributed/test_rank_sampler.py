@@ -6,6 +6,8 @@ flips, so the index of every crop can be read back from its pixels.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -87,3 +89,25 @@ def test_tensor_batches_resume_mid_epoch_on_the_same_crops() -> None:
     for got, want in zip(resumed, full[2:], strict=True):
         for a, b in zip(got, want, strict=True):
             assert torch.equal(a, b)
+
+
+def test_prefetching_thread_gives_the_same_batches_as_the_inline_stream() -> None:
+    def stream(prefetch: int | None) -> TensorBatches:
+        return TensorBatches(
+            flat_images(N), BATCH, CROPS, PLAIN, seed=5, world_size=1, channels_last=False, prefetch=prefetch
+        )
+
+    assert stream(None).prefetch == 0  # on a CPU the crops are made in line, between steps
+    inline, threaded = list(stream(0).epoch(1, start=1)), list(stream(2).epoch(1, start=1))
+    assert len(threaded) == len(inline) == N // BATCH - 1
+    for got, want in zip(threaded, inline, strict=True):
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_prefetching_thread_stops_when_the_consumer_does() -> None:
+    batches = TensorBatches(flat_images(N), BATCH, CROPS, PLAIN, seed=5, channels_last=False, prefetch=1)
+    it = batches.epoch(0)
+    next(it)
+    it.close()  # the generator's finally joins the thread
+    assert not [t for t in threading.enumerate() if t.name == "openseer-multicrop"]

@@ -173,14 +173,14 @@ def _nan_loss_from(monkeypatch: pytest.MonkeyPatch, first: int, last: float = fl
     """Make the loss of the loop's calls number first..last (1-based) NaN, as a diverging run would."""
     import openseer.train.pretrain as loop
 
-    original, calls = loop.swav_loss, [0]
+    original, calls = loop.swav_objective, [0]
 
-    def swav_loss(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - pass-through
+    def swav_objective(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - pass-through
         calls[0] += 1
-        loss = original(*args, **kwargs)
-        return loss * float("nan") if first <= calls[0] <= last else loss
+        loss, codes = original(*args, **kwargs)
+        return (loss * float("nan") if first <= calls[0] <= last else loss), codes
 
-    monkeypatch.setattr(loop, "swav_loss", swav_loss)
+    monkeypatch.setattr(loop, "swav_objective", swav_objective)
 
 
 def test_a_non_finite_step_is_skipped_and_counted(

@@ -1,0 +1,63 @@
+"""swav_objective: the loop's codes-then-loss, with and without the embedding queue."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openseer.swav import EmbeddingQueue, sinkhorn, swav_loss, swav_objective
+
+B, D, K, CROPS = 8, 16, 5, 3
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, nn.Linear]:
+    torch.manual_seed(seed)
+    prototypes = nn.Linear(D, K, bias=False)
+    prototypes.weight.data = F.normalize(prototypes.weight.data, dim=1)
+    z = F.normalize(torch.randn(CROPS * B, D), dim=1)
+    return z, prototypes(z), prototypes
+
+
+def test_without_a_queue_it_is_sinkhorn_codes_then_the_swapped_loss() -> None:
+    z, scores, prototypes = _batch()
+    loss, codes = swav_objective(z, scores, prototypes, CROPS, [0, 1], 0.1, 0.05, 3)
+    want_codes = [sinkhorn(scores[i * B : (i + 1) * B].detach(), 0.05, 3) for i in (0, 1)]
+    for got, want in zip(codes, want_codes, strict=True):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(loss, swav_loss(scores, want_codes, CROPS, [0, 1], 0.1))
+
+
+def test_a_full_queue_joins_the_codes_and_receives_the_batch() -> None:
+    z, scores, prototypes = _batch()
+    queue = EmbeddingQueue(2, 2 * B, D)
+    old = F.normalize(torch.randn(2, 2 * B, D), dim=1)
+    queue.embeddings.copy_(old)
+    queue.filled = 2 * B
+    loss, codes = swav_objective(z, scores, prototypes, CROPS, [0, 1], 0.1, 0.05, 3, queue)
+    for i, crop in enumerate((0, 1)):
+        with torch.no_grad():
+            joint = torch.cat([prototypes(old[i]), scores[crop * B : (crop + 1) * B]])
+        torch.testing.assert_close(codes[i], sinkhorn(joint, 0.05, 3)[-B:])  # only the batch's rows kept
+        torch.testing.assert_close(queue.embeddings[i, :B], z[crop * B : (crop + 1) * B])  # newest first
+        torch.testing.assert_close(queue.embeddings[i, B:], old[i, :B])
+    alone, _ = swav_objective(z, scores, prototypes, CROPS, [0, 1], 0.1, 0.05, 3)
+    assert not torch.allclose(loss, alone)  # the queue changed the codes, hence the loss
+
+
+def test_a_queue_that_is_not_full_is_filled_but_not_used() -> None:
+    z, scores, prototypes = _batch()
+    queue = EmbeddingQueue(2, 4 * B, D)
+    loss, _ = swav_objective(z, scores, prototypes, CROPS, [0, 1], 0.1, 0.05, 3, queue)
+    alone, _ = swav_objective(z, scores, prototypes, CROPS, [0, 1], 0.1, 0.05, 3)
+    torch.testing.assert_close(loss, alone)
+    assert queue.filled == B and not queue.full
+
+
+def test_the_loss_trains_the_scores_but_not_through_the_codes() -> None:
+    z, _, prototypes = _batch()
+    z = z.clone().requires_grad_()
+    loss, codes = swav_objective(z, prototypes(z), prototypes, CROPS, [0, 1], 0.1, 0.05, 3)
+    loss.backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert all(not c.requires_grad for c in codes)
