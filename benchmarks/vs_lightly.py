@@ -14,7 +14,8 @@
     0.5, no blur), ``SwaVProjectionHead(512, 512, 128)``, 512 prototypes, ``SwaVLoss()`` (temperature 0.1),
     Adam lr 1e-3 x batch/128, weight decay 1e-6, batch 128, cosine decay (here over the time budget).
     openseer runs its cpu preset (``pretrain_knn.py``); ``--openseer-run DIR`` reuses a finished run of
-    ``pretrain_knn.py --data cifar10 --minutes M`` instead of training again.
+    ``pretrain_knn.py --data cifar10 --minutes M`` instead of training again, and ``--reuse-lightly`` takes
+    lightly's figure from the record (``runs/vs-lightly/lightly.json``) its last run of this script wrote.
 
     pip install -e ".[bench]"          # lightly 1.6.0, a benchmark-only dependency
     python benchmarks/vs_lightly.py --minutes 20
@@ -136,7 +137,7 @@ def identical_work(
     """(a): openseer img/s / lightly img/s on the same model, crops, batch and optimiser."""
     device = torch.device("cpu")
     sizes = [c.size for c in cfg.crops]
-    assert len(sizes) == 2, "the comparison uses lightly's two crop sizes (global, local)"
+    assert len(sizes) in (1, 2), "lightly's SwaVTransform takes global crops and at most one local size"
     transform = SwaVTransform(
         crop_sizes=tuple(sizes),
         crop_counts=tuple(c.count for c in cfg.crops),
@@ -185,6 +186,9 @@ def identical_work(
     return statistics.median(mine) / statistics.median(other)
 
 
+LIGHTLY_RECORD = Path("runs/vs-lightly/lightly.json")  # what (b)'s lightly run measured, for --reuse-lightly
+
+
 def lightly_recipe_knn(
     data: PretrainData, paths: list[Path], minutes: float, knn_cfg: PretrainConfig, batch: int = 128
 ) -> float:
@@ -214,11 +218,32 @@ def lightly_recipe_knn(
         step(next(batches))
         spent += time.perf_counter() - start
         steps += 1
-    print(
-        f"lightly recipe: {steps} steps, {steps * batch / spent:.1f} img/s, {steps * batch / len(paths):.2f} epochs"
-    )
-    top1, _ = knn_eval(model.backbone, data, knn_cfg, torch.device("cpu"))
+    rate, epochs = steps * batch / spent, steps * batch / len(paths)
+    print(f"lightly recipe: {steps} steps, {rate:.1f} img/s, {epochs:.2f} epochs")
+    top1, top5 = knn_eval(model.backbone, data, knn_cfg, torch.device("cpu"))
+    record = dict(minutes=minutes, steps=steps, imgs_per_s=rate, epochs=epochs, knn_top1=top1, knn_top5=top5)
+    LIGHTLY_RECORD.parent.mkdir(parents=True, exist_ok=True)
+    LIGHTLY_RECORD.write_text(json.dumps(record, indent=2))
     return top1
+
+
+def lightly_knn(
+    args: argparse.Namespace, data: PretrainData, paths: list[Path], cfg: PretrainConfig
+) -> float:
+    """(b), lightly's side: train now, or reuse the record a previous run of this script left."""
+    if args.reuse_lightly:
+        if not LIGHTLY_RECORD.exists():
+            raise SystemExit(f"--reuse-lightly: no {LIGHTLY_RECORD}; run once without it")
+        record = json.loads(LIGHTLY_RECORD.read_text())
+        if record["minutes"] != args.minutes:
+            raise SystemExit(f"{LIGHTLY_RECORD} is a {record['minutes']}-minute run, not {args.minutes}")
+        print(
+            f"lightly recipe (from {LIGHTLY_RECORD}): {record['steps']} steps, {record['imgs_per_s']:.1f} img/s"
+        )
+        return record["knn_top1"]
+    # lightly's images: its own ImageNet normalisation, contiguous tensors; the same kNN scorer
+    knn_cfg = replace(cfg, model=replace(cfg.model, channels_last=False))
+    return lightly_recipe_knn(data, paths, args.minutes, knn_cfg)
 
 
 def openseer_knn(args: argparse.Namespace, source: str) -> float:
@@ -250,6 +275,11 @@ def main() -> None:
     ap.add_argument(
         "--openseer-run", default=None, help="a finished pretrain_knn.py cifar10 run folder for (b)"
     )
+    ap.add_argument(
+        "--reuse-lightly",
+        action="store_true",
+        help=f"take (b)'s lightly figure from the {LIGHTLY_RECORD} an earlier run wrote (same --minutes)",
+    )
     ap.add_argument("overrides", nargs="*", help="key=value overrides of openseer's cpu preset")
     args = ap.parse_args()
     source = str(cifar10_folder())
@@ -261,9 +291,7 @@ def main() -> None:
     print(f"(a) identical work: openseer / lightly = {ratio:.2f}x")
     knn_ours = knn_theirs = float("nan")
     if not args.skip_knn:
-        # lightly's images: its own ImageNet normalisation, contiguous tensors; the same kNN scorer
-        knn_cfg = replace(cfg, model=replace(cfg.model, channels_last=False))
-        knn_theirs = lightly_recipe_knn(cached, list(files.train_paths), args.minutes, knn_cfg)
+        knn_theirs = lightly_knn(args, cached, list(files.train_paths), cfg)
         print(f"(b) lightly, {args.minutes:g} min: kNN top-1 {knn_theirs:.4f}")
         knn_ours = openseer_knn(args, source)
         print(f"(b) openseer, {args.minutes:g} min: kNN top-1 {knn_ours:.4f}")

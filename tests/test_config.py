@@ -52,8 +52,9 @@ def test_swav_rn50_preset():
 def test_cpu_preset():
     cfg = load_config(PretrainConfig, ["cpu"])
     assert cfg.model.arch == "regnety_200mf" and cfg.model.stem == "small" and cfg.model.prototypes == 100
-    assert cfg.data.cache_size == 32 and cfg.swav.queue_length == 0 and cfg.swav.temperature == 0.3
-    assert [(c.size, c.count) for c in cfg.crops] == [(32, 2), (16, 2)]
+    assert cfg.data.cache_size == 32 and cfg.swav.queue_length == 0 and cfg.swav.temperature == 0.15
+    assert cfg.optim.trust_coefficient == 0.003
+    assert [(c.size, c.count) for c in cfg.crops] == [(32, 2)]
     assert isinstance(cfg.crops[0], CropSpec) and cfg.crops[0].scale == (0.2, 1.0)
 
 
@@ -133,7 +134,7 @@ def test_wrong_type_names_key_and_expected_type(override, key, expected):
 
 def test_crops_for_assign_out_of_range():
     with pytest.raises(
-        ConfigError, match=r"swav\.crops_for_assign.*crop 6 asked for.*defines 4 \(indices 0\.\.3\)"
+        ConfigError, match=r"swav\.crops_for_assign.*crop 6 asked for.*defines 2 \(indices 0\.\.1\)"
     ):
         load_config(PretrainConfig, ["cpu"], ["swav.crops_for_assign=[0, 6]"])
     with pytest.raises(ConfigError, match="crop -1"):
