@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from openseer.data.cache import default_cache_dir
+from openseer.models import build_model
 from openseer.optim.lars import LARS, param_groups
 from openseer.train.config import PretrainConfig
-from openseer.train.pretrain import build_model, objective
+from openseer.train.pretrain import objective
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TAR = REPO.parent / "shared" / "data" / "cifar10-train.tar.gz"
@@ -69,7 +70,7 @@ def swav_step_fn(cfg: PretrainConfig, device: torch.device) -> Callable[[list[to
     """One SwAV training step as the pretraining loop runs it (no queue, no logging, no non-finite check):
     prototypes re-normalised, multi-crop forward, the loop's own ``objective`` (Sinkhorn codes,
     swapped-prediction loss), backward, LARS/SGD step."""
-    model = build_model(cfg).to(device)
+    model = build_model(cfg.model).to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if cfg.run.compile else model

@@ -34,13 +34,12 @@ from pathlib import Path
 
 from openseer.config import from_dict, to_dict
 from openseer.data.folders import subset_per_class
-from openseer.eval.data import EvalData, load_data
+from openseer.data.labelled import EvalData, load_data
 from openseer.eval.linear import write_result
 from openseer.eval.lowshot import LowShotConfig, format_lowshot, merge_lowshot, run_lowshot
-from openseer.eval.quick import as_eval_data
-from openseer.models.pretrained import load_pretrained
 from openseer.train.config import DataConfig
 from openseer.train.data import prepare_data
+from openseer.weights import load_weights
 
 FRACTIONS = (0.01, 0.1)
 
@@ -56,7 +55,7 @@ def cifar10_split(cache_size: int | None, workers: int) -> tuple[EvalData, EvalD
         seed=0,
         progress=True,
     )
-    return as_eval_data(data.bank, "cifar10 train part"), as_eval_data(data.test, "cifar10 held-out 10%")
+    return replace(data.bank, name="cifar10 train part"), replace(data.test, name="cifar10 held-out 10%")
 
 
 def limit(data: EvalData, n: int | None) -> EvalData:
@@ -89,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    _, pcfg = load_pretrained(args.checkpoint)
+    pcfg = load_weights(args.checkpoint).config
     if args.data == "cifar10":
         train, test = cifar10_split(pcfg.data.cache_size, args.workers)
     else:

@@ -41,7 +41,7 @@ def main() -> None:
         f"data.source={source}",
         f"run.budget_minutes={args.minutes}",
         f"run.out_dir={out}",
-        "run.knn_at_end=true",
+        "run.evaluate=true",
         "run.progress=false",
         *args.overrides,
     ]

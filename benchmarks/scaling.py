@@ -33,7 +33,7 @@ def run(procs: int, steps: int, global_batch: int, out: Path) -> float:
         f"run.max_steps={steps}",
         f"run.threads={threads}",
         f"run.out_dir={out}",
-        "run.knn_at_end=false",
+        "run.evaluate=false",
         "run.progress=false",
         "run.tensorboard=false",
         f"run.checkpoint_every={steps * 10}",
@@ -45,7 +45,7 @@ def run(procs: int, steps: int, global_batch: int, out: Path) -> float:
             *("--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "openseer"),
         ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    subprocess.run([*launch, "pretrain", "--no-eval", "--config", "cpu", *overrides], env=env, check=True)
+    subprocess.run([*launch, "pretrain", "--config", "cpu", *overrides], env=env, check=True)
     summary = json.loads((out / "summary.json").read_text())
     rate = summary["images_seen"] / summary["train_seconds"]
     print(

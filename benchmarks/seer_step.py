@@ -55,11 +55,11 @@ UNIT_COPIES = 4
 
 def estimate_gib_per_rank(arch: str, world: int) -> tuple[dict[str, float], int]:
     """(GiB one process needs, by item; trunk parameters), from the model built on the meta device."""
+    from openseer.models import build_model
     from openseer.train.parallel import _inner, backbone_stages
-    from openseer.train.pretrain import build_model
 
     with torch.device("meta"):
-        model = build_model(_config(arch))
+        model = build_model(_config(arch).model)
     total = sum(p.numel() for p in model.parameters())
     units = [b for _, s in backbone_stages(model.backbone) for b in _inner(s).children()] + [
         model.head.projection
@@ -107,17 +107,17 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, out: d
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
     from openseer import distributed
+    from openseer.models import build_model
     from openseer.optim import LARS, param_groups
     from openseer.swav import sinkhorn, swav_loss
     from openseer.train.config import ParallelConfig
     from openseer.train.parallel import parallelize
-    from openseer.train.pretrain import build_model
 
     cpu = torch.device("cpu")
     distributed.init_from_env(cpu, timeout_s=1800)
     cfg = _config(args.arch)
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = build_model(cfg.model)
     parallelize(model, ParallelConfig(strategy="fsdp", activation_checkpointing=True), cpu, args.precision)
     model.to_empty(device=cpu)
     torch.manual_seed(rank)

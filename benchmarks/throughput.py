@@ -91,7 +91,7 @@ def main() -> None:
             "run.budget_minutes=null",
             "run.log_every=1",
             "run.checkpoint_every=1000000",
-            "run.knn_at_end=false",
+            "run.evaluate=false",
             "run.progress=false",
             "run.tensorboard=false",
             *(["run.precision=bf16"] if cuda else []),

@@ -43,11 +43,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from openseer.config import load_config
+from openseer.eval.pretraining import knn_score
 from openseer.models.backbone import build_backbone, feature_dim
 from openseer.optim.lars import LARS, param_groups
 from openseer.train.config import PretrainConfig
 from openseer.train.data import PretrainData, TensorBatches, prepare_data
-from openseer.train.knn_probe import knn_eval
 from openseer.train.pretrain import pretrain
 
 try:
@@ -220,7 +220,7 @@ def lightly_recipe_knn(
         steps += 1
     rate, epochs = steps * batch / spent, steps * batch / len(paths)
     print(f"lightly recipe: {steps} steps, {rate:.1f} img/s, {epochs:.2f} epochs")
-    top1, top5 = knn_eval(model.backbone, data, knn_cfg, torch.device("cpu"))
+    top1, top5 = knn_score(model.backbone, data.bank, data.test, knn_cfg, "cpu")
     record = dict(minutes=minutes, steps=steps, imgs_per_s=rate, epochs=epochs, knn_top1=top1, knn_top5=top5)
     LIGHTLY_RECORD.parent.mkdir(parents=True, exist_ok=True)
     LIGHTLY_RECORD.write_text(json.dumps(record, indent=2))
@@ -259,7 +259,7 @@ def openseer_knn(args: argparse.Namespace, source: str) -> float:
         f"data.source={source}",
         f"run.budget_minutes={args.minutes}",
         "run.out_dir=runs/vs-lightly",
-        "run.knn_at_end=true",
+        "run.evaluate=true",
         "run.progress=false",
         *args.overrides,
     ]

@@ -6,7 +6,7 @@ set ``run.budget_minutes`` or ``optim.epochs`` instead of ``run.max_steps``):
 >>> import tempfile, torch, openseer
 >>> out = tempfile.mkdtemp()
 >>> result = openseer.pretrain("cpu", ["run.max_steps=2", "optim.batch_size=32"], run__out_dir=out,
-...                            run__knn_at_end=False, run__progress=False, run__tensorboard=False)
+...                            run__evaluate=False, run__progress=False, run__tensorboard=False)
 >>> result.steps
 2
 >>> model = openseer.load(out)                   # a run folder, a checkpoint, an imported/exported file
@@ -18,34 +18,33 @@ True
 >>> model.predict(images)                        # ...so predict() says so
 Traceback (most recent call last):
 ...
-openseer.train.checkpoint.CheckpointError: ... holds no classifier ...
+openseer.fileio.checkpoint.CheckpointError: ... holds no classifier ...
 
 ``embed`` and ``predict`` take PIL images, file paths, uint8 tensors (0..255) or float tensors (0..1), one or a
-list, or a batch tensor (N, 3, H, W); each image gets the evaluation transform (``model.transform``: resize the
-shorter side, centre crop to the training crop size, normalise; classifiers trained on whole small images
-resize the whole image instead).
+list, or a batch tensor (N, 3, H, W); each image gets the preprocessing stored with the weights
+(``model.preprocess``: resize the shorter side, centre crop to the training crop size, normalise; classifiers
+trained on whole small images resize the whole image instead).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
 from openseer.config import ConfigError, deep_merge, from_dict, parse_overrides, read_yaml, to_dict
-from openseer.train.checkpoint import CheckpointError
+from openseer.fileio.checkpoint import CheckpointError
 from openseer.train.config import PretrainConfig
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from openseer.interop import Weights
+    from openseer.data.preprocess import Preprocess
     from openseer.train.pretrain import PretrainResult
+    from openseer.weights import Weights
 
 ImageLike = Union["Image.Image", str, os.PathLike, torch.Tensor]
 
@@ -91,65 +90,55 @@ def pretrain(
     resume: bool = False,
     **options: Any,
 ) -> PretrainResult:
-    """SwAV pretraining, as ``openseer pretrain`` (see :func:`make_config` for the arguments).
+    """SwAV pretraining, as ``openseer pretrain`` (see :func:`make_config` for the arguments), then, when
+    ``run.evaluate`` and the data are labelled, the one evaluation of the run (``result.evaluation``: kNN at
+    random initialisation and after training, linear probe; see :mod:`openseer.eval.pretraining`).
 
     ``openseer.pretrain("cpu", ["data.source=~/photos"], run__budget_minutes=20)``
     """
+    from openseer import distributed
     from openseer.train.pretrain import pretrain as run
 
-    return run(make_config(config, overrides, **options), resume=resume)
+    cfg = make_config(config, overrides, **options)
+    result = run(cfg, resume=resume)
+    # every process has saved; the process group goes before the evaluation, which reads the checkpoint in one
+    # process (plain BatchNorm, no collective that the other processes would have to join)
+    distributed.barrier()
+    distributed.destroy()
+    if cfg.run.evaluate and distributed.launch_rank() == 0:
+        from openseer.eval.pretraining import evaluate_pretraining
+
+        result.evaluation = evaluate_pretraining(result.out_dir, device=cfg.run.device, progress=cfg.run.progress)
+    return result
 
 
 class PretrainedModel:
-    """A trained backbone (and classifier, if fine-tuned) ready for images; build it with :func:`load`."""
+    """A trained backbone (and classifier, if the weights hold one) ready for images; build it with :func:`load`.
 
-    def __init__(self, weights: Weights, device: str | torch.device = "cpu") -> None:
-        from openseer.eval.features import eval_transform
+    ``preprocess`` is the :class:`~openseer.data.preprocess.Preprocess` stored with the weights, the one every
+    command uses for these weights.
+    """
+
+    def __init__(self, weights: Weights, device: str | torch.device = "auto") -> None:
+        from openseer.distributed import resolve_device
+        from openseer.eval.predict import Classifier
 
         self.weights = weights
         self.config: PretrainConfig = weights.config
-        self.device = torch.device(device)
-        self.backbone: nn.Module = weights.build_backbone().to(self.device)
-        classifier = weights.build_classifier()
-        self.classifier: nn.Linear | None = classifier.to(self.device) if classifier is not None else None
-        self.classes: list[str] | None = weights.classes if classifier is not None else None
-        self.image_size: int = self.config.crops[0].size
-        mean, std = self.config.augment.mean, self.config.augment.std
-        if weights.resize == "whole":  # a classifier trained on whole small images (e.g. the built-in data)
-            self.transform = v2.Compose(
-                [
-                    v2.ToImage(),
-                    v2.ToDtype(torch.float32, scale=True),
-                    v2.Resize((self.image_size, self.image_size), antialias=True),
-                    v2.Normalize(mean, std),
-                ]
-            )
-        else:
-            self.transform = eval_transform(self.image_size, mean, std)
+        self.device = resolve_device(str(device))
+        self.preprocess: Preprocess = weights.preprocess
+        self._classifier = Classifier.from_weights(weights).to(self.device) if weights.classifier else None
+        self.backbone: nn.Module = (
+            self._classifier.backbone if self._classifier else weights.build_backbone().to(self.device)
+        )
+        self.classes: list[str] | None = weights.classes if self._classifier is not None else None
 
     def __repr__(self) -> str:
         head = f", {len(self.classes)} classes" if self.classes else ""
-        return f"PretrainedModel({self.config.model.arch}, {self.image_size} px{head}, from {self.weights.source})"
-
-    def _prepare(self, image: ImageLike) -> torch.Tensor:
-        from openseer.data.images import BadImageError, load_rgb
-
-        if isinstance(image, str | os.PathLike):
-            try:
-                image = load_rgb(Path(image).expanduser())
-            except BadImageError as err:
-                raise ValueError(f"cannot read image {err.path}: {err.reason}") from err
-        elif isinstance(image, torch.Tensor):
-            if image.ndim == 2:
-                image = image.unsqueeze(0)
-            if image.ndim != 3 or image.shape[0] not in (1, 3):
-                raise ValueError(f"an image tensor must be (3, H, W) or (1, H, W), got {tuple(image.shape)}")
-            image = image.expand(3, -1, -1)
-        elif hasattr(image, "convert"):  # PIL: palette, grey and RGBA images become RGB first
-            image = image.convert("RGB")
-        else:
-            raise TypeError(f"cannot use a {type(image).__name__} as an image (PIL image, path or tensor)")
-        return self.transform(image)
+        return (
+            f"PretrainedModel({self.config.model.arch}, {self.preprocess.size} px{head}, "
+            f"from {self.weights.source})"
+        )
 
     @staticmethod
     def _as_list(images: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
@@ -162,12 +151,13 @@ class PretrainedModel:
     def _batches(self, images: ImageLike | Iterable[ImageLike], batch_size: int) -> Iterator[torch.Tensor]:
         items = self._as_list(images)
         for start in range(0, len(items), batch_size):
-            batch = torch.stack([self._prepare(x) for x in items[start : start + batch_size]])
+            batch = torch.stack([self.preprocess.image(x) for x in items[start : start + batch_size]])
             yield batch.to(self.device)
 
     @torch.no_grad()
     def embed(self, images: ImageLike | Iterable[ImageLike], batch_size: int = 64) -> torch.Tensor:
         """Pooled backbone features (N, D), float32 on the CPU, one row per image in order."""
+        self.backbone.eval()
         feats = [self.backbone(x).float().cpu() for x in self._batches(images, batch_size)]
         if not feats:
             return torch.empty(0, int(self.backbone.num_features))
@@ -178,25 +168,27 @@ class PretrainedModel:
         self, images: ImageLike | Iterable[ImageLike], topk: int = 5, batch_size: int = 64
     ) -> list[list[tuple[str, float]]]:
         """Per image, the ``topk`` most probable classes as (label, probability), most probable first."""
-        if self.classifier is None or self.classes is None:
+        if self._classifier is None or self.classes is None:
             raise CheckpointError(
                 f"{self.weights.source} holds no classifier (pretraining checkpoints have none): use embed() "
                 "for features, or load a fine-tuned checkpoint (one that stores 'classes'), e.g. an imported "
                 "SEER *_finetuned_in1k file"
             )
         k = min(topk, len(self.classes))
+        self._classifier.eval()
         out: list[list[tuple[str, float]]] = []
         for x in self._batches(images, batch_size):
-            probs = self.classifier(self.backbone(x)).float().softmax(dim=1).cpu()
+            probs = self._classifier(x).float().softmax(dim=1).cpu()
             values, indices = probs.topk(k, dim=1)
             for vals, idx in zip(values.tolist(), indices.tolist(), strict=True):
                 out.append([(self.classes[i], v) for i, v in zip(idx, vals, strict=True)])
         return out
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> PretrainedModel:
-    """A :class:`PretrainedModel` from an openseer run folder or checkpoint, a file written by
-    ``openseer import-weights`` / ``openseer export --format safetensors``, or a VISSL/timm checkpoint."""
-    from openseer.interop import load_weights
+def load(path: str | os.PathLike, device: str | torch.device = "auto") -> PretrainedModel:
+    """A :class:`PretrainedModel` from any weights file :func:`openseer.weights.load_weights` reads: an openseer
+    run folder or checkpoint, a file written by ``openseer import-weights`` / ``openseer export --format
+    safetensors``, or a SEER/VISSL or timm checkpoint."""
+    from openseer.weights import load_weights
 
     return PretrainedModel(load_weights(path), device=device)

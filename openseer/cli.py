@@ -31,9 +31,9 @@ def _setup_logging(verbose: bool) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     import yaml
 
-    from openseer import distributed
+    from openseer import api, distributed
     from openseer.train.config import PretrainConfig
-    from openseer.train.pretrain import SKIPPED_FILE, pretrain
+    from openseer.train.pretrain import SKIPPED_FILE
 
     cfg = load_config(PretrainConfig, args.config or ["cpu"], args.overrides)
     if args.print_config:
@@ -42,37 +42,35 @@ def _pretrain(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with logging_redirect_tqdm():
-        result = pretrain(cfg, resume=args.resume)
-    if distributed.is_main():
-        quick = {}
-        if args.evaluate:  # a linear probe on the held-out split and the run's HTML report
-            from openseer.eval.quick import evaluate_run
-
-            quick = evaluate_run(result.out_dir, device=cfg.run.device)
-        rate = result.images_seen / max(result.train_seconds, 1e-9)
-        print(
-            f"\npretraining: {result.steps} steps, {result.images_seen} images in "
-            f"{result.train_seconds / 60:.1f} min ({rate:.0f} img/s), final loss {result.final_loss:.4f}"
-        )
-        if result.knn_top1 is not None:
-            print(f"{'held-out images':<34}{'top-1':>8}{'top-5':>8}")
-            if result.knn_top1_random is not None:
-                print(
-                    f"{'  kNN, random initialisation':<34}{result.knn_top1_random:>8.4f}{result.knn_top5_random:>8.4f}"
-                )
-            print(f"{'  kNN, after pretraining':<34}{result.knn_top1:>8.4f}{result.knn_top5:>8.4f}")
-        if "linear_top1" in quick:
-            print(
-                f"{'  linear probe (quick), pretrained':<34}{quick['linear_top1']:>8.4f}{quick['linear_top5']:>8.4f}"
-            )
+        result = api.pretrain(cfg, resume=args.resume)
+    if distributed.launch_rank() == 0:
+        print(format_pretraining(result))
         if result.skipped_images:
             listed = result.out_dir / SKIPPED_FILE
             print(f"skipped images: {result.skipped_images} unreadable files (which and why: {listed})")
         print(f"run folder: {result.out_dir}")
-        if "report" in quick:
-            print(f"report: {quick['report']}")
-    distributed.destroy()
+        if result.evaluation and "report" in result.evaluation:
+            print(f"report: {result.evaluation['report']}")
     return 0
+
+
+def format_pretraining(result) -> str:  # noqa: ANN001 - a PretrainResult, imported lazily
+    """The summary a finished run prints: its speed, then each held-out score once."""
+    rate = result.images_seen / max(result.train_seconds, 1e-9)
+    lines = [
+        f"\npretraining: {result.steps} steps, {result.images_seen} images in "
+        f"{result.train_seconds / 60:.1f} min ({rate:.0f} img/s), final loss {result.final_loss:.4f}"
+    ]
+    ev = result.evaluation or {}
+    if "knn_top1" in ev:
+        lines.append(f"{'held-out images (' + str(ev['n_test']) + ')':<34}{'top-1':>8}{'top-5':>8}")
+        rows = [
+            ("  kNN, random initialisation", ev["knn_top1_random"], ev["knn_top5_random"]),
+            ("  kNN, after pretraining", ev["knn_top1"], ev["knn_top5"]),
+            ("  linear probe, after pretraining", ev["linear_top1"], ev["linear_top5"]),
+        ]
+        lines += [f"{name:<34}{top1:>8.4f}{top5:>8.4f}" for name, top1, top5 in rows]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,12 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the latest valid checkpoint in run.out_dir"
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument(
-        "--no-eval",
-        dest="evaluate",
-        action="store_false",
-        help="skip the quick evaluation (linear probe) and the HTML report at the end",
-    )
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. optim.base_lr=0.6 model.prototypes=300"
     )
@@ -138,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; exit codes: 0 done, 1 some inputs unreadable (predict), 2 a user error (config, data,
     checkpoint, diverged run, disk full), 3 out of memory, 130 interrupted."""
     from openseer.data.folders import DataError
-    from openseer.train.checkpoint import CheckpointError
+    from openseer.fileio.checkpoint import CheckpointError
     from openseer.train.pretrain import TrainingDiverged
 
     args = build_parser().parse_args(argv)

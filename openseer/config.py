@@ -21,6 +21,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from openseer.fileio.atomic import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -217,4 +219,4 @@ def load_config(cls: type[T], sources: Sequence[str | Path] = (), overrides: Seq
 
 
 def dump_yaml(obj: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -42,6 +42,22 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launch_rank() -> int:
+    """This process's rank in its launch (torchrun's or SLURM's), also before init and after :func:`destroy`."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The device every command runs on: 'auto' is this process's GPU when there is one (``cuda:LOCAL_RANK``
+    under torchrun or SLURM, so that the processes of a node do not all share GPU 0), else the CPU; a plain
+    'cuda' means this process's GPU too; anything else ('cpu', 'cuda:1', 'mps') is taken as given."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", local_rank() % max(torch.cuda.device_count(), 1))
+    return torch.device(name)
+
+
 def launched_with_torchrun() -> bool:
     """torchrun (and SLURM wrappers that mimic it) export these variables; we never configure them by hand."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1

@@ -33,6 +33,35 @@ TINY_PRETRAIN: dict[str, object] = {
 }
 
 
+# keeps evaluation commands quick in tests: no worker processes, no progress bars
+FAST_EVAL = ["--workers", "0", "--no-progress"]
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 20) -> Path:
+    """Class-coloured noisy squares (PNG) in an ImageFolder tree: class c is mostly channel c."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        base = torch.zeros(3, size, size)
+        base[c % 3] = 0.8
+        for i in range(per_class):
+            img = (base + 0.3 * torch.rand(3, size, size, generator=gen)).clamp(0, 1)
+            Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(
+                root / f"class{c}" / f"{i}.png"
+            )
+    return root
+
+
+def assert_same_features(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-3) -> None:
+    """Outputs of one network computed by two module instances (or two processes): equal up to float32
+    rounding, which oneDNN makes depend on the kernels it picks for the CPU at hand; so the tolerance is relative
+    to the outputs' scale, never bit-exact. Weights are compared exactly elsewhere."""
+    scale = float(expected.detach().abs().max()) or 1.0
+    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * scale)
+
+
 def _yaml(value: object) -> str:
     if value is None:
         return "null"

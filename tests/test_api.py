@@ -17,8 +17,8 @@ from torchvision.transforms import v2
 import openseer
 from openseer import api
 from openseer.config import ConfigError, to_dict
-from openseer.train.checkpoint import CheckpointError, save_checkpoint
-from openseer.train.pretrain import build_model
+from openseer.fileio.checkpoint import CheckpointError, save_checkpoint
+from openseer.models import build_model
 
 TINY = ["model.arch=regnety_200mf", "model.head_hidden=[32]", "model.out_dim=16", "model.prototypes=10"]
 
@@ -60,7 +60,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder holding a checkpoint of a small model (no training needed to test the API)."""
     cfg = openseer.make_config("cpu", TINY)
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = build_model(cfg.model).eval()
     folder = tmp_path_factory.mktemp("run")
     save_checkpoint({"config": to_dict(cfg), "model": model.state_dict()}, folder / "checkpoints", 1)
     return folder
@@ -142,9 +142,9 @@ def test_predict_matches_the_classifier(run_dir: Path, tmp_path: Path, resize: s
     assert model.classes == ["shirt", "bag", "boot", "coat"]
     images = [_image(3), _image(4, (64, 30))]
     top = model.predict(images, topk=3)
-    x = torch.stack([model.transform(img) for img in images])
+    x = torch.stack([model.preprocess.image(img) for img in images])
     assert x.shape[-2:] == (model.image_size, model.image_size)
-    cropping = any(isinstance(t, v2.CenterCrop) for t in model.transform.transforms)
+    cropping = any(isinstance(t, v2.CenterCrop) for t in model.preprocess.transform().transforms)
     assert cropping == (resize == "center_crop")  # classifiers trained on whole images are fed whole images
     with torch.no_grad():
         probs = head(backbone(x)).softmax(dim=1)

@@ -18,9 +18,9 @@ from openseer.data.bad_corpus import BOMB_SIDE, CorpusEntry, write_bad_corpus
 from openseer.data.folders import list_images
 from openseer.data.images import BadImageError, load_rgb
 from openseer.eval.predict import Classifier, build_head, save_classifier
+from openseer.fileio.checkpoint import latest_checkpoint
 from openseer.models import build_backbone
 from openseer.testing import tiny_classifier_config, tiny_overrides
-from openseer.train.checkpoint import latest_checkpoint
 
 FAST = ["--workers", "0", "--no-progress"]
 
@@ -144,7 +144,7 @@ def test_pretraining_uses_every_good_image_and_lists_every_bad_one(
 ) -> None:
     folder, entries = corpus
     run = tmp_path / "run"
-    code = cli_main(["pretrain", "--no-eval", *_pretrain_overrides(folder, run, cache_size, batch)])
+    code = cli_main(["pretrain", *_pretrain_overrides(folder, run, cache_size, batch)])
     out = capsys.readouterr().out
     assert code == 0
     bad = _bad(entries)
@@ -164,7 +164,7 @@ def test_pretraining_uses_every_good_image_and_lists_every_bad_one(
 def _checkpoint_without_training(source: Path, out: Path) -> Path:
     """A pretraining run folder with the step-0 checkpoint of the tiny model."""
     assert (
-        cli_main(["pretrain", "--no-eval", *_pretrain_overrides(source, out, 16, 7), "run.max_steps=0"]) == 0
+        cli_main(["pretrain", *_pretrain_overrides(source, out, 16, 7), "run.max_steps=0"]) == 0
     )
     return out
 

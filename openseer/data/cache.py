@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from openseer.data.images import DEFAULT_MAX_PIXELS, BadImageError, SkipLog, load_rgb
+from openseer.fileio.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def cached_decode(
     images, kept, skipped = decode_to_uint8(paths, size, num_threads, progress, max_pixels)
     payload = {"images": images, "kept": kept, "skipped": list(skipped.entries)}
     try:
-        _save_atomic(payload, target)
+        atomic_write(target, lambda f: torch.save(payload, f))
         logger.info("wrote decoded-image cache %s", target)
     except OSError as exc:
         logger.warning("could not write decoded-image cache %s: %s", target, exc)
@@ -173,16 +173,3 @@ def _load(target: Path, size: int) -> Decoded | None:
     return images.contiguous(), kept, skipped
 
 
-def _save_atomic(payload: dict, target: Path) -> None:
-    """Write via a temp file in the same folder so readers never see a partial file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

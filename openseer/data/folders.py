@@ -282,3 +282,9 @@ def subset_per_class(
     if not chosen:
         return torch.empty(0, dtype=torch.int64)
     return torch.cat(chosen).sort().values
+
+
+def has_class_folders(root: Path, paths: Sequence[Path]) -> bool:
+    """Every image sits directly in one of at least two sub-folders (the ImageFolder layout)."""
+    depths = [len(p.relative_to(root).parts) for p in paths]
+    return all(d == 2 for d in depths) and len({p.relative_to(root).parts[0] for p in paths}) >= 2

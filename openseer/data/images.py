@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from openseer.fileio.atomic import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -194,7 +196,7 @@ class SkipLog:
     def write_json(self, path: str | os.PathLike[str]) -> None:
         """Write ``[{"path": ..., "reason": ...}, ...]`` (an empty list when nothing was skipped)."""
         rows = [{"path": p, "reason": r} for p, r in self.entries]
-        Path(path).write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
 
     @classmethod
     def read_json(cls, path: str | os.PathLike[str]) -> SkipLog:

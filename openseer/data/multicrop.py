@@ -19,6 +19,8 @@ import PIL.Image
 import torch
 from torchvision.transforms import v2
 
+from openseer.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
 
 @dataclass(frozen=True)
 class CropSpec:
@@ -47,8 +49,8 @@ class AugmentSpec:
     grayscale_p: float = 0.2
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 # SEER (Goyal et al. 2021) trains with 2x224 + 4x96; SwAV's best ImageNet model uses 2x224 + 6x96.

@@ -55,6 +55,7 @@ from openseer.data.images import (
     load_rgb,
 )
 from openseer.data.multicrop import AugmentSpec, CropSpec, MultiCrop, collate_multicrop
+from openseer.fileio.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def write_shards(
         "source": str(root),
         "skipped": len(report.skipped),
     }
-    (out / INDEX).write_text(json.dumps(index, indent=1))
+    atomic_write_text(out / INDEX, json.dumps(index, indent=1))
     return report
 
 

@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from openseer.config import ConfigError
-from openseer.eval.data import load_data
-from openseer.eval.embed import FeatureConfig, embedder_for, run_dir_of
+from openseer.data.labelled import load_data
+from openseer.eval.embed import FeatureConfig, embedder_for
 from openseer.eval.neighbors import save_grid, thumbnails
+from openseer.fileio.atomic import atomic_write_text
+from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.head import SwAVHead
 
 
@@ -88,14 +90,19 @@ def run_clusters(cfg: ClustersConfig) -> dict:
     if cfg.max_images is not None and len(data) > cfg.max_images:
         pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: cfg.max_images]
         data = data.subset(pick.sort().values, f"{data.name} ({cfg.max_images} sampled)")
-    embedder, model, _, file = embedder_for(cfg.checkpoint, cfg.features)
+    embedder, weights = embedder_for(cfg.checkpoint, cfg.features)
+    if weights.head is None:
+        raise CheckpointError(
+            f"{weights.source} holds no SwAV head: clusters needs the prototypes of a pretraining run "
+            "(or of imported weights that include the head)"
+        )
     embedder.prepare(data)
     feats = embedder(data)
-    scores = prototype_scores(model.head, feats.features)
+    scores = prototype_scores(weights.build_head(), feats.features)
     cluster, confidence = assign(scores)
     k = scores.shape[1]
     sizes = cluster_sizes(cluster, k)
-    run_dir = run_dir_of(file)
+    run_dir = weights.run_dir
     out_dir = Path(cfg.out_dir) if cfg.out_dir else run_dir / "eval" / "clusters"
     out_dir.mkdir(parents=True, exist_ok=True)
     shown = []
@@ -119,7 +126,7 @@ def run_clusters(cfg: ClustersConfig) -> dict:
         shown.append(entry)
     result = {
         "kind": "clusters",
-        "checkpoint": str(file),
+        "checkpoint": weights.source,
         "data": data.name,
         "n_images": len(feats.index),
         "prototypes": k,
@@ -130,8 +137,7 @@ def run_clusters(cfg: ClustersConfig) -> dict:
     }
     result["gallery"] = str(write_gallery(result, out_dir / "index.html"))
     folder = Path(cfg.results) if cfg.results else run_dir / "eval"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "clusters.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(folder / "clusters.json", json.dumps(result, indent=1))
     return result
 
 

@@ -12,9 +12,7 @@ import copy
 import hashlib
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,17 +27,16 @@ from openseer.config import ConfigError
 from openseer.data.cache import default_cache_dir
 from openseer.data.folders import DataError, UnlabelledImages
 from openseer.data.images import SkipLog
-from openseer.eval.data import FORMAT_VERSION, EvalData, load_data
+from openseer.data.labelled import FORMAT_VERSION, EvalData, load_data
+from openseer.data.preprocess import Preprocess
+from openseer.distributed import resolve_device
 from openseer.eval.features import (
     collate_skipping,
-    eval_transform,
     feature_batches,
-    normalize_uint8,
     recalibrate_batchnorm,
 )
-from openseer.models.head import SwAVModel
-from openseer.models.pretrained import load_pretrained, resolve_checkpoint
-from openseer.train.config import PretrainConfig
+from openseer.fileio.atomic import atomic_path, atomic_write_text
+from openseer.weights import Weights, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -92,37 +89,23 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Tensors as one safetensors file, written atomically."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 class Embedder:
     """A backbone with the preprocessing that goes with it, and an identity that keys the feature cache.
 
-    In-memory uint8 images are resized whole (``normalize_uint8``, as pretraining's cached data), files are
-    resized and centre-cropped (``eval_transform``).
+    In-memory uint8 images are resized whole (as pretraining's cached data), files as ``preprocess`` says
+    (:class:`~openseer.data.preprocess.Preprocess`, stored with the weights).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
-        size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
+        preprocess: Preprocess,
         cfg: FeatureConfig | None = None,
         channels_last: bool = False,
         identity: str | None = None,
@@ -130,7 +113,7 @@ class Embedder:
         self.cfg = cfg or FeatureConfig()
         self.device = resolve_device(self.cfg.device)
         self.backbone = backbone.to(self.device)  # eval mode is set (and restored) around each use
-        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+        self.preprocess = preprocess
         self.channels_last = channels_last
         self._identity = identity
         self.calibrated_on: str | None = None
@@ -145,27 +128,25 @@ class Embedder:
         return self._identity
 
     @classmethod
-    def from_model(
-        cls, model: SwAVModel, cfg: PretrainConfig, features: FeatureConfig | None = None
+    def from_weights(
+        cls, weights: Weights, features: FeatureConfig | None = None, random_init: bool = False, seed: int = 0
     ) -> Embedder:
-        return cls(
-            model.backbone,
-            cfg.crops[0].size,
-            cfg.augment.mean,
-            cfg.augment.std,
-            features,
-            cfg.model.channels_last,
-        )
+        """The backbone of ``weights`` (or, with ``random_init``, the same architecture drawn with ``seed``)
+        with the preprocessing stored with the weights."""
+        backbone = weights.random_backbone(seed) if random_init else weights.build_backbone()
+        embedder = cls(backbone, weights.preprocess, features, weights.config.model.channels_last)
+        embedder.random_init = random_init
+        return embedder
 
     def _batches(self, data: EvalData, pick: torch.Tensor) -> Iterator[torch.Tensor]:
         bs = self.cfg.batch_size
         if data.images is not None:
             for start in range(0, len(pick), bs):
                 x = data.images[pick[start : start + bs]].to(self.device)
-                yield normalize_uint8(x, self.size, self.mean, self.std, self.channels_last)
+                yield self.preprocess.uint8_batch(x, self.channels_last)
             return
         paths = [data.paths[i] for i in pick.tolist()]
-        dataset = UnlabelledImages(paths, transform=eval_transform(self.size, self.mean, self.std))
+        dataset = UnlabelledImages(paths, transform=self.preprocess.transform())
         for x, _ in DataLoader(
             dataset, batch_size=bs, num_workers=self.cfg.workers, collate_fn=collate_skipping
         ):
@@ -196,10 +177,8 @@ class Embedder:
                 "version": FORMAT_VERSION,
                 "model": self.identity,
                 "data": data.key(),
-                "size": self.size,
-                "mean": self.mean,
-                "std": self.std,
-                "resize": "whole" if data.images is not None else "center_crop",
+                "preprocess": self.preprocess.to_dict(),
+                "in_memory": data.images is not None,
             }
         )
         return default_cache_dir() / "features" / f"{hashlib.sha256(blob.encode()).hexdigest()}.safetensors"
@@ -218,7 +197,7 @@ class Embedder:
         feats, index = self.compute(data)
         if self.cfg.cache:
             try:
-                _atomic_save({"features": feats, "index": index}, path, {"data": data.name})
+                save_tensors({"features": feats, "index": index}, path, {"data": data.name})
             except OSError as err:
                 log.warning("could not write feature cache %s: %s", path, err)
         return self._wrap(data, feats, index)
@@ -227,9 +206,7 @@ class Embedder:
         """(features (M, D), index (M,)) without the cache, with a progress bar when configured."""
         batches = feature_batches(
             self.backbone,
-            self.size,
-            self.mean,
-            self.std,
+            self.preprocess,
             images=data.images,
             paths=data.paths,
             batch_size=self.cfg.batch_size,
@@ -271,50 +248,16 @@ class Embedder:
             self.backbone.train(was_training)
 
 
-# ============ models ============
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run folder a checkpoint file belongs to (``RUN/checkpoints/ckpt-*.pt`` -> ``RUN``)."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-
-
-def load_model(
-    checkpoint: str | Path, random_init: bool = False, seed: int = 0
-) -> tuple[SwAVModel, PretrainConfig]:
-    """A pretrained SwAVModel, or with ``random_init`` the same architecture freshly initialised with ``seed``
-    (the baseline every evaluation is compared with)."""
-    model, cfg = load_pretrained(checkpoint)
-    return (random_model(cfg, seed) if random_init else model), cfg
-
-
-def random_model(cfg: PretrainConfig, seed: int = 0) -> SwAVModel:
-    """The architecture of ``cfg`` at random initialisation, drawn with ``seed`` (global RNG left as it was)."""
-    from openseer.train.pretrain import build_model  # the training loop imports much; only needed here
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(cfg).eval()
+# ============ weights ============
 
 
 def embedder_for(
     checkpoint: str | Path, features: FeatureConfig, random_init: bool = False, seed: int = 0
-) -> tuple[Embedder, SwAVModel, PretrainConfig, Path]:
-    """(Embedder, model, pretraining config, resolved checkpoint file). Call ``embedder.prepare(train)`` before
-    embedding, to re-estimate BatchNorm statistics where that is due."""
-    file = resolve_checkpoint(checkpoint)
-    model, cfg = load_model(file, random_init, seed)
-    embedder = Embedder.from_model(model, cfg, features)
-    embedder.random_init = random_init
-    return embedder, model, cfg, file
-
-
-def split_settings(cfg: PretrainConfig, holdout: float | None, seed: int | None) -> tuple[float, int]:
-    """(holdout, seed) of the train/test split: by default those pretraining held out with (data.holdout,
-    run.seed), so that a test set carved from the pretraining folder was never trained on."""
-    if holdout is None:
-        holdout = cfg.data.holdout if cfg.data.holdout > 0 else 0.1
-    return holdout, cfg.run.seed if seed is None else seed
+) -> tuple[Embedder, Weights]:
+    """(Embedder, the weights it was built from) for any weights file :func:`load_weights` reads. Call
+    ``embedder.prepare(train)`` before embedding, to re-estimate BatchNorm statistics where that is due."""
+    weights = load_weights(checkpoint)
+    return Embedder.from_weights(weights, features, random_init, seed), weights
 
 
 # ============ the embed command ============
@@ -333,7 +276,7 @@ class EmbedConfig:
 
     def validate(self) -> None:
         if not self.checkpoint:
-            raise ConfigError("embed needs a checkpoint (a ckpt-*.pt file or a run folder)")
+            raise ConfigError("embed needs weights (checkpoint=RUN_FOLDER_OR_FILE)")
 
 
 def save_features(feats: Features, out: Path, meta: dict) -> list[Path]:
@@ -347,12 +290,12 @@ def save_features(feats: Features, out: Path, meta: dict) -> list[Path]:
     if feats.labels is not None:
         tensors["labels"] = feats.labels.long()
     st_path = base.with_name(base.name + ".safetensors")
-    _atomic_save(tensors, st_path, {k: str(v) for k, v in meta.items()})
+    save_tensors(tensors, st_path, {k: str(v) for k, v in meta.items()})
     index = {**meta, "count": len(feats.items), "dim": int(feats.features.shape[1]), "classes": feats.classes}
     index["items"] = feats.items
     index["skipped"] = [{"path": path, "reason": reason} for path, reason in feats.skipped.entries]
     json_path = base.with_name(base.name + ".json")
-    json_path.write_text(json.dumps(index, indent=1))
+    atomic_write_text(json_path, json.dumps(index, indent=1))
     written = [st_path, json_path]
     if out.suffix == ".npy":
         np.save(out, feats.features.float().numpy())
@@ -367,13 +310,13 @@ def save_features(feats: Features, out: Path, meta: dict) -> list[Path]:
 def run_embed(cfg: EmbedConfig) -> tuple[Features, list[Path]]:
     """Embed ``cfg.data`` with the checkpoint's backbone and write the features; returns them and the files."""
     data = load_data(cfg.data, cfg.split)
-    embedder, _, _, file = embedder_for(cfg.checkpoint, cfg.features, cfg.random_init, cfg.seed)
+    embedder, weights = embedder_for(cfg.checkpoint, cfg.features, cfg.random_init, cfg.seed)
     embedder.prepare(data)
     feats = embedder(data)
     meta = {
-        "checkpoint": str(file),
+        "checkpoint": weights.source,
         "model": "random" if cfg.random_init else "pretrained",
         "data": data.name,
-        "image_size": embedder.size,
+        "image_size": embedder.preprocess.size,
     }
     return feats, save_features(feats, Path(cfg.out), meta)

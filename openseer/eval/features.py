@@ -6,25 +6,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision.transforms import v2
 
 from openseer.data.folders import Skipped, UnlabelledImages
-
-
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Resize the shorter side to size/0.875 and centre-crop ``size`` (the usual 256 -> 224 protocol)."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(round(size / 0.875), antialias=True),
-            v2.CenterCrop(size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean, std),
-        ]
-    )
+from openseer.data.preprocess import Preprocess
 
 
 @torch.no_grad()
@@ -53,26 +39,10 @@ def recalibrate_batchnorm(backbone: nn.Module, batches: Iterable[torch.Tensor]) 
         backbone.train(was_training)
 
 
-def normalize_uint8(
-    images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float], channels_last: bool = True
-) -> torch.Tensor:
-    """uint8 (B,3,H,W) -> float normalised (B,3,size,size); small cached images are resized whole."""
-    x = images.float().div_(255)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        shrink = x.shape[-1] > size or x.shape[-2] > size  # antialiasing only matters when downscaling
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=shrink, align_corners=False)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    x = (x - m) / s
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module,
-    size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    preprocess: Preprocess,
     images: torch.Tensor | None = None,
     paths: Sequence[Path] | None = None,
     batch_size: int = 256,
@@ -86,7 +56,7 @@ def extract_features(
     """
     feats, index = [], []
     for f, idx in feature_batches(
-        backbone, size, mean, std, images, paths, batch_size, device, workers, channels_last
+        backbone, preprocess, images, paths, batch_size, device, workers, channels_last
     ):
         feats.append(f)
         index.append(idx)
@@ -97,9 +67,7 @@ def extract_features(
 
 def feature_batches(
     backbone: nn.Module,
-    size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    preprocess: Preprocess,
     images: torch.Tensor | None = None,
     paths: Sequence[Path] | None = None,
     batch_size: int = 256,
@@ -123,12 +91,10 @@ def feature_batches(
     try:
         if images is not None:
             for start in range(0, len(images), batch_size):
-                x = normalize_uint8(
-                    images[start : start + batch_size].to(device), size, mean, std, channels_last
-                )
+                x = preprocess.uint8_batch(images[start : start + batch_size].to(device), channels_last)
                 yield forward(x), torch.arange(start, start + len(x))
             return
-        dataset = UnlabelledImages(list(paths or []), transform=eval_transform(size, mean, std))
+        dataset = UnlabelledImages(list(paths or []), transform=preprocess.transform())
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping)
         for x, idx in loader:
             if x is None:

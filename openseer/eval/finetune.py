@@ -19,29 +19,30 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from torchvision.transforms import v2
 
 from openseer.config import ConfigError, to_dict
 from openseer.data.batched_crops import batched_multicrop
 from openseer.data.folders import DataError, LabelledImages
+from openseer.data.labelled import EvalData
 from openseer.data.multicrop import AugmentSpec, CropSpec
-from openseer.eval.data import EvalData, SplitConfig, train_test_data
-from openseer.eval.embed import load_model, resolve_device, run_dir_of, split_settings
+from openseer.distributed import resolve_device
 from openseer.eval.features import collate_skipping
 from openseer.eval.linear import write_result
 from openseer.eval.predict import (
     Classifier,
     build_head,
     evaluate_classifier,
-    is_classifier,
     save_classifier,
 )
+from openseer.eval.split import SplitConfig, split_data
+from openseer.fileio.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from openseer.models import load_state_checked
 from openseer.models.backbone import feature_dim
-from openseer.models.head import SwAVModel
-from openseer.models.pretrained import load_state_checked, resolve_checkpoint
-from openseer.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from openseer.train.config import PretrainConfig
+from openseer.weights import is_classifier_state, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,9 @@ def _train_batches(
     if data.images is not None:
         # RandomResizedCrop + flip per sample, batched on uint8 tensors (no colour, grayscale or blur)
         aug = AugmentSpec(
-            flip_p=recipe.flip_p, color_p=0.0, grayscale_p=0.0, blur_p=0.0, mean=clf.mean, std=clf.std
+            flip_p=recipe.flip_p, color_p=0.0, grayscale_p=0.0, blur_p=0.0, mean=clf.preprocess.mean, std=clf.preprocess.std
         )
-        crop = [CropSpec(clf.size, 1, tuple(recipe.crop_scale))]
+        crop = [CropSpec(clf.preprocess.size, 1, tuple(recipe.crop_scale))]
         for step, idx in enumerate(sampler):
             gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch) * 1_009 + step)
             (x,) = batched_multicrop(data.images[idx], crop, aug, generator=gen, channels_last=False)
@@ -123,11 +124,11 @@ def _train_batches(
         return
     transform = v2.Compose(
         [
-            v2.RandomResizedCrop(clf.size, scale=tuple(recipe.crop_scale), antialias=True),
+            v2.RandomResizedCrop(clf.preprocess.size, scale=tuple(recipe.crop_scale), antialias=True),
             v2.RandomHorizontalFlip(recipe.flip_p),
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(clf.mean, clf.std),
+            v2.Normalize(clf.preprocess.mean, clf.preprocess.std),
         ]
     )
     dataset = LabelledImages(data.paths, data.targets, data.classes, transform=transform)
@@ -188,7 +189,7 @@ def train_classifier(
             log.warning("--resume: no usable checkpoint in %s, starting from the beginning", ckpt_dir)
         else:
             state = load_checkpoint(path, map_location=device)
-            if not is_classifier(state) or "optimizer" not in state:
+            if not is_classifier_state(state) or "optimizer" not in state:
                 raise CheckpointError(f"{path} is not a fine-tuning checkpoint; use another out_dir")
             if list(state.get("classes", [])) != list(train.classes):
                 raise DataError(
@@ -260,18 +261,18 @@ def train_classifier(
     return {"steps": step, "seconds": seconds, "history": history, "batch_size": bs, "base_lr": base_lr}
 
 
-def new_classifier(model: SwAVModel, pcfg: PretrainConfig, train: EvalData, seed: int = 0) -> Classifier:
-    """``model``'s backbone (trained, or at random initialisation) with a new linear head for train's classes.
+def new_classifier(backbone: nn.Module, pcfg: PretrainConfig, train: EvalData, seed: int = 0) -> Classifier:
+    """``backbone`` (trained, or at random initialisation) with a new linear head for train's classes.
 
     The backbone is used as it is (not copied): pass a copy to keep the original.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = build_head(feature_dim(model.backbone), len(train.classes), bn=False)
+        head = build_head(feature_dim(backbone), len(train.classes), bn=False)
         torch.nn.init.normal_(head[1].weight, std=0.01)
         torch.nn.init.zeros_(head[1].bias)
     resize = "whole" if train.images is not None else "center_crop"
-    return Classifier(model.backbone, head, train.classes, pcfg, resize)
+    return Classifier(backbone, head, train.classes, pcfg, resize)
 
 
 # ============ the finetune command ============
@@ -293,16 +294,17 @@ class FinetuneConfig(SplitConfig):
 
     def validate(self) -> None:
         if not self.checkpoint:
-            raise ConfigError("finetune needs a pretraining checkpoint (a ckpt-*.pt file or a run folder)")
+            raise ConfigError("finetune needs weights (checkpoint=RUN_FOLDER_OR_FILE)")
 
 
 def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Fine-tune (or train from scratch), score on the test set, write RUN/eval/finetune[-scratch].json."""
-    file = resolve_checkpoint(cfg.checkpoint)
-    model, pcfg = load_model(file, random_init=cfg.init == "random", seed=cfg.seed)
-    train, test = train_test_data(cfg.train, cfg.test, *split_settings(pcfg, cfg.holdout, cfg.split_seed))
-    clf = new_classifier(model, pcfg, train, cfg.seed)
-    run_dir = run_dir_of(file)
+    weights = load_weights(cfg.checkpoint)
+    pcfg = weights.config
+    backbone = weights.random_backbone(cfg.seed) if cfg.init == "random" else weights.build_backbone()
+    train, test = split_data(cfg, pcfg)
+    clf = new_classifier(backbone, pcfg, train, cfg.seed)
+    run_dir = weights.run_dir
     suffix = "-scratch" if cfg.init == "random" else ""
     out = Path(cfg.out_dir) if cfg.out_dir else run_dir / f"finetune{suffix}"
     device = resolve_device(cfg.device)
@@ -315,14 +317,14 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
         cfg.progress,
         out / "checkpoints",
         resume,
-        str(file),
+        weights.source,
         seed=cfg.seed,
     )
     top1, top5, confusion = evaluate_classifier(clf, test, workers=cfg.workers)
     result = {
         "kind": "finetune",
         "model": "supervised" if cfg.init == "random" else "pretrained",
-        "checkpoint": str(file),
+        "checkpoint": weights.source,
         "classifier": str(latest_checkpoint(out / "checkpoints")),
         "train": train.name,
         "test": test.name,

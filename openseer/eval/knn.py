@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from openseer.config import ConfigError, from_dict
-from openseer.eval.data import SplitConfig
 from openseer.eval.metrics import accuracy
+from openseer.eval.split import SplitConfig
 
 
 @torch.no_grad()
@@ -76,7 +76,7 @@ class KnnConfig(SplitConfig):
         from openseer.eval.embed import FeatureConfig
 
         if not self.checkpoint:
-            raise ConfigError("knn needs a checkpoint (a ckpt-*.pt file or a run folder)")
+            raise ConfigError("knn needs weights (checkpoint=RUN_FOLDER_OR_FILE)")
         if self.k < 1 or self.temperature <= 0:
             raise ConfigError(f"k must be >= 1 and temperature > 0, got k={self.k}, T={self.temperature}")
         if not isinstance(self.features, FeatureConfig):
@@ -85,15 +85,14 @@ class KnnConfig(SplitConfig):
 
 def run_knn(cfg: KnnConfig) -> dict:
     """Weighted cosine kNN of the test features against the training features; RUN/eval/knn[-random].json."""
-    from openseer.eval.data import train_test_data
-    from openseer.eval.embed import embedder_for, run_dir_of, split_settings
-    from openseer.eval.knn import knn_classifier
+    from openseer.eval.embed import embedder_for
     from openseer.eval.linear import write_result
+    from openseer.eval.split import split_data
 
     started = time.perf_counter()
     cfg.validate()
-    embedder, _, pcfg, file = embedder_for(cfg.checkpoint, cfg.features, cfg.model == "random", cfg.seed)
-    train, test = train_test_data(cfg.train, cfg.test, *split_settings(pcfg, cfg.holdout, cfg.split_seed))
+    embedder, weights = embedder_for(cfg.checkpoint, cfg.features, cfg.model == "random", cfg.seed)
+    train, test = split_data(cfg, weights.config)
     embedder.prepare(train)
     train_f, test_f = embedder(train), embedder(test)
     top1, top5 = knn_classifier(
@@ -108,7 +107,7 @@ def run_knn(cfg: KnnConfig) -> dict:
     result = {
         "kind": "knn",
         "model": cfg.model,
-        "checkpoint": str(file),
+        "checkpoint": weights.source,
         "train": train.name,
         "test": test.name,
         "n_train": len(train_f.index),
@@ -119,7 +118,7 @@ def run_knn(cfg: KnnConfig) -> dict:
         "top5": top5,
         "seconds": time.perf_counter() - started,
     }
-    folder = Path(cfg.results) if cfg.results else run_dir_of(file) / "eval"
+    folder = Path(cfg.results) if cfg.results else weights.run_dir / "eval"
     result["result_file"] = str(
         write_result(folder, "knn-random" if cfg.model == "random" else "knn", result)
     )

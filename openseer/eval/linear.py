@@ -24,9 +24,10 @@ from torch import nn
 
 from openseer.config import ConfigError, to_dict
 from openseer.data.folders import split_per_class
-from openseer.eval.data import SplitConfig, train_test_data
-from openseer.eval.embed import FeatureConfig, embedder_for, run_dir_of, split_settings
+from openseer.eval.embed import FeatureConfig, embedder_for
 from openseer.eval.metrics import accuracy
+from openseer.eval.split import SplitConfig, split_data
+from openseer.fileio.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -187,15 +188,12 @@ class LinearConfig(SplitConfig):
 
     def validate(self) -> None:
         if not self.checkpoint:
-            raise ConfigError("linear needs a checkpoint (a ckpt-*.pt file or a run folder)")
+            raise ConfigError("linear needs weights (checkpoint=RUN_FOLDER_OR_FILE)")
 
 
 def write_result(folder: Path, name: str, result: dict) -> Path:
     """``folder/name.json``, the shape every report reads."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(result, indent=1))
-    return path
+    return atomic_write_text(folder / f"{name}.json", json.dumps(result, indent=1))
 
 
 def run_linear(cfg: LinearConfig) -> dict:
@@ -204,19 +202,19 @@ def run_linear(cfg: LinearConfig) -> dict:
 
     started = time.perf_counter()
     random_init = cfg.model == "random"
-    embedder, _, pcfg, file = embedder_for(cfg.checkpoint, cfg.features, random_init, cfg.seed)
-    train, test = train_test_data(cfg.train, cfg.test, *split_settings(pcfg, cfg.holdout, cfg.split_seed))
+    embedder, weights = embedder_for(cfg.checkpoint, cfg.features, random_init, cfg.seed)
+    train, test = split_data(cfg, weights.config)
     embedder.prepare(train)
     train_f, test_f = embedder(train), embedder(test)
     c = len(train.classes)
     probe = fit_linear_probe(train_f.features, train_f.labels, c, cfg.probe)
     top1, top5, confusion = score_head(probe.head, test_f.features, test_f.labels, c)
-    run_dir = run_dir_of(file)
+    run_dir = weights.run_dir
     suffix = "-random" if random_init else ""
     result = {
         "kind": "linear",
         "model": cfg.model,
-        "checkpoint": str(file),
+        "checkpoint": weights.source,
         "train": train.name,
         "test": test.name,
         "n_train": len(train_f.index),
@@ -231,10 +229,13 @@ def run_linear(cfg: LinearConfig) -> dict:
         "seconds": time.perf_counter() - started,
     }
     if cfg.save:
-        classifier = Classifier.from_parts(embedder, probe.head, train.classes, pcfg, head_bn=True)
+        resize = "whole" if train.images is not None else "center_crop"  # as the features were computed
+        classifier = Classifier.from_parts(
+            embedder, probe.head, train.classes, weights.config, head_bn=True, resize=resize
+        )
         out = Path(cfg.out_dir) if cfg.out_dir else run_dir / f"linear{suffix}"
         result["classifier"] = str(
-            save_classifier(classifier, out / "checkpoints", protocol="linear", source=file)
+            save_classifier(classifier, out / "checkpoints", protocol="linear", source=weights.source)
         )
     result["result_file"] = str(
         write_result(Path(cfg.results) if cfg.results else run_dir / "eval", f"linear{suffix}", result)

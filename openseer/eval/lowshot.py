@@ -24,21 +24,14 @@ import torch
 
 from openseer.config import ConfigError, to_dict
 from openseer.data.folders import subset_per_class
-from openseer.eval.data import EvalData, SplitConfig, train_test_data
-from openseer.eval.embed import (
-    Embedder,
-    FeatureConfig,
-    Features,
-    load_model,
-    random_model,
-    resolve_device,
-    run_dir_of,
-    split_settings,
-)
+from openseer.data.labelled import EvalData
+from openseer.distributed import resolve_device
+from openseer.eval.embed import Embedder, FeatureConfig, Features
 from openseer.eval.finetune import RecipeConfig, new_classifier, train_classifier
 from openseer.eval.linear import ProbeConfig, fit_linear_probe, score_head, write_result
 from openseer.eval.predict import evaluate_classifier
-from openseer.models.pretrained import resolve_checkpoint
+from openseer.eval.split import SplitConfig, split_data
+from openseer.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +120,11 @@ def run_lowshot(
     ``data``: (train, test) already loaded (benchmarks); ``on_run(method, budget, seed, top1)`` after each run.
     """
     started = time.perf_counter()
-    file = resolve_checkpoint(cfg.checkpoint)
-    pretrained, pcfg = load_model(file)  # loaded once; every method starts from a copy or from pcfg
+    weights = load_weights(cfg.checkpoint)
+    pcfg = weights.config
+    pretrained = weights.build_backbone()  # built once; every method starts from a copy or at random init
     if data is None:
-        data = train_test_data(cfg.train, cfg.test, *split_settings(pcfg, cfg.holdout, cfg.split_seed))
+        data = split_data(cfg, pcfg)
     train, test = data
     c = len(train.classes)
     subsets = label_subsets(train.targets, cfg.fractions, cfg.per_class, cfg.seeds)
@@ -146,8 +140,8 @@ def run_lowshot(
 
     def linear_method(method: str, random_init: bool) -> None:
         # features of the full training set once (unlabelled images are not scarce), then a probe per subset
-        model = random_model(pcfg, cfg.seed) if random_init else pretrained
-        embedder = Embedder.from_model(model, pcfg, cfg.features)
+        backbone = weights.random_backbone(cfg.seed) if random_init else pretrained
+        embedder = Embedder(backbone, weights.preprocess, cfg.features, pcfg.model.channels_last)
         embedder.random_init = random_init
         embedder.prepare(train)  # BatchNorm re-estimated on a copy: `pretrained` stays as loaded
         train_f, test_f = embedder(train), embedder(test)
@@ -160,8 +154,8 @@ def run_lowshot(
         for budget, by_seed in subsets.items():
             for seed, rows in by_seed.items():
                 subset = train.subset(rows, f"{train.name} ({budget}, seed {seed})")
-                model = copy.deepcopy(pretrained) if init == "pretrained" else random_model(pcfg, seed)
-                clf = new_classifier(model, pcfg, subset, seed)
+                backbone = copy.deepcopy(pretrained) if init == "pretrained" else weights.random_backbone(seed)
+                clf = new_classifier(backbone, pcfg, subset, seed)
                 train_classifier(
                     clf, subset, recipe, device, cfg.features.workers, cfg.features.progress, seed=seed
                 )
@@ -195,7 +189,7 @@ def run_lowshot(
     result = {
         "kind": "lowshot",
         "protocol": cfg.protocol,
-        "checkpoint": str(file),
+        "checkpoint": weights.source,
         "train": train.name,
         "test": test.name,
         "budgets": list(subsets),
@@ -204,7 +198,7 @@ def run_lowshot(
         "config": to_dict(cfg),
         "seconds": time.perf_counter() - started,
     }
-    folder = Path(cfg.results) if cfg.results else run_dir_of(file) / "eval"
+    folder = Path(cfg.results) if cfg.results else weights.run_dir / "eval"
     result["result_file"] = str(write_result(folder, "lowshot", result))
     return result
 

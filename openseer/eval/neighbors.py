@@ -14,9 +14,8 @@ from torchvision.utils import make_grid
 from openseer.config import ConfigError
 from openseer.data.folders import DataError
 from openseer.data.images import BadImageError, load_rgb
-from openseer.eval.data import EvalData, load_data
+from openseer.data.labelled import EvalData, load_data
 from openseer.eval.embed import FeatureConfig, embedder_for
-from openseer.eval.features import eval_transform, normalize_uint8
 
 
 @torch.no_grad()
@@ -75,7 +74,7 @@ class NeighborsConfig:
 
     def validate(self) -> None:
         if not self.checkpoint or not self.index or not self.images:
-            raise ConfigError("neighbors needs a checkpoint, at least one query image and --index FOLDER")
+            raise ConfigError("neighbors needs weights (checkpoint=...), at least one query image and index=FOLDER")
         if self.k < 1:
             raise ConfigError(f"k: got {self.k}, expected >= 1")
 
@@ -83,7 +82,7 @@ class NeighborsConfig:
 def run_neighbors(cfg: NeighborsConfig) -> list[dict]:
     """[{'image', 'neighbors': [{'item', 'score', 'label'?}]}] for each query image."""
     data = load_data(cfg.index, "train", labels="auto")
-    embedder, *_ = embedder_for(cfg.checkpoint, cfg.features, cfg.random_init)
+    embedder, _ = embedder_for(cfg.checkpoint, cfg.features, cfg.random_init)
     embedder.prepare(data)
     feats = embedder(data)
     queries = []
@@ -93,17 +92,9 @@ def run_neighbors(cfg: NeighborsConfig) -> list[dict]:
         except BadImageError as err:
             raise DataError(f"cannot read the query image {name}: {err.reason}") from err
     if data.images is not None:  # in-memory index: queries resized whole, as the index images were
-        x = torch.cat(
-            [
-                normalize_uint8(
-                    image_thumbnail(q, min(q.size))[None], embedder.size, embedder.mean, embedder.std, False
-                )
-                for q in queries
-            ]
-        )
+        x = torch.cat([embedder.preprocess.uint8_batch(image_thumbnail(q, min(q.size))[None]) for q in queries])
     else:
-        transform = eval_transform(embedder.size, embedder.mean, embedder.std)
-        x = torch.stack([transform(q) for q in queries])
+        x = torch.stack([embedder.preprocess.image(q) for q in queries])
     scores, rows = nearest(embedder.embed_tensor(x), feats.features, cfg.k)
     out = []
     for name, s, r in zip(cfg.images, scores.tolist(), rows.tolist(), strict=True):

@@ -1,9 +1,9 @@
 """Classifiers built on a pretrained backbone: their checkpoint format, loading, and predictions with names.
 
-A classifier checkpoint (written by ``openseer linear`` and ``openseer finetune``) is self-contained: backbone
-and head weights, class names, the image size, normalisation and resizing the head was trained with, and the
-pretraining config that describes the architecture. It is an ordinary openseer checkpoint (atomic, checksummed,
-loaded with ``weights_only=True``).
+A classifier checkpoint (written by ``openseer linear`` and ``openseer finetune``; its format is
+:func:`openseer.weights.write_classifier`'s) is self-contained: backbone and head weights, class names, the resize
+mode the head was trained with, and the pretraining config that describes the architecture and normalisation.
+Any file :func:`openseer.weights.load_weights` reads that holds a classifier can be used to predict.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import PIL.Image
 import torch
@@ -21,21 +21,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from openseer.config import ConfigError, from_dict, to_dict
+from openseer.config import ConfigError
 from openseer.data.folders import DataError, UnlabelledImages, list_images
 from openseer.data.images import BadImageError, load_rgb
-from openseer.eval.data import EvalData, align_classes, load_data
-from openseer.eval.embed import resolve_device
-from openseer.eval.features import collate_skipping, eval_transform, normalize_uint8
+from openseer.data.labelled import EvalData, align_classes, load_data
+from openseer.data.preprocess import Resize
+from openseer.distributed import resolve_device
+from openseer.eval.features import collate_skipping
 from openseer.eval.linear import confusion_matrix
 from openseer.eval.metrics import accuracy
-from openseer.models.backbone import build_backbone, feature_dim
-from openseer.models.pretrained import load_state_checked, resolve_checkpoint
-from openseer.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from openseer.fileio.checkpoint import CheckpointError
+from openseer.models.backbone import feature_dim
 from openseer.train.config import PretrainConfig
+from openseer.weights import Weights, load_weights, write_classifier
 
-CLASSIFIER_KIND = "openseer-classifier"
-Resize = Literal["whole", "center_crop"]
 ImageLike = PIL.Image.Image | torch.Tensor
 
 
@@ -46,9 +45,9 @@ def build_head(dim: int, num_classes: int, bn: bool) -> nn.Sequential:
 
 
 class Classifier(nn.Module):
-    """Backbone -> head, plus what it takes to turn an image into its input.
+    """Backbone -> head, plus the :class:`~openseer.data.preprocess.Preprocess` that turns an image into its input.
 
-    ``resize``: 'whole' resizes the whole image to ``size`` (models trained on in-memory uint8 sets, like
+    ``resize``: 'whole' resizes the whole image to the input size (models trained on in-memory uint8 sets, like
     pretraining's cached data); 'center_crop' resizes the shorter side to size/0.875 and centre-crops.
     """
 
@@ -64,9 +63,11 @@ class Classifier(nn.Module):
         self.backbone, self.head = backbone, head
         self.classes = list(classes)
         self.pretrain_config = pretrain_config
-        self.size = pretrain_config.crops[0].size
-        self.mean, self.std = tuple(pretrain_config.augment.mean), tuple(pretrain_config.augment.std)
-        self.resize: Resize = resize
+        self.preprocess = pretrain_config.preprocess(resize)
+
+    @property
+    def resize(self) -> Resize:
+        return self.preprocess.resize
 
     @classmethod
     def from_parts(
@@ -83,6 +84,19 @@ class Classifier(nn.Module):
         head.load_state_dict(feature_head.state_dict())
         return cls(embedder.backbone, head, classes, pretrain_config, resize)
 
+    @classmethod
+    def from_weights(cls, weights: Weights) -> Classifier:
+        """The backbone and classifier of ``weights`` (a linear/finetune checkpoint, an imported fine-tuned SEER
+        file, an exported safetensors file with a classifier...); a CheckpointError when it holds none."""
+        linear = weights.build_classifier()
+        if linear is None or weights.classes is None:
+            raise CheckpointError(
+                f"{weights.source} holds no classifier (pretraining checkpoints have none): run `openseer linear` "
+                "or `openseer finetune` on it and pass their output folder"
+            )
+        head = nn.Sequential(nn.Identity(), linear)  # a BatchNorm in front was folded into the Linear on load
+        return cls(weights.build_backbone(), head, weights.classes, weights.config, weights.resize).eval()
+
     @property
     def head_bn(self) -> bool:
         return isinstance(self.head[0], nn.BatchNorm1d)
@@ -93,16 +107,7 @@ class Classifier(nn.Module):
 
     def transform(self) -> v2.Compose:
         """One image (PIL, or a (3,H,W) uint8 / [0,1] float tensor) -> normalised (3, size, size)."""
-        if self.resize == "center_crop":
-            return eval_transform(self.size, self.mean, self.std)
-        return v2.Compose(
-            [
-                v2.ToImage(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Resize((self.size, self.size), antialias=True),
-                v2.Normalize(self.mean, self.std),
-            ]
-        )
+        return self.preprocess.transform()
 
 
 def save_classifier(
@@ -115,42 +120,24 @@ def save_classifier(
     keep: int = 2,
 ) -> Path:
     """Write ``folder/ckpt-<step>.pt`` holding the classifier (and ``extra``, e.g. optimiser state)."""
-    state = {
-        "kind": CLASSIFIER_KIND,
-        "protocol": protocol,
-        "classes": clf.classes,
-        "resize": clf.resize,
-        "head_bn": clf.head_bn,
-        "pretrain_config": to_dict(clf.pretrain_config),
-        "source": str(source) if source is not None else "",
-        "model": clf.state_dict(),
-        **(extra or {}),
-    }
-    return save_checkpoint(state, folder, step, keep=keep)
+    return write_classifier(
+        folder,
+        step,
+        model_state=clf.state_dict(),
+        classes=clf.classes,
+        resize=clf.resize,
+        head_bn=clf.head_bn,
+        pretrain_config=clf.pretrain_config,
+        protocol=protocol,
+        source=str(source) if source is not None else "",
+        extra=extra,
+        keep=keep,
+    )
 
 
-def is_classifier(state: dict) -> bool:
-    return state.get("kind") == CLASSIFIER_KIND
-
-
-def classifier_from_state(state: dict, source: str = "checkpoint") -> Classifier:
-    if not is_classifier(state):
-        raise CheckpointError(
-            f"{source} is not a classifier checkpoint (no class names): run `openseer linear` or "
-            "`openseer finetune` on the pretraining run and pass their output folder"
-        )
-    pcfg = from_dict(PretrainConfig, state["pretrain_config"])
-    backbone = build_backbone(pcfg.model.arch, stem=pcfg.model.stem)
-    head = build_head(feature_dim(backbone), len(state["classes"]), bool(state["head_bn"]))
-    clf = Classifier(backbone, head, state["classes"], pcfg, state["resize"])
-    load_state_checked(clf, state["model"], source=source)
-    return clf.eval()
-
-
-def load_classifier(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Classifier:
-    """A classifier from a ``ckpt-*.pt`` file or an output folder of ``openseer linear`` / ``finetune``."""
-    file = resolve_checkpoint(path)
-    return classifier_from_state(load_checkpoint(file, map_location=map_location), str(file))
+def load_classifier(path: str | os.PathLike[str]) -> Classifier:
+    """A classifier from any weights file that holds one (see :func:`openseer.weights.load_weights`)."""
+    return Classifier.from_weights(load_weights(path))
 
 
 # ============ predictions ============
@@ -163,9 +150,9 @@ class Prediction:
     probability: float
 
 
-def preprocess(clf: Classifier, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
+def to_inputs(clf: Classifier, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
     """PIL images or tensors ((3,H,W) each, or one (B,3,H,W) batch; uint8, or float in [0,1]) ->
-    normalised (B, 3, size, size)."""
+    normalised (B, 3, size, size), as the classifier's preprocessing says."""
     if isinstance(images, torch.Tensor):
         if images.ndim == 3:
             images = images.unsqueeze(0)
@@ -173,20 +160,11 @@ def preprocess(clf: Classifier, images: Sequence[ImageLike] | torch.Tensor) -> t
             raise ValueError(f"expected (3,H,W) or (B,3,H,W) images, got {tuple(images.shape)}")
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        if clf.resize == "whole":
-            # the same path as training on in-memory sets; normalize_uint8 divides by 255
+        if clf.resize == "whole":  # the path of training on in-memory sets, batched
             x = images if images.dtype == torch.uint8 else images.float() * 255
-            return normalize_uint8(x, clf.size, clf.mean, clf.std, channels_last=False)
+            return clf.preprocess.uint8_batch(x)
         images = list(images)
-    transform = clf.transform()
-    out = []
-    for img in images:
-        if isinstance(img, PIL.Image.Image) and img.mode != "RGB":
-            img = img.convert("RGB")
-        elif isinstance(img, torch.Tensor) and img.ndim == 3 and img.shape[0] == 1:
-            img = img.expand(3, -1, -1)
-        out.append(transform(img))
-    return torch.stack(out)
+    return torch.stack([clf.preprocess.image(img) for img in images])
 
 
 @torch.no_grad()
@@ -196,7 +174,7 @@ def predict_proba(
     """Softmax class probabilities (B, C) for B images."""
     clf.eval()
     device = next(clf.parameters()).device
-    x = preprocess(clf, images)
+    x = to_inputs(clf, images)
     return torch.cat(
         [
             clf(x[i : i + batch_size].to(device)).float().softmax(dim=1).cpu()
@@ -228,7 +206,7 @@ def classifier_logits(
     logits, rows = [], []
     if data.images is not None:
         for start in range(0, len(data), batch_size):
-            x = preprocess(clf, data.images[start : start + batch_size])
+            x = to_inputs(clf, data.images[start : start + batch_size])
             logits.append(clf(x.to(device)).float().cpu())
         rows = [torch.arange(len(data))]
     else:
@@ -309,9 +287,10 @@ def run_predict(cfg: PredictConfig) -> dict:
 
     A folder among ``cfg.images`` stands for the images under it.
     """
-    clf = load_classifier(cfg.checkpoint).to(resolve_device(cfg.device))
+    weights = load_weights(cfg.checkpoint)
+    clf = Classifier.from_weights(weights).to(resolve_device(cfg.device))
     out: dict[str, Any] = {
-        "checkpoint": str(resolve_checkpoint(cfg.checkpoint)),
+        "checkpoint": weights.source,
         "predictions": [],
         "evaluation": None,
     }

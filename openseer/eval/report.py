@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 
+from openseer.fileio.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = {
@@ -173,35 +175,13 @@ def _img(uri: str, alt: str) -> str:
     return f"<img src='{uri}' alt='{html.escape(alt)}'>"
 
 
-def accuracy_rows(summary: dict, results: list[dict]) -> list[list[str]]:
+def accuracy_rows(results: list[dict]) -> list[list[str]]:
     """One row per scored evaluation: evaluation, model, train, test, top-1 %, top-5 %."""
     rows = []
-    if summary.get("knn_top1") is not None:
-        rows.append(
-            [
-                "kNN at the end of pretraining",
-                "self-supervised",
-                "",
-                "held-out",
-                _pct(summary["knn_top1"]),
-                _pct(summary.get("knn_top5")),
-            ]
-        )
-    if summary.get("knn_top1_random") is not None:
-        rows.append(
-            [
-                "kNN at the end of pretraining",
-                "random init",
-                "",
-                "held-out",
-                _pct(summary["knn_top1_random"]),
-                _pct(summary.get("knn_top5_random")),
-            ]
-        )
     for r in results:
         if r["kind"] not in KIND_NAMES:
             continue
-        name = KIND_NAMES[r["kind"]] + (" (quick)" if r.get("protocol") == "quick" else "")
+        name = KIND_NAMES[r["kind"]] + (f" ({r['protocol']})" if r.get("protocol") else "")
         rows.append(
             [
                 name,
@@ -232,11 +212,12 @@ def lowshot_html(result: dict) -> str:
 
 
 def _confusion_source(results: list[dict]) -> dict | None:
-    """The most informative result with a confusion matrix: fine-tuned, then linear, then quick."""
+    """The most informative result with a confusion matrix: fine-tuned, then linear, then the probe at the end
+    of pretraining."""
 
     def rank(r: dict) -> tuple[int, int]:
         order = {"finetune": 0, "linear": 1}
-        return (r.get("protocol") == "quick", order.get(r["kind"], 2))
+        return (r.get("protocol") == "end of pretraining", order.get(r["kind"], 2))
 
     candidates = [r for r in results if r.get("confusion") and r.get("model") == "pretrained"]
     return min(candidates, key=rank) if candidates else None
@@ -288,7 +269,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         sections.append("<h2>Training</h2>" + _img(plot_training(records), "loss and learning rate"))
         if any("protos_used" in r for r in records):
             sections.append(_img(plot_usage(records), "cluster usage"))
-    acc = accuracy_rows(summary, results)
+    acc = accuracy_rows(results)
     if acc:
         sections.append(
             "<h2>Accuracy</h2>" + _table(["evaluation", "model", "train", "test", "top-1 %", "top-5 %"], acc)
@@ -344,5 +325,5 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     )
     target = Path(out) if out else run_dir / "report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page, encoding="utf-8")
+    atomic_write_text(target, page)
     return target

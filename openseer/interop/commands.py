@@ -39,7 +39,7 @@ def _describe(weights) -> str:  # noqa: ANN001 - openseer.interop.Weights, impor
 
 
 def _import_weights(args: argparse.Namespace) -> int:
-    from openseer.interop import load_weights, save_weights
+    from openseer.weights import load_weights, save_weights
 
     weights = load_weights(
         args.src,
@@ -57,8 +57,8 @@ def _import_weights(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from openseer.interop import load_weights
     from openseer.interop.export import export, export_module, verify_onnx
+    from openseer.weights import load_weights
 
     weights = load_weights(args.checkpoint)
     files = export(weights, args.dst, args.format, with_head=args.with_head, size=args.size)
@@ -69,7 +69,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.verify and args.format == "onnx":
         import torch
 
-        size = args.size or weights.config.crops[0].size
+        size = args.size or weights.preprocess.size
         images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
         error = verify_onnx(export_module(weights, args.with_head), files[0], images)
         print(f"onnxruntime vs PyTorch on 3 random images: relative error {error:.2e}")

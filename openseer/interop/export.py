@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from openseer.config import ConfigError
-from openseer.interop import Weights, save_weights
-from openseer.train.checkpoint import CheckpointError
+from openseer.fileio.checkpoint import CheckpointError
+from openseer.weights import Weights, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _no_classifier(weights: Weights) -> CheckpointError:
 
 
 def _example(weights: Weights, size: int | None, batch: int = 2) -> torch.Tensor:
-    size = size or weights.config.crops[0].size
+    size = size or weights.preprocess.size
     if size < 8:
         raise ConfigError(f"--size: got {size}, expected >= 8 pixels")
     # batch 2 rather than 1: tracing with batch 1 lets some exporters specialise the batch axis away

@@ -13,6 +13,8 @@ from typing import Literal
 from openseer.config import ConfigError
 from openseer.data.images import DEFAULT_MAX_PIXELS
 from openseer.data.multicrop import AugmentSpec, CropSpec
+from openseer.data.preprocess import Preprocess, Resize
+from openseer.models.config import ModelConfig
 
 
 @dataclass
@@ -37,31 +39,6 @@ class DataConfig:
             raise ConfigError(f"config key 'data.cache_size': got {self.cache_size}, expected >= 8 or null")
         if self.workers < 0:
             raise ConfigError(f"config key 'data.workers': got {self.workers}, expected >= 0")
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "resnet50"
-    """A RegNetY size (regnety_200mf ... regnety_256gf, regnety_10b) or resnet50; see `openseer.models`."""
-    stem: Literal["imagenet", "small"] = "imagenet"
-    """'small': a stride-1 3x3 stem for inputs of 64 px or less."""
-    head_hidden: list[int] = field(default_factory=lambda: [2048])
-    head_bn: bool = True
-    out_dim: int = 128
-    prototypes: int = 3000
-    channels_last: bool = True
-
-    def validate(self) -> None:
-        from openseer.models.backbone import ARCHS  # imports timm: only once a config is being checked
-
-        if self.arch not in ARCHS:
-            raise ConfigError(
-                f"config key 'model.arch': got {self.arch!r}, expected one of {', '.join(ARCHS)}"
-            )
-        if self.prototypes < 2:
-            raise ConfigError(f"config key 'model.prototypes': got {self.prototypes}, expected >= 2")
-        if self.out_dim < 1 or any(h < 1 for h in self.head_hidden):
-            raise ConfigError("config keys 'model.out_dim' and 'model.head_hidden' must be positive")
 
 
 @dataclass
@@ -130,8 +107,9 @@ class RunConfig:
     keep_checkpoints: int = 3
     progress: bool = True
     tensorboard: bool = True
-    knn_at_end: bool = True
-    """Score the features with kNN on the held-out labelled split at the end (and at random init)."""
+    evaluate: bool = True
+    """After training, score the features once on the held-out labelled split (kNN at random initialisation
+    and after pretraining, a linear probe) and write RUN/report.html (openseer.eval.pretraining)."""
     knn_bn_recalibrate: bool = True
     """Re-estimate BatchNorm statistics on un-augmented training images before kNN (both at random init and
     after pretraining), so that neither is scored with statistics of another input distribution."""
@@ -176,6 +154,11 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def preprocess(self, resize: Resize = "center_crop") -> Preprocess:
+        """The evaluation input of networks trained with this config: the first (global) crop's size and the
+        training normalisation."""
+        return Preprocess(self.crops[0].size, self.augment.mean, self.augment.std, resize)
 
     def validate(self) -> None:
         n_crops = sum(c.count for c in self.crops)

@@ -32,25 +32,17 @@ from openseer.data.folders import (
     LabelledImages,
     Skipped,
     UnlabelledImages,
+    has_class_folders,
     list_images,
     split_per_class,
 )
 from openseer.data.images import DEFAULT_MAX_PIXELS, SkipLog
+from openseer.data.labelled import EvalData
 from openseer.data.multicrop import AugmentSpec, CropSpec, MultiCrop, collate_multicrop
 from openseer.data.shards import ShardList, is_shard_source, resolve_shards
 from openseer.train.config import DataConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LabelledSet:
-    """Held-out evaluation data: either uint8 images in memory or image paths, with labels."""
-
-    targets: torch.Tensor
-    classes: list[str]
-    images: torch.Tensor | None = None
-    paths: list[Path] | None = None
 
 
 @dataclass
@@ -60,8 +52,8 @@ class PretrainData:
     train_images: torch.Tensor | None = None  # (N,3,H,W) uint8, tensor path
     train_paths: list[Path] | None = None  # loader path
     train_shards: ShardList | None = None  # streamed from tar shards (openseer.data.shards)
-    bank: LabelledSet | None = None
-    test: LabelledSet | None = None
+    bank: EvalData | None = None
+    test: EvalData | None = None
     description: str = ""
     skipped: SkipLog = field(default_factory=SkipLog)
 
@@ -71,19 +63,14 @@ class PretrainData:
         return len(self.train_images) if self.train_images is not None else len(self.train_paths or [])
 
 
-def _has_class_folders(root: Path, paths: Sequence[Path]) -> bool:
-    subdirs = {p.relative_to(root).parts[0] for p in paths if len(p.relative_to(root).parts) == 2}
-    return len(subdirs) >= 2 and all(len(p.relative_to(root).parts) == 2 for p in paths)
-
-
 def prepare_data(cfg: DataConfig, seed: int = 0, progress: bool = False) -> PretrainData:
     """Resolve ``cfg.source`` into training images and (when labelled) the evaluation split."""
     if cfg.source == "builtin":
         train, test = load_builtin("train"), load_builtin("test")
         return PretrainData(
             train_images=train.images,
-            bank=LabelledSet(train.targets, train.classes, images=train.images),
-            test=LabelledSet(test.targets, test.classes, images=test.images),
+            bank=EvalData("builtin:train", train.targets, train.classes, images=train.images),
+            test=EvalData("builtin:test", test.targets, test.classes, images=test.images),
             description=f"{train.source}: {len(train.images)} training, {len(test.images)} held-out images",
         )
     if is_shard_source(cfg.source):
@@ -96,7 +83,7 @@ def prepare_data(cfg: DataConfig, seed: int = 0, progress: bool = False) -> Pret
     root = Path(cfg.source).expanduser()
     paths = list_images(root)  # raises DataError for a missing path or no images
     labelled = cfg.labels == "folder" or (
-        cfg.labels == "auto" and root.is_dir() and _has_class_folders(root, paths)
+        cfg.labels == "auto" and root.is_dir() and has_class_folders(root, paths)
     )
     if labelled:
         if not root.is_dir():
@@ -112,6 +99,7 @@ def prepare_data(cfg: DataConfig, seed: int = 0, progress: bool = False) -> Pret
         train_idx, test_idx = torch.arange(len(paths)), torch.empty(0, dtype=torch.long)
 
     data = PretrainData(description=f"{root}: {len(paths)} images")
+    train_name, test_name = f"{root} (train part)", f"{root} (held-out {cfg.holdout:g})"
     if cfg.cache_size is not None:
         images, kept, data.skipped = cached_decode(
             paths,
@@ -129,13 +117,15 @@ def prepare_data(cfg: DataConfig, seed: int = 0, progress: bool = False) -> Pret
         if labelled:
             test_pos = where[test_idx][where[test_idx] >= 0]
             kept_targets = targets[kept]  # row i of `images` is paths[kept[i]]
-            data.bank = LabelledSet(kept_targets[train_pos], classes, images=data.train_images)
-            data.test = LabelledSet(kept_targets[test_pos], classes, images=images[test_pos])
+            data.bank = EvalData(train_name, kept_targets[train_pos], classes, images=data.train_images)
+            data.test = EvalData(test_name, kept_targets[test_pos], classes, images=images[test_pos])
     else:
         data.train_paths = [paths[i] for i in train_idx.tolist()]
         if labelled:
-            data.bank = LabelledSet(targets[train_idx], classes, paths=data.train_paths)
-            data.test = LabelledSet(targets[test_idx], classes, paths=[paths[i] for i in test_idx.tolist()])
+            data.bank = EvalData(train_name, targets[train_idx], classes, paths=data.train_paths)
+            data.test = EvalData(
+                test_name, targets[test_idx], classes, paths=[paths[i] for i in test_idx.tolist()]
+            )
     if labelled:
         data.description += f" in {len(classes)} classes, {len(test_idx)} held out for evaluation"
     return data

@@ -83,3 +83,33 @@ class CollapseMonitor:
                 f"{mean_entropy:.2f} of 1). {COLLAPSE_ADVICE}"
             )
         return None
+
+
+class ProgressBar:
+    """The run's progress bar: over the time budget for a budgeted run (elapsed, remaining, images/s, loss), over
+    the steps otherwise. Training time is what counts, as for the schedule: checkpoint I/O is not."""
+
+    def __init__(self, total_steps: int, step: int, budget_s: float | None, seconds: float = 0.0) -> None:
+        from tqdm.auto import tqdm
+
+        self.budget_s = budget_s
+        if budget_s is not None:  # one unit a second of training; tqdm shows elapsed<remaining from it
+            fmt = "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
+            self._bar = tqdm(total=budget_s, initial=seconds, unit="s", bar_format=fmt, dynamic_ncols=True)
+        else:
+            self._bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+        self._seconds = seconds
+
+    def update(self, step: int, seconds: float, loss: float, imgs_per_s: float, lr: float) -> None:
+        """After a step: ``seconds`` of training so far; the figures show up in the postfix."""
+        if self.budget_s is not None:
+            self._bar.update(min(seconds, self.budget_s) - self._seconds)
+            self._seconds = min(seconds, self.budget_s)
+        else:
+            self._bar.update(1)
+        self._bar.set_postfix(
+            step=step, loss=f"{loss:.3f}", lr=f"{lr:.3g}", img_s=f"{imgs_per_s:.0f}", refresh=False
+        )
+
+    def close(self) -> None:
+        self._bar.close()

@@ -1,7 +1,7 @@
 """SwAV pretraining, top to bottom (Caron et al. 2020; SEER, Goyal et al. 2021).
 
 data -> model -> optimiser and schedule -> resume -> loop(multi-crop, codes, swapped prediction, step)
--> final checkpoint -> kNN on held-out labels.
+-> final checkpoint. Scoring the features is the caller's (``openseer.eval.pretraining``).
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from openseer.config import dump_yaml, to_dict
 from openseer.data.images import SkipLog
 from openseer.data.multicrop import n_crops
 from openseer.data.shards import ShardBatches
-from openseer.models import SwAVHead, SwAVModel, build_backbone, feature_dim
+from openseer.fileio.atomic import atomic_write_text
+from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from openseer.models import SwAVModel, random_model
 from openseer.optim import LARS, cosine_schedule, param_groups
 from openseer.swav import EmbeddingQueue, cluster_health, swav_objective
-from openseer.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from openseer.train.config import PretrainConfig
 from openseer.train.data import LoaderBatches, TensorBatches, prepare_data
-from openseer.train.knn_probe import knn_eval
-from openseer.train.monitor import CollapseMonitor, MetricsWriter
-from openseer.train.parallel import full_backbone, parallelize
+from openseer.train.monitor import CollapseMonitor, MetricsWriter, ProgressBar
+from openseer.train.parallel import parallelize
 from openseer.train.sharded_checkpoint import latest_sharded, load_sharded, save_sharded
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,10 @@ class PretrainResult:
     images_seen: int
     train_seconds: float
     final_loss: float
-    knn_top1: float | None = None
-    knn_top5: float | None = None
-    knn_top1_random: float | None = None
-    knn_top5_random: float | None = None
     skipped_images: int = 0
     nonfinite_steps: int = 0
+    evaluation: dict | None = None
+    """Filled by the caller that scores the run (openseer.eval.pretraining), not by the loop."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -107,31 +105,9 @@ def _skipped_files(summary: Path, resume: bool, *logs: SkipLog) -> SkipLog:
     return skipped.distinct()
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return (
-            torch.device("cuda", distributed.local_rank())
-            if torch.cuda.is_available()
-            else torch.device("cpu")
-        )
-    return torch.device(name)
-
-
-def build_model(cfg: PretrainConfig) -> SwAVModel:
-    backbone = build_backbone(cfg.model.arch, stem=cfg.model.stem)
-    head = SwAVHead(
-        feature_dim(backbone),
-        cfg.model.head_hidden,
-        cfg.model.out_dim,
-        cfg.model.prototypes,
-        cfg.model.head_bn,
-    )
-    return SwAVModel(backbone, head)
-
-
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     # ============ setup ============
-    device = resolve_device(cfg.run.device)
+    device = distributed.resolve_device(cfg.run.device)
     distributed.init_from_env(device, cfg.run.dist_timeout_s)
     rank, world = distributed.rank(), distributed.world_size()
     if cfg.run.threads:
@@ -170,19 +146,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     global_batch = cfg.optim.batch_size * world
 
     # ============ model ============
-    model = build_model(cfg).to(device)
+    # drawn from run.seed alone, so openseer.models.random_model(cfg.model, cfg.run.seed) is this very network
+    model = random_model(cfg.model, cfg.run.seed).train().to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    scorable = data.bank is not None and data.test is not None and cfg.run.knn_at_end
-    knn_random = None
-    random_file = out_dir / "knn_random.json"  # scored once per run folder, reused on resume
-    if scorable and distributed.is_main():
-        if resume and random_file.exists():
-            knn_random = tuple(json.loads(random_file.read_text()))
-        elif not resume:
-            knn_random = knn_eval(model.backbone, data, cfg, device)
-            random_file.write_text(json.dumps(list(knn_random)))
-            log.info("kNN at random initialisation: top-1 %.4f top-5 %.4f", *knn_random)
     # DDP wrapper, or FSDP: `model` sharded in place (then its parameters are DTensor shards)
     train_model = parallelize(model, cfg.parallel, device, cfg.run.precision)
     forward = torch.compile(train_model) if cfg.run.compile else train_model
@@ -284,9 +251,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     )
     bar = None
     if cfg.run.progress and distributed.is_main():
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=None if budgeted else total_steps, initial=step, unit="step", dynamic_ncols=True)
+        bar = ProgressBar(total_steps, step, budget_s if budgeted else None, train_seconds)
     stop_at = cfg.run.max_steps if cfg.run.max_steps is not None else math.inf
     loss_value, batches_iter, epoch = float("nan"), None, -1
     window_start, window_images = time.perf_counter(), 0
@@ -363,13 +328,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             if warning and distributed.is_main():
                 log.warning(warning)
         if bar is not None:
-            bar.update(1)
-            if step % cfg.run.log_every == 0:
-                bar.set_postfix(
-                    loss=f"{loss_value:.3f}",
-                    lr=f"{optimizer.param_groups[0]['lr']:.3g}",
-                    img_s=f"{images_seen / max(train_seconds, 1e-9):.0f}",
-                )
+            lr_now = optimizer.param_groups[0]["lr"]
+            bar.update(step, train_seconds, loss_value, images_seen / max(train_seconds, 1e-9), lr_now)
         if step % cfg.run.checkpoint_every == 0:
             save(step)
             step_start = time.perf_counter()  # checkpoint I/O is not training time
@@ -385,7 +345,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         if len(skipped):
             log.warning("%s\n(all of them in %s)", skipped.summary(), out_dir / SKIPPED_FILE)
 
-    # ============ evaluation ============
     result = PretrainResult(
         out_dir=out_dir,
         steps=step,
@@ -395,15 +354,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         skipped_images=len(skipped),
         nonfinite_steps=nonfinite,
     )
-    if knn_random is not None:
-        result.knn_top1_random, result.knn_top5_random = knn_random
-    if scorable:
-        backbone = full_backbone(model, lambda: build_model(cfg).to(device))  # a collective under FSDP
-        if distributed.is_main():
-            result.knn_top1, result.knn_top5 = knn_eval(backbone, data, cfg, device)
     if writer is not None:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}
         writer.write(step, {f"final/{k}": v for k, v in summary.items() if isinstance(v, int | float)})
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
         writer.close()
     return result

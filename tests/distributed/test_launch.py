@@ -89,14 +89,14 @@ def test_torchrun_fsdp_run_resumes_in_one_process(
         out,
         parallel__strategy="fsdp",
         parallel__activation_checkpointing="true",
-        run__knn_at_end="false",
+        run__evaluate="false",
         swav__queue_length=16,  # 8 per process: full after 2 steps of 4
         swav__queue_start_epoch=0,
     )
     cmd = [
         *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"),
         f"--master_port={free_port()}",
-        *("-m", "openseer", "pretrain", "--no-eval"),
+        *("-m", "openseer", "pretrain"),
         *args,
         *("run.max_steps=3", "run.checkpoint_every=1", "run.keep_checkpoints=2"),
     ]
@@ -183,4 +183,4 @@ if __name__ == "__main__":
     from openseer.cli import main
 
     _fail_on_rank_1(sys.argv[1], sys.argv[2], at_step=3)
-    sys.exit(main(["pretrain", "--no-eval", *sys.argv[3:]]))
+    sys.exit(main(["pretrain", *sys.argv[3:]]))

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from openseer.config import load_config
+from openseer.models import build_model
 from openseer.train.config import PretrainConfig
 from openseer.train.parallel import backbone_stages, checkpoint_stages
-from openseer.train.pretrain import build_model
 
 TRUNK = {"seer-rg256gf": 1.27e9, "seer-10b": 9.3e9}  # Goyal et al. 2021, 2022
 FEATURES = {"seer-rg256gf": 10444, "seer-10b": 28280}
@@ -18,7 +18,7 @@ FEATURES = {"seer-rg256gf": 10444, "seer-10b": 28280}
 def _on_meta(preset: str):  # noqa: ANN202 - SwAVModel
     cfg = load_config(PretrainConfig, [preset])
     with torch.device("meta"):
-        return build_model(cfg), cfg
+        return build_model(cfg.model), cfg
 
 
 @pytest.mark.parametrize("preset", list(TRUNK))

@@ -164,4 +164,4 @@ def test_pretrain_streams_from_shards(shards: Path, tmp_path: Path) -> None:
         ],
     )
     result = pretrain(cfg)
-    assert result.steps == 2 and result.images_seen == 16 and result.knn_top1 is None  # unlabelled stream
+    assert result.steps == 2 and result.images_seen == 16 and result.evaluation is None

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_embed import FAST, fresh_run
 
 from openseer.cli import main as cli_main
 from openseer.eval.clusters import assign, cluster_sizes, largest, most_confident, prototype_scores
 from openseer.models import SwAVHead
+from openseer.testing import FAST_EVAL
 
 
 @pytest.fixture(autouse=True)
@@ -42,9 +42,9 @@ def test_prototype_scores_are_cosines() -> None:
     assert torch.allclose(scores, expected, atol=1e-5) and scores.abs().max() <= 1 + 1e-5
 
 
-def test_clusters_command_writes_grids_json_and_gallery(tmp_path_factory, tmp_path: Path) -> None:
-    run, folder = fresh_run(tmp_path_factory, tmp_path)
-    argv = ["clusters", str(run), "--data", str(folder), "--top", "3", "--per-cluster", "4", *FAST]
+def test_clusters_command_writes_grids_json_and_gallery(fresh_run, tmp_path: Path) -> None:
+    run, folder = fresh_run
+    argv = ["clusters", str(run), "--data", str(folder), "--top", "3", "--per-cluster", "4", *FAST_EVAL]
     assert cli_main(argv) == 0
     result = json.loads((run / "eval" / "clusters.json").read_text())
     assert sum(result["sizes"]) == result["n_images"] == 36 and result["prototypes"] == 10

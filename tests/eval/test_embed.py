@@ -7,98 +7,32 @@ it (made once per process, copied for tests that write into it).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from openseer.cli import main as cli_main
-from openseer.config import load_config
 from openseer.data.folders import DataError, split_per_class
-from openseer.eval.data import EvalData, align_classes, load_data, train_test_data
-from openseer.eval.embed import Embedder, FeatureConfig, load_model, weights_digest
-from openseer.testing import tiny_overrides
-from openseer.train.config import PretrainConfig
-
-# ============ shared helpers ============
-
-
-def make_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 20) -> Path:
-    """Class-coloured noisy squares (PNG) in an ImageFolder tree: class c is mostly channel c."""
-    gen = torch.Generator().manual_seed(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
-        base = torch.zeros(3, size, size)
-        base[c % 3] = 0.8
-        for i in range(per_class):
-            img = (base + 0.3 * torch.rand(3, size, size, generator=gen)).clamp(0, 1)
-            Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(
-                root / f"class{c}" / f"{i}.png"
-            )
-    return root
-
-
-def tiny_config(source: Path, out: Path) -> PretrainConfig:
-    overrides = tiny_overrides(source, out, run__max_steps=2, run__knn_at_end=False)
-    return load_config(PretrainConfig, [], overrides)
-
-
-_TINY: dict[str, tuple[Path, Path]] = {}
-
-
-def tiny_run(factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(run folder, image folder) of a 2-step pretraining on 36 images; made once per process, do not modify."""
-    if "run" not in _TINY:
-        from openseer.train.pretrain import pretrain
-
-        root = factory.mktemp("tiny")
-        folder = make_folder(root / "imgs")
-        old = os.environ.get("OPENSEER_CACHE")
-        os.environ["OPENSEER_CACHE"] = str(root / "cache")
-        try:
-            pretrain(tiny_config(folder, root / "run"))
-        finally:
-            if old is None:
-                os.environ.pop("OPENSEER_CACHE", None)
-            else:
-                os.environ["OPENSEER_CACHE"] = old
-        _TINY["run"] = (root / "run", folder)
-    return _TINY["run"]
-
-
-def fresh_run(factory: pytest.TempPathFactory, tmp_path: Path) -> tuple[Path, Path]:
-    """A private copy of the tiny run, for tests that write results into it."""
-    run, folder = tiny_run(factory)
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
-    return copy, folder
-
-
-FAST = ["--workers", "0", "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
+from openseer.data.labelled import EvalData, align_classes, load_data, train_test_data
+from openseer.data.preprocess import Preprocess
+from openseer.eval.embed import Embedder, FeatureConfig, weights_digest
+from openseer.testing import FAST_EVAL, make_image_folder
+from openseer.weights import load_weights
 
 # ============ data specs ============
 
 
 def test_folder_with_class_subfolders_is_labelled(tmp_path: Path) -> None:
-    data = load_data(str(make_folder(tmp_path / "f", classes=2, per_class=3)))
+    data = load_data(str(make_image_folder(tmp_path / "f", classes=2, per_class=3)))
     assert data.classes == ["class0", "class1"] and data.targets.tolist() == [0, 0, 0, 1, 1, 1]
     assert data.paths is not None and len(data) == 6 and data.images is None
 
 
 def test_csv_and_lists(tmp_path: Path) -> None:
-    folder = make_folder(tmp_path / "f", classes=2, per_class=2)
+    folder = make_image_folder(tmp_path / "f", classes=2, per_class=2)
     (tmp_path / "l.csv").write_text("path,label\nf/class0/0.png,zebra\nf/class1/1.png,ant\n")
     data = load_data(str(tmp_path / "l.csv"))
     assert data.classes == ["ant", "zebra"] and data.targets.tolist() == [1, 0]
@@ -132,7 +66,7 @@ def test_align_classes_remaps_and_rejects_unknown() -> None:
 
 
 def test_default_test_split_is_pretrainings_holdout(tmp_path: Path) -> None:
-    folder = make_folder(tmp_path / "f", classes=3, per_class=8)
+    folder = make_image_folder(tmp_path / "f", classes=3, per_class=8)
     full = load_data(str(folder))
     train, test = train_test_data(str(folder), None, holdout=0.25, seed=3)
     tr, te = split_per_class(full.targets, 0.25, seed=3)
@@ -147,7 +81,9 @@ def _embedder(cfg: FeatureConfig | None = None, seed: int = 0) -> Embedder:
     from openseer.models import build_backbone
 
     torch.manual_seed(seed)
-    return Embedder(build_backbone("regnety_200mf", stem="small"), 16, (0.5,) * 3, (0.25,) * 3, cfg)
+    return Embedder(
+        build_backbone("regnety_200mf", stem="small"), Preprocess(16, (0.5,) * 3, (0.25,) * 3), cfg
+    )
 
 
 def test_features_are_cached_by_weights_data_and_size(
@@ -172,7 +108,7 @@ def test_features_are_cached_by_weights_data_and_size(
     other = EvalData("mem", data.targets, data.classes, images=images.flip(0))
     assert emb.cache_path(other) != emb.cache_path(data)
     assert _embedder(seed=1).cache_path(data) != emb.cache_path(data)
-    emb.size = 20
+    emb.preprocess = Preprocess(20, (0.5,) * 3, (0.25,) * 3)
     assert emb.cache_path(data) != _embedder().cache_path(data)
 
 
@@ -185,7 +121,7 @@ def test_weights_digest_sees_every_value() -> None:
 
 def test_random_init_features_are_told_apart_after_bn_recalibration(tmp_path: Path) -> None:
     """At random init BN's (0, 1) statistics make images look alike; recalibrated, they differ."""
-    data = load_data(str(make_folder(tmp_path / "f", classes=3, per_class=4)))
+    data = load_data(str(make_image_folder(tmp_path / "f", classes=3, per_class=4)))
     emb = _embedder(FeatureConfig(workers=0, progress=False, cache=False))
     emb.random_init = True
     emb.prepare(data)
@@ -196,12 +132,10 @@ def test_random_init_features_are_told_apart_after_bn_recalibration(tmp_path: Pa
 # ============ the embed command ============
 
 
-def test_embed_command_writes_safetensors_json_and_npy(
-    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
-) -> None:
-    run, folder = tiny_run(tmp_path_factory)
+def test_embed_command_writes_safetensors_json_and_npy(tiny_run, tmp_path: Path) -> None:
+    run, folder = tiny_run
     out = tmp_path / "feats.npy"
-    assert cli_main(["embed", str(run), "--data", str(folder), "--out", str(out), *FAST]) == 0
+    assert cli_main(["embed", str(run), "--data", str(folder), "--out", str(out), *FAST_EVAL]) == 0
     tensors = load_file(tmp_path / "feats.safetensors")
     index = json.loads((tmp_path / "feats.json").read_text())
     assert tensors["features"].shape == (36, 368) and tensors["labels"].shape == (36,)
@@ -209,15 +143,14 @@ def test_embed_command_writes_safetensors_json_and_npy(
     assert index["items"][0].endswith("class0/0.png")
     assert np.allclose(np.load(out), tensors["features"].numpy())
     # the same network from a loaded checkpoint gives the same features (eval mode, recalibrated on the set)
-    model, cfg = load_model(run)
-    emb = Embedder.from_model(model, cfg, FeatureConfig(workers=0, progress=False))
+    emb = Embedder.from_weights(load_weights(run), FeatureConfig(workers=0, progress=False))
     data = load_data(str(folder))
     emb.prepare(data)
     assert torch.allclose(emb(data).features, tensors["features"], atol=1e-5)
 
 
-def test_embed_errors_exit_2(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys) -> None:
-    run, _ = tiny_run(tmp_path_factory)
-    assert cli_main(["embed", str(run), "--data", str(tmp_path / "nothing"), *FAST]) == 2
+def test_embed_errors_exit_2(tiny_run, tmp_path: Path, capsys) -> None:
+    run, _ = tiny_run
+    assert cli_main(["embed", str(run), "--data", str(tmp_path / "nothing"), *FAST_EVAL]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert cli_main(["embed", str(tmp_path / "nocheckpoint"), "--data", "builtin", *FAST]) == 2
+    assert cli_main(["embed", str(tmp_path / "nocheckpoint"), "--data", "builtin", *FAST_EVAL]) == 2

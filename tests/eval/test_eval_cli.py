@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_embed import FAST, fresh_run
 
 from openseer.cli import build_parser
 from openseer.cli import main as cli_main
@@ -15,6 +14,7 @@ from openseer.eval.commands import make_config
 from openseer.eval.embed import FeatureConfig
 from openseer.eval.knn import KnnConfig
 from openseer.eval.lowshot import LowShotConfig
+from openseer.testing import FAST_EVAL
 
 COMMANDS = ["embed", "knn", "linear", "finetune", "lowshot", "predict", "neighbors", "clusters", "report"]
 
@@ -55,22 +55,22 @@ def test_user_errors_exit_2(tmp_path: Path, capsys) -> None:
     assert "did you mean 'probe.lrs'" in capsys.readouterr().err
     assert cli_main(["knn", str(tmp_path), "--k", "0"]) == 2
     assert cli_main(["knn", str(tmp_path / "none")]) == 2
-    assert "checkpoint does not exist" in capsys.readouterr().err
+    assert "no such file or folder" in capsys.readouterr().err
 
 
-def test_knn_then_linear_share_cached_features(
-    tmp_path_factory, tmp_path: Path, capsys, cache_dir: Path
-) -> None:
-    run, folder = fresh_run(tmp_path_factory, tmp_path)
-    assert cli_main(["knn", str(run), "--train", str(folder), "--k", "5", "--json", *FAST]) == 0
+def test_knn_then_linear_share_cached_features(fresh_run, tmp_path: Path, capsys, cache_dir: Path) -> None:
+    run, folder = fresh_run
+    assert cli_main(["knn", str(run), "--train", str(folder), "--k", "5", "--json", *FAST_EVAL]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["k"] == 5 and result["temperature"] == 0.1 and 0 <= result["top1"] <= result["top5"] <= 1
     assert json.loads((run / "eval" / "knn.json").read_text())["top1"] == result["top1"]
     cached = sorted((cache_dir / "features").glob("*.safetensors"))
     assert len(cached) == 2  # train and test features
-    assert cli_main(["linear", str(run), "--train", str(folder), "--epochs", "2", "--no-save", *FAST]) == 0
+    assert (
+        cli_main(["linear", str(run), "--train", str(folder), "--epochs", "2", "--no-save", *FAST_EVAL]) == 0
+    )
     assert sorted((cache_dir / "features").glob("*.safetensors")) == cached
-    assert cli_main(["knn", str(run), "--train", str(folder), "--k", "5", "--random-init", *FAST]) == 0
+    assert cli_main(["knn", str(run), "--train", str(folder), "--k", "5", "--random-init", *FAST_EVAL]) == 0
     assert "random" in capsys.readouterr().out
     assert json.loads((run / "eval" / "knn-random.json").read_text())["model"] == "random"
     # an explicit test set with a class the training set lacks cannot be scored
@@ -78,5 +78,5 @@ def test_knn_then_linear_share_cached_features(
     for name in ("class0", "class1"):
         shutil.copytree(folder / name, two / name)
     capsys.readouterr()
-    assert cli_main(["knn", str(run), "--train", str(two), "--test", str(folder), *FAST]) == 2
+    assert cli_main(["knn", str(run), "--train", str(two), "--test", str(folder), *FAST_EVAL]) == 2
     assert "does not know: class2" in capsys.readouterr().err

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_embed import fresh_run, tiny_run
 
 from openseer.cli import main as cli_main
 from openseer.data.folders import DataError
-from openseer.eval.data import EvalData, load_data
-from openseer.eval.embed import load_model
+from openseer.data.labelled import EvalData, load_data
 from openseer.eval.finetune import RecipeConfig, new_classifier, plan, step_lr, train_classifier
 from openseer.eval.predict import evaluate_classifier, load_classifier
-from openseer.train.checkpoint import list_checkpoints, load_checkpoint
+from openseer.fileio.checkpoint import list_checkpoints, load_checkpoint
+from openseer.weights import load_weights
 
 NO_PROGRESS = ["--workers", "0", "--no-progress"]
 
@@ -40,8 +39,8 @@ def test_seer_recipe_defaults_and_plan() -> None:
     assert plan(10, RecipeConfig(epochs=2)) == (10, 1, 2)  # the batch is capped at the set
 
 
-def test_in_memory_finetune_learns_and_is_exactly_resumable(tmp_path_factory, tmp_path: Path) -> None:
-    run, folder = tiny_run(tmp_path_factory)
+def test_in_memory_finetune_learns_and_is_exactly_resumable(tiny_run, tmp_path: Path) -> None:
+    run, folder = tiny_run
     files = load_data(str(folder)).subset(torch.arange(36).view(3, 12)[:, :8].flatten())  # 8 per class
     images = torch.stack(
         [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in files.paths]
@@ -50,8 +49,8 @@ def test_in_memory_finetune_learns_and_is_exactly_resumable(tmp_path_factory, tm
     recipe = RecipeConfig(epochs=3, batch_size=12, lr=0.5)
 
     def fresh():
-        model, pcfg = load_model(run)
-        return new_classifier(model, pcfg, data, seed=0)
+        weights = load_weights(run)
+        return new_classifier(weights.build_backbone(), weights.config, data, seed=0)
 
     clf = fresh()
     stats = train_classifier(clf, data, recipe, ckpt_dir=tmp_path / "a", workers=0, keep=5)
@@ -69,10 +68,8 @@ def test_in_memory_finetune_learns_and_is_exactly_resumable(tmp_path_factory, tm
         assert torch.equal(resumed.state_dict()[key], value), key
 
 
-def test_finetune_command_keeps_class_names_and_checks_them_on_resume(
-    tmp_path_factory, tmp_path, capsys
-) -> None:
-    run, folder = fresh_run(tmp_path_factory, tmp_path)
+def test_finetune_command_keeps_class_names_and_checks_them_on_resume(fresh_run, tmp_path, capsys) -> None:
+    run, folder = fresh_run
     argv = ["finetune", str(run), "--train", str(folder), "--epochs", "1", "--batch-size", "9", *NO_PROGRESS]
     assert cli_main(argv) == 0
     result = json.loads((run / "eval" / "finetune.json").read_text())
@@ -90,8 +87,8 @@ def test_finetune_command_keeps_class_names_and_checks_them_on_resume(
     assert "differ from those of the checkpoint" in capsys.readouterr().err
 
 
-def test_supervised_from_scratch_writes_its_own_result(tmp_path_factory, tmp_path) -> None:
-    run, folder = fresh_run(tmp_path_factory, tmp_path)
+def test_supervised_from_scratch_writes_its_own_result(fresh_run, tmp_path) -> None:
+    run, folder = fresh_run
     argv = [
         "finetune",
         str(run),
@@ -109,12 +106,12 @@ def test_supervised_from_scratch_writes_its_own_result(tmp_path_factory, tmp_pat
     assert (run / "finetune-scratch" / "checkpoints").is_dir()
 
 
-def test_evaluating_a_classifier_on_unknown_classes_is_refused(tmp_path_factory) -> None:
-    run, folder = tiny_run(tmp_path_factory)
-    model, pcfg = load_model(run)
+def test_evaluating_a_classifier_on_unknown_classes_is_refused(tiny_run) -> None:
+    run, folder = tiny_run
+    weights = load_weights(run)
     data = load_data(str(folder))
     two = data.subset(torch.nonzero(data.targets < 2).flatten())
     two.classes = ["class0", "class1"]
-    clf = new_classifier(model, pcfg, two)
+    clf = new_classifier(weights.build_backbone(), weights.config, two)
     with pytest.raises(DataError, match="does not know: class2"):
         evaluate_classifier(clf, data, workers=0)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_embed import FAST, fresh_run
 
 from openseer.cli import main as cli_main
 from openseer.eval.linear import (
@@ -19,6 +18,8 @@ from openseer.eval.linear import (
     train_probes,
 )
 from openseer.eval.predict import load_classifier
+from openseer.fileio.checkpoint import load_checkpoint, resolve_checkpoint
+from openseer.testing import FAST_EVAL
 
 
 @pytest.fixture(autouse=True)
@@ -80,19 +81,31 @@ def test_multihead_bn_has_no_parameters() -> None:
     assert sum(p.numel() for p in probe.bn.parameters()) == 0 and len(probe.heads) == 4
 
 
-def test_linear_command_writes_result_and_a_classifier(tmp_path_factory, tmp_path: Path) -> None:
-    run, folder = fresh_run(tmp_path_factory, tmp_path)
-    argv = ["linear", str(run), "--train", str(folder), "--epochs", "5", "--lrs", "0.01,0.1", *FAST]
+def test_linear_command_writes_result_and_a_classifier(fresh_run, tmp_path: Path) -> None:
+    run, folder = fresh_run
+    argv = ["linear", str(run), "--train", str(folder), "--epochs", "5", "--lrs", "0.01,0.1", *FAST_EVAL]
     assert cli_main(argv) == 0
     result = json.loads((run / "eval" / "linear.json").read_text())
     assert result["kind"] == "linear" and result["model"] == "pretrained" and 0 <= result["top1"] <= 1
     assert result["n_test"] == 9 and result["n_train"] == 27  # the run's own hold-out: 25% of 12 per class
     assert set(result["val_top1"]) == {"0.01", "0.1"} and len(result["confusion"]) == 3
-    clf = load_classifier(run / "linear")
-    assert clf.classes == ["class0", "class1", "class2"] and clf.head_bn
+    state = load_checkpoint(resolve_checkpoint(run / "linear"))
+    assert state["head_bn"] and state["classes"] == ["class0", "class1", "class2"]
+    clf = load_classifier(run / "linear")  # the probe's BatchNorm is folded into its Linear layer on load
+    assert clf.classes == ["class0", "class1", "class2"] and not clf.head_bn and clf.resize == "center_crop"
     assert (
         cli_main(
-            ["linear", str(run), "--train", str(folder), "--epochs", "2", "--random-init", "--no-save", *FAST]
+            [
+                "linear",
+                str(run),
+                "--train",
+                str(folder),
+                "--epochs",
+                "2",
+                "--random-init",
+                "--no-save",
+                *FAST_EVAL,
+            ]
         )
         == 0
     )

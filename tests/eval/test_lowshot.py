@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_embed import fresh_run
 
 from openseer.cli import main as cli_main
 from openseer.config import from_dict
@@ -41,8 +40,8 @@ def test_mean_std() -> None:
     assert m == pytest.approx(0.4) and s == pytest.approx(0.2)
 
 
-def test_linear_protocol_against_both_baselines(tmp_path_factory, tmp_path: Path) -> None:
-    run, folder = fresh_run(tmp_path_factory, tmp_path)
+def test_linear_protocol_against_both_baselines(fresh_run, tmp_path: Path) -> None:
+    run, folder = fresh_run
     cfg = from_dict(
         LowShotConfig,
         {
@@ -68,8 +67,8 @@ def test_linear_protocol_against_both_baselines(tmp_path_factory, tmp_path: Path
     assert "self-supervised, linear probe" in format_lowshot(result)
 
 
-def test_finetune_protocol_from_the_command_line(tmp_path_factory, tmp_path: Path, capsys) -> None:
-    run, folder = fresh_run(tmp_path_factory, tmp_path)
+def test_finetune_protocol_from_the_command_line(fresh_run, tmp_path: Path, capsys) -> None:
+    run, folder = fresh_run
     argv = [
         "lowshot",
         str(run),

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_embed import make_folder, tiny_run
 
 from openseer.cli import main as cli_main
 from openseer.eval.predict import (
@@ -20,9 +19,9 @@ from openseer.eval.predict import (
     predict_proba,
     save_classifier,
 )
+from openseer.fileio.checkpoint import CheckpointError
 from openseer.models import build_backbone
-from openseer.testing import tiny_classifier_config
-from openseer.train.checkpoint import CheckpointError
+from openseer.testing import make_image_folder, tiny_classifier_config
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
 
@@ -71,15 +70,15 @@ def test_checkpoint_round_trip_keeps_names_and_outputs(tmp_path: Path) -> None:
     clf = tiny_classifier("whole")
     path = save_classifier(clf, tmp_path / "checkpoints", protocol="linear", source=None)
     loaded = load_classifier(tmp_path)
-    assert loaded.classes == CLASSES and loaded.resize == "whole" and loaded.size == 16
+    assert loaded.classes == CLASSES and loaded.resize == "whole" and loaded.preprocess.size == 16
     images = random_images(2)
     assert torch.allclose(predict_proba(loaded, images), predict_proba(clf, images), atol=1e-6)
     assert path.exists()
 
 
-def test_pretraining_checkpoint_is_not_a_classifier(tmp_path_factory) -> None:
-    run, _ = tiny_run(tmp_path_factory)
-    with pytest.raises(CheckpointError, match="not a classifier"):
+def test_pretraining_checkpoint_is_not_a_classifier(tiny_run) -> None:
+    run, _ = tiny_run
+    with pytest.raises(CheckpointError, match="holds no classifier"):
         load_classifier(run)
 
 
@@ -103,6 +102,6 @@ def test_predict_command_table_json_and_errors(tmp_path: Path, capsys) -> None:
     probs = [p["probability"] for p in out["predictions"][0]["predictions"]]
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
     # a labelled set whose classes the classifier does not know: a user error, exit code 2
-    other = make_folder(tmp_path / "other", classes=2, per_class=2)
+    other = make_image_folder(tmp_path / "other", classes=2, per_class=2)
     assert cli_main(["predict", str(tmp_path / "clf"), "--data", str(other)]) == 2
     assert "does not know: class0, class1" in capsys.readouterr().err

@@ -11,28 +11,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_embed import fresh_run
 
 from openseer.cli import main as cli_main
+from openseer.eval.linear import ProbeConfig
 from openseer.eval.neighbors import save_grid
-from openseer.eval.quick import evaluate_run
+from openseer.eval.pretraining import evaluate_pretraining
 from openseer.eval.report import accuracy_rows, build_report, read_metrics
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny run after quick_evaluation, plus hand-written low-shot and cluster results."""
+def evaluated_run(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny run after its end-of-pretraining evaluation, plus hand-written low-shot and cluster
+    results."""
     import os
 
     tmp = tmp_path_factory.mktemp("report")
     old = os.environ.get("OPENSEER_CACHE")
     os.environ["OPENSEER_CACHE"] = str(tmp / "cache")
     try:
-        run, _ = fresh_run(tmp_path_factory, tmp)
-        # evaluate_run = quick_evaluation(run, data, cfg, backbone, device) on the run's own data and split
-        figures = evaluate_run(run, device="cpu", probe_epochs=5)
+        run = tmp / "run"
+        shutil.copytree(tiny_run[0], run)
+        figures = evaluate_pretraining(run, device="cpu", probe=ProbeConfig(epochs=5))
     finally:
         if old is None:
             os.environ.pop("OPENSEER_CACHE", None)
@@ -75,14 +76,23 @@ def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def test_quick_evaluation_scores_the_held_out_split(evaluated_run: Path) -> None:
+def test_end_of_pretraining_evaluation_scores_the_held_out_split_once(evaluated_run: Path) -> None:
     figures = json.loads((evaluated_run / "figures.json").read_text())
-    for key in ("knn_top1", "knn_top5", "linear_top1", "linear_top5"):
+    for key in ("knn_top1", "knn_top5", "knn_top1_random", "knn_top5_random", "linear_top1", "linear_top5"):
         assert 0.0 <= figures[key] <= 1.0
-    knn = json.loads((evaluated_run / "eval" / "quick-knn.json").read_text())
-    linear = json.loads((evaluated_run / "eval" / "quick-linear.json").read_text())
-    assert knn["n_test"] == linear["n_test"] == 9 and knn["n_train"] == 27 and linear["protocol"] == "quick"
+    knn = json.loads((evaluated_run / "eval" / "pretraining-knn.json").read_text())
+    random = json.loads((evaluated_run / "eval" / "pretraining-knn-random.json").read_text())
+    linear = json.loads((evaluated_run / "eval" / "pretraining-linear.json").read_text())
+    assert knn["n_test"] == random["n_test"] == linear["n_test"] == 9 and knn["n_train"] == 27
+    assert (knn["top1"], random["top1"], linear["top1"]) == (
+        figures["knn_top1"],
+        figures["knn_top1_random"],
+        figures["linear_top1"],
+    )  # what is printed is what is written: one figure per score
+    assert knn["protocol"] == linear["protocol"] == "end of pretraining"
     assert Path(figures["report"]) == evaluated_run / "report.html"
+    page = (evaluated_run / "report.html").read_text()
+    assert page.count("kNN (end of pretraining)") == 2  # pretrained and random init, once each
 
 
 def test_report_is_one_self_contained_page(evaluated_run: Path) -> None:
@@ -99,9 +109,20 @@ def test_report_reading_is_tolerant(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\nnot json\n{"step": 2, "final/x": 1}\n')
     assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 2.0}]
     rows = accuracy_rows(
-        {"knn_top1": 0.5, "knn_top5": 0.75}, [{"kind": "knn", "model": "random", "top1": 0.25}]
+        [
+            {
+                "kind": "knn",
+                "model": "pretrained",
+                "protocol": "end of pretraining",
+                "top1": 0.5,
+                "top5": 0.75,
+            },
+            {"kind": "knn", "model": "random", "top1": 0.25},
+            {"kind": "clusters"},
+        ]
     )
-    assert rows[0][-2:] == ["50.00", "75.00"] and rows[1][1] == "random init" and rows[1][-1] == "–"
+    assert rows[0][0] == "kNN (end of pretraining)" and rows[0][-2:] == ["50.00", "75.00"]
+    assert rows[1][1] == "random init" and rows[1][-1] == "–" and len(rows) == 2
     assert cli_main(["report", str(tmp_path)]) == 0
     assert "Nothing to report" not in (tmp_path / "report.html").read_text()
     assert cli_main(["report", str(tmp_path / "missing")]) == 2

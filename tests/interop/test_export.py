@@ -11,13 +11,13 @@ from torch import nn
 
 from openseer.cli import main as cli_main
 from openseer.config import load_config, to_dict
-from openseer.interop import load_weights
+from openseer.fileio.checkpoint import save_checkpoint
 from openseer.interop.commands import EXPORT_FORMATS
 from openseer.interop.export import FORMATS, relative_error
+from openseer.models import build_model
 from openseer.testing import randomize_batchnorm
-from openseer.train.checkpoint import save_checkpoint
 from openseer.train.config import PretrainConfig
-from openseer.train.pretrain import build_model
+from openseer.weights import load_weights
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -27,7 +27,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A run folder holding a checkpoint of the CPU preset's model, and a fine-tuned checkpoint beside it."""
     cfg = load_config(PretrainConfig, ["cpu"])
     torch.manual_seed(0)
-    model = randomize_batchnorm(build_model(cfg), seed=1)
+    model = randomize_batchnorm(build_model(cfg.model), seed=1)
     folder = tmp_path_factory.mktemp("run")
     save_checkpoint(
         {"config": to_dict(cfg), "model": model.state_dict(), "step": 1}, folder / "checkpoints", 1
@@ -125,7 +125,7 @@ def test_sharded_fsdp_run_exports_like_any_other(run: dict, tmp_path: Path) -> N
     from openseer.swav import EmbeddingQueue
 
     cfg = run["cfg"]
-    model = randomize_batchnorm(build_model(cfg), seed=3)
+    model = randomize_batchnorm(build_model(cfg.model), seed=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     queue = EmbeddingQueue(len(cfg.swav.crops_for_assign), 0, cfg.model.out_dim, torch.device("cpu"))
     sharded.save_sharded(

@@ -12,11 +12,11 @@ from safetensors.torch import save_file
 
 from openseer.api import PretrainedModel
 from openseer.cli import main as cli_main
-from openseer.interop import load_weights
-from openseer.interop.timm_weights import to_timm
+from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.regnet import REGNETY
-from openseer.testing import randomize_batchnorm
-from openseer.train.checkpoint import CheckpointError
+from openseer.testing import assert_same_features, randomize_batchnorm
+from openseer.weights import load_weights
+from openseer.weights.timm_weights import to_timm
 
 
 def images(n: int = 1, size: int = 64) -> torch.Tensor:
@@ -36,7 +36,7 @@ def regnety_320(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"model": model, "folder": folder, "x": x, "features": features}
 
 
-def test_timm_regnety_320_imports_with_identical_weights_and_features(regnety_320: dict) -> None:
+def test_timm_regnety_320_imports_with_identical_weights_and_same_features(regnety_320: dict) -> None:
     folder = regnety_320["folder"]
     assert (
         cli_main(["import-weights", str(folder / "model.safetensors"), str(folder / "seer.safetensors")]) == 0
@@ -49,7 +49,7 @@ def test_timm_regnety_320_imports_with_identical_weights_and_features(regnety_32
     del original
     with torch.no_grad():
         features = weights.build_backbone()(regnety_320["x"])
-    torch.testing.assert_close(features, regnety_320["features"], rtol=0, atol=0)
+    assert_same_features(features, regnety_320["features"])
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_timm_classifier_becomes_openseer_classifier(tmp_path: Path) -> None:
     x = torch.rand(2, 3, 40, 40)
     top = pretrained.predict(x, topk=4)
     with torch.no_grad():
-        expected = model(torch.stack([pretrained.transform(img) for img in x])).softmax(dim=1)
+        expected = model(torch.stack([pretrained.preprocess.image(img) for img in x])).softmax(dim=1)
     for row, probs in zip(top, expected, strict=True):
         assert [label for label, _ in row] == [
             ["a", "b", "c", "d"][i] for i in probs.argsort(descending=True)
@@ -88,7 +88,7 @@ def test_timm_training_checkpoint_and_resnet(tmp_path: Path) -> None:
     assert weights.config.model.arch == "resnet18"
     x = images(2)
     with torch.no_grad():
-        torch.testing.assert_close(weights.build_backbone()(x), model(x), rtol=0, atol=0)
+        assert_same_features(weights.build_backbone()(x), model(x))
 
 
 def test_unrecognised_files_ask_for_a_format(tmp_path: Path) -> None:

@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from openseer.cli import main as cli_main
-from openseer.interop import load_weights
-from openseer.interop.vissl import to_vissl_checkpoint
+from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.backbone import build_backbone
 from openseer.models.head import SwAVHead
-from openseer.testing import randomize_batchnorm
-from openseer.train.checkpoint import CheckpointError
+from openseer.testing import assert_same_features, randomize_batchnorm
+from openseer.weights import load_weights
+from openseer.weights.vissl import to_vissl_checkpoint
 
 
 def images(n: int = 1, size: int = 64) -> torch.Tensor:
@@ -46,7 +46,7 @@ def seer32(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"backbone": backbone, "head": head, "src": src, "folder": folder, "x": x, **expected}
 
 
-def test_seer32gf_vissl_checkpoint_imports_with_identical_weights_and_features(
+def test_seer32gf_vissl_checkpoint_imports_with_identical_weights_and_same_features(
     seer32: dict, capsys: pytest.CaptureFixture
 ) -> None:
     dst = seer32["folder"] / "seer32.safetensors"
@@ -67,8 +67,8 @@ def test_seer32gf_vissl_checkpoint_imports_with_identical_weights_and_features(
     with torch.no_grad():
         features = model.backbone(seer32["x"])
         z, _ = model.head(features)
-    torch.testing.assert_close(features, seer32["features"], rtol=0, atol=0)
-    torch.testing.assert_close(z, seer32["z"], rtol=0, atol=0)
+    assert_same_features(features, seer32["features"])
+    assert_same_features(z, seer32["z"])
 
 
 def test_seer32gf_import_refuses_the_wrong_architecture(seer32: dict) -> None:
@@ -186,7 +186,7 @@ def _roundtrip(state: dict, tmp_path: Path, **kwargs: object):  # noqa: ANN202
 def _same_backbone(weights, backbone: nn.Module) -> None:  # noqa: ANN001
     x = images(2)
     with torch.no_grad():
-        torch.testing.assert_close(weights.build_backbone()(x), backbone(x), rtol=0, atol=0)
+        assert_same_features(weights.build_backbone()(x), backbone(x))
 
 
 def test_regnet_fsdp_layout_with_block_groups(small: dict, tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
+from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint
 from openseer.testing import tiny_overrides
-from openseer.train.checkpoint import latest_checkpoint, load_checkpoint
 
 STEPS = 12  # 36 training images, batch 8: 4 steps per epoch, 3 epochs
 
@@ -45,11 +45,11 @@ def _command(source: Path, out: Path, *extra: str) -> list[str]:
         swav__queue_start_epoch=1.0,
         run__seed=7,
         run__threads=1,
-        run__knn_at_end=False,
+        run__evaluate=False,
         run__checkpoint_every=1,
         run__keep_checkpoints=2,
     )
-    return [sys.executable, "-m", "openseer", "pretrain", "--no-eval", *extra, *args]
+    return [sys.executable, "-m", "openseer", "pretrain", *extra, *args]
 
 
 def _logged_steps(run: Path) -> int:

@@ -87,3 +87,26 @@ def test_metrics_writer_appends_json_lines(tmp_path):
         20,
         30,
     ]
+
+
+def test_budgeted_progress_bar_runs_over_the_time_budget(capsys) -> None:
+    from openseer.train.monitor import ProgressBar
+
+    bar = ProgressBar(total_steps=10_000, step=0, budget_s=300.0, seconds=60.0)  # resumed after a minute
+    bar.update(step=5, seconds=90.0, loss=4.2, imgs_per_s=250.0, lr=0.1)
+    assert bar._bar.total == 300.0 and bar._bar.n == 90.0
+    bar.update(step=6, seconds=400.0, loss=4.1, imgs_per_s=250.0, lr=0.1)  # the last step overshoots
+    assert bar._bar.n == 300.0
+    bar.close()
+    shown = capsys.readouterr().err
+    assert "300/300 s" in shown and "img_s=250" in shown and "loss=4.100" in shown
+
+
+def test_epoch_progress_bar_counts_steps(capsys) -> None:
+    from openseer.train.monitor import ProgressBar
+
+    bar = ProgressBar(total_steps=40, step=10, budget_s=None)
+    bar.update(step=11, seconds=1.0, loss=3.0, imgs_per_s=100.0, lr=0.5)
+    assert bar._bar.total == 40 and bar._bar.n == 11
+    bar.close()
+    assert "11/40" in capsys.readouterr().err

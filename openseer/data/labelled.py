@@ -1,5 +1,8 @@
-"""Labelled and unlabelled image sets for evaluation: one spec string (``builtin``, ``builtin:test``, an
-ImageFolder tree, a CSV of ``path,label``, a folder or list of images) -> an :class:`EvalData`."""
+"""Labelled and unlabelled image sets, for pretraining's held-out split and for every evaluation command.
+
+One spec string (``builtin``, ``builtin:test``, an ImageFolder tree, a CSV of ``path,label``, a folder or list of
+images) -> an :class:`EvalData`; :func:`train_test_data` splits a labelled set the way pretraining holds out.
+"""
 
 from __future__ import annotations
 
@@ -15,26 +18,11 @@ import torch
 from openseer.config import ConfigError
 from openseer.data.builtin import load_builtin
 from openseer.data.cache import cache_key
-from openseer.data.folders import DataError, LabelledImages, list_images, split_per_class
+from openseer.data.folders import DataError, LabelledImages, has_class_folders, list_images, split_per_class
 from openseer.data.images import BadImageError, SkipLog, load_rgb
 
 # Bump when the way features are computed changes, so stale cache entries are not reused.
-FORMAT_VERSION = 1
-
-
-@dataclass
-class SplitConfig:
-    """What every scoring command reads first: the checkpoint, and the labelled data split into train and test."""
-
-    checkpoint: str = ""
-    """A pretraining checkpoint (ckpt-*.pt) or run folder."""
-    train: str = "builtin"
-    """Labelled training set: builtin, an ImageFolder tree or a CSV of path,label."""
-    test: str | None = None
-    """Labelled test set; none: builtin's test split, or `holdout` of each class of `train`."""
-    holdout: float | None = None
-    split_seed: int | None = None
-    """The train/test split when `test` is not given; null: the checkpoint's data.holdout and run.seed."""
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -113,12 +101,6 @@ def _csv_has_labels(path: Path) -> bool:
     return "label" in {name.strip().lower() for name in header}
 
 
-def _has_class_folders(root: Path, paths: Sequence[Path]) -> bool:
-    """Every image sits directly in one of at least two sub-folders (the ImageFolder layout)."""
-    depths = [len(p.relative_to(root).parts) for p in paths]
-    return all(d == 2 for d in depths) and len({p.relative_to(root).parts[0] for p in paths}) >= 2
-
-
 def load_data(
     spec: str, split: Literal["train", "test"] = "train", labels: Literal["auto", "required", "none"] = "auto"
 ) -> EvalData:
@@ -142,7 +124,7 @@ def load_data(
         if path.is_file() and path.suffix.lower() == ".csv" and _csv_has_labels(path):
             d = LabelledImages.from_csv(path)
             return EvalData(str(path), d.targets, d.classes, paths=d.paths)
-        if path.is_dir() and (labels == "required" or _has_class_folders(path, list_images(path))):
+        if path.is_dir() and (labels == "required" or has_class_folders(path, list_images(path))):
             d = LabelledImages.from_folder(path)
             if not d.paths:
                 raise DataError(f"no images found in the class folders under {path}")

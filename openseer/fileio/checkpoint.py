@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from openseer.fileio.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +35,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:  # noqa: ANN001 - a callable taking a binary file
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def checkpoint_path(folder: Path, step: int) -> Path:
     return folder / f"ckpt-{step:08d}.pt"
 
@@ -56,9 +43,9 @@ def save_checkpoint(state: dict[str, Any], folder: Path, step: int, keep: int = 
     """Write ``state`` as ``folder/ckpt-<step>.pt`` (+ checksum) and delete all but the newest ``keep``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, step)
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
     digest = _sha256(path)
-    _atomic_write(path.with_suffix(".sha256"), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+    atomic_write(path.with_suffix(".sha256"), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
     for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
         old.with_suffix(".sha256").unlink(missing_ok=True)
@@ -102,3 +89,22 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             f"cannot load checkpoint {path}: {err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             " (files carrying arbitrary pickled objects are refused on purpose)"
         ) from err
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or for a run folder / checkpoints folder its newest valid checkpoint."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for folder in (path / "checkpoints", path):
+            found = latest_checkpoint(folder)
+            if found is not None:
+                return found
+        raise CheckpointError(f"no valid checkpoint under {path}")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint does not exist: {path}")
+    return path
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (``RUN/checkpoints/ckpt-*.pt`` -> ``RUN``)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent

@@ -1,5 +1,5 @@
 """Weights files: openseer run folders, checkpoints and safetensors, classifier checkpoints, and (through
-``openseer.interop.vissl`` / ``timm_weights``) foreign checkpoints, read into :class:`~openseer.interop.Weights`;
+``openseer.weights.vissl`` / ``timm_weights``) foreign checkpoints, read into :class:`~openseer.weights.Weights`;
 :func:`save_weights` writes one back as safetensors plus its config YAML."""
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ from typing import Any
 import torch
 
 from openseer.config import from_dict, to_dict
-from openseer.interop import (
+from openseer.fileio.atomic import atomic_path
+from openseer.fileio.checkpoint import CheckpointError, latest_checkpoint, resolve_checkpoint, save_checkpoint
+from openseer.models import build_model
+from openseer.train.config import PretrainConfig
+from openseer.train.sharded_checkpoint import latest_sharded, list_sharded
+from openseer.weights.core import (
     PARTS,
     Format,
     Weights,
@@ -23,8 +28,6 @@ from openseer.interop import (
     expected_dim,
     expected_shapes,
 )
-from openseer.train.checkpoint import CheckpointError
-from openseer.train.config import PretrainConfig
 
 _MAGIC = "openseer-weights"  # safetensors metadata key marking a file written by save_weights
 
@@ -82,7 +85,8 @@ def save_weights(weights: Weights, path: str | Path) -> tuple[Path, Path]:
         metadata["classes"] = json.dumps(weights.classes)
     # safetensors wants dense, unshared storage; memory-mapped or view tensors are copied only if needed
     tensors = {k: v.detach().contiguous() for k, v in weights.state_dict().items()}
-    save_file(tensors, str(path), metadata=metadata)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     yaml_path = path.with_suffix(".yaml")
     dump_yaml(weights.config, yaml_path)
     return path, yaml_path
@@ -145,19 +149,14 @@ def _openseer_checkpoint(state: dict[str, Any], source: str) -> Weights:
 def _sharded_checkpoint(folder: Path) -> Path | None:
     """The newest complete ``dcp-<step>`` folder of an FSDP run (see openseer/train/sharded_checkpoint.py),
     when ``folder`` is one, or a run / checkpoints folder holding only those."""
-    from openseer.train.checkpoint import latest_checkpoint
-
-    def complete(p: Path) -> bool:
-        return p.name.startswith("dcp-") and (p / "meta.json").is_file() and (p / ".metadata").is_file()
-
-    if complete(folder):
+    if folder.name.startswith("dcp-") and folder in list_sharded(folder.parent):
         return folder
     for where in (folder / "checkpoints", folder):
         if latest_checkpoint(where) is not None:
             return None  # a run with ordinary checkpoints
-        found = sorted(p for p in where.glob("dcp-*") if complete(p)) if where.is_dir() else []
-        if found:
-            return found[-1]
+        found = latest_sharded(where)
+        if found is not None:
+            return found
     return None
 
 
@@ -168,10 +167,8 @@ def _read_sharded(path: Path, source: str) -> Weights:
     """
     import torch.distributed.checkpoint as dcp
 
-    from openseer.train.pretrain import build_model  # the loop module imports this package's siblings
-
     config = from_dict(PretrainConfig, json.loads((path / "meta.json").read_text())["config"])
-    state = build_model(config).state_dict()  # the targets DCP fills in place
+    state = build_model(config.model).state_dict()  # the targets DCP fills in place
     try:
         with warnings.catch_warnings():  # DCP warns that it reads in one process: that is the point here
             warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
@@ -181,7 +178,42 @@ def _read_sharded(path: Path, source: str) -> Weights:
     return _from_openseer(config, {k: v for k, v in state.items()}, None, f"{source} ({path.name})")
 
 
-CLASSIFIER_KIND = "openseer-classifier"  # the "kind" of openseer/eval/predict.py's classifier checkpoints
+CLASSIFIER_KIND = "openseer-classifier"  # the "kind" of a classifier checkpoint (write_classifier)
+
+
+def is_classifier_state(state: dict[str, Any]) -> bool:
+    return state.get("kind") == CLASSIFIER_KIND
+
+
+def write_classifier(
+    folder: Path,
+    step: int,
+    *,
+    model_state: dict[str, torch.Tensor],
+    classes: list[str],
+    resize: str,
+    head_bn: bool,
+    pretrain_config: PretrainConfig,
+    protocol: str,
+    source: str,
+    extra: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """A classifier checkpoint, ``folder/ckpt-<step>.pt``: an ordinary openseer checkpoint (atomic, checksummed)
+    whose ``model`` holds ``backbone.*`` and ``head.*`` ((BatchNorm1d or Identity, Linear)), with the class names,
+    the resize mode and the pretraining config; ``extra`` carries training state (optimiser, step...)."""
+    state = {
+        "kind": CLASSIFIER_KIND,
+        "protocol": protocol,
+        "classes": list(classes),
+        "resize": resize,
+        "head_bn": head_bn,
+        "pretrain_config": to_dict(pretrain_config),
+        "source": source,
+        "model": model_state,
+        **(extra or {}),
+    }
+    return save_checkpoint(state, folder, step, keep=keep)
 
 
 def fold_batchnorm(head: dict[str, torch.Tensor], eps: float = 1e-5) -> dict[str, torch.Tensor]:
@@ -230,8 +262,7 @@ def load_weights(
     imported classifier; ``skip_unknown`` imports despite keys that have no place in openseer's model (they are
     logged and recorded in ``Weights.notes``; otherwise they are an error).
     """
-    from openseer.interop import timm_weights, vissl
-    from openseer.models.pretrained import resolve_checkpoint
+    from openseer.weights import timm_weights, vissl
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -255,7 +286,7 @@ def load_weights(
         state = read_torch_file(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{source} holds a {type(state).__name__}, not a dict of tensors")
-    if fmt in ("auto", "openseer") and state.get("kind") == CLASSIFIER_KIND:
+    if fmt in ("auto", "openseer") and is_classifier_state(state):
         return _classifier_checkpoint(state, source)
     if fmt in ("auto", "openseer") and "config" in state and "model" in state:
         return _openseer_checkpoint(state, source)

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from openseer.interop import Weights, finish_import, report_unknown
-from openseer.train.checkpoint import CheckpointError
+from openseer.fileio.checkpoint import CheckpointError
+from openseer.weights.core import Weights, finish_import, report_unknown
 
 Tensors = dict[str, torch.Tensor]
 
@@ -154,7 +154,7 @@ def import_vissl(
     skip_unknown: bool = False,
     source: str = "VISSL checkpoint",
 ) -> Weights:
-    """A VISSL/ClassyVision checkpoint (already loaded) as openseer :class:`~openseer.interop.Weights`."""
+    """A VISSL/ClassyVision checkpoint (already loaded) as openseer :class:`~openseer.weights.Weights`."""
     trunk, heads = split_trunk_heads(state)
     if not trunk:
         raise CheckpointError(

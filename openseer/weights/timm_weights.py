@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from openseer.interop import Weights, finish_import, report_unknown
-from openseer.train.checkpoint import CheckpointError
+from openseer.fileio.checkpoint import CheckpointError
+from openseer.weights.core import Weights, finish_import, report_unknown
 
 Tensors = dict[str, torch.Tensor]
 
@@ -58,7 +58,7 @@ def import_timm(
     skip_unknown: bool = False,
     source: str = "timm state dict",
 ) -> Weights:
-    """A timm state dict (already loaded) as openseer :class:`~openseer.interop.Weights`."""
+    """A timm state dict (already loaded) as openseer :class:`~openseer.weights.Weights`."""
     backbone, classifier, other = from_timm(state)
     if not backbone:
         raise CheckpointError(f"{source}: no tensors found")

@@ -6,8 +6,8 @@ import logging
 import pytest
 import torch
 
-from openseer.train import checkpoint as ckpt
-from openseer.train.checkpoint import (
+from openseer.fileio import checkpoint as ckpt
+from openseer.fileio.checkpoint import (
     CheckpointError,
     checkpoint_path,
     latest_checkpoint,
@@ -91,7 +91,7 @@ def test_truncated_newest_falls_back_to_previous(tmp_path, caplog):
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])  # e.g. the node died while the file system flushed
     assert not verify(newest)
-    with caplog.at_level(logging.WARNING, logger="openseer.train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="openseer.fileio.checkpoint"):
         found = latest_checkpoint(tmp_path)
     assert found == checkpoint_path(tmp_path, 1)
     assert load_checkpoint(found)["step"] == 1

@@ -1,0 +1,33 @@
+"""The typed configuration of a SwAV model (backbone and head): ``model.*`` in every config and weights file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from openseer.config import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"
+    """A RegNetY size (regnety_200mf ... regnety_256gf, regnety_10b) or resnet50; see `openseer.models`."""
+    stem: Literal["imagenet", "small"] = "imagenet"
+    """'small': a stride-1 3x3 stem for inputs of 64 px or less."""
+    head_hidden: list[int] = field(default_factory=lambda: [2048])
+    head_bn: bool = True
+    out_dim: int = 128
+    prototypes: int = 3000
+    channels_last: bool = True
+
+    def validate(self) -> None:
+        from openseer.models.backbone import ARCHS  # imports timm: only once a config is being checked
+
+        if self.arch not in ARCHS:
+            raise ConfigError(
+                f"config key 'model.arch': got {self.arch!r}, expected one of {', '.join(ARCHS)}"
+            )
+        if self.prototypes < 2:
+            raise ConfigError(f"config key 'model.prototypes': got {self.prototypes}, expected >= 2")
+        if self.out_dim < 1 or any(h < 1 for h in self.head_hidden):
+            raise ConfigError("config keys 'model.out_dim' and 'model.head_hidden' must be positive")
