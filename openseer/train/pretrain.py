@@ -22,7 +22,7 @@ from openseer.data.images import SkipLog
 from openseer.data.multicrop import n_crops
 from openseer.data.shards import ShardBatches
 from openseer.models import SwAVHead, SwAVModel, build_backbone, feature_dim
-from openseer.optim import LARS, cosine_schedule, param_groups
+from openseer.optim import LARS, cosine_schedule, param_groups, warmup_length
 from openseer.swav import EmbeddingQueue, cluster_health, swav_objective
 from openseer.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from openseer.train.config import PretrainConfig
@@ -188,19 +188,17 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     forward = torch.compile(train_model) if cfg.run.compile else train_model
 
     # ============ optimiser, schedule, queue ============
-    groups = param_groups(model, cfg.optim.weight_decay)
+    groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
     if cfg.optim.name == "lars":
         optimizer = LARS(groups, momentum=cfg.optim.momentum, trust_coefficient=cfg.optim.trust_coefficient)
     else:
         optimizer = torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum)
     lr_scale = global_batch / 256
 
-    def warmup_for(total: int) -> int:
-        if cfg.optim.warmup_fraction is not None:
-            return round(cfg.optim.warmup_fraction * total)
-        if cfg.optim.warmup_steps is not None:
-            return cfg.optim.warmup_steps
-        return round(cfg.optim.warmup_epochs * steps_per_epoch)
+    def warmup_for(total: int) -> int:  # on the schedule's scale: steps, or cells of a time budget
+        o = cfg.optim
+        planned = max(1, round(o.epochs * steps_per_epoch))
+        return warmup_length(total, planned, o.warmup_fraction, o.warmup_steps, o.warmup_epochs, steps_per_epoch)
 
     def make_schedule(total: int) -> torch.Tensor:
         return cosine_schedule(
