@@ -44,6 +44,7 @@ REGNETY: dict[str, RegNetYParams] = {
     "regnety_800mf": RegNetYParams(depth=14, w0=56, wa=38.84, wm=2.4, group_width=16),
     "regnety_1.6gf": RegNetYParams(depth=27, w0=48, wa=20.71, wm=2.65, group_width=24),
     "regnety_3.2gf": RegNetYParams(depth=21, w0=80, wa=42.63, wm=2.66, group_width=24),
+    "regnety_8gf": RegNetYParams(depth=17, w0=192, wa=76.82, wm=2.19, group_width=56),
     "regnety_16gf": RegNetYParams(depth=18, w0=200, wa=106.23, wm=2.48, group_width=112),
     "regnety_32gf": RegNetYParams(depth=20, w0=232, wa=115.89, wm=2.53, group_width=232),
     "regnety_64gf": RegNetYParams(depth=20, w0=352, wa=147.48, wm=2.4, group_width=328),

@@ -180,7 +180,8 @@ class ParallelConfig:
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
     sync_bn: bool = False
-    """BatchNorm statistics over the batch of a group of processes (SEER: groups of 64 GPUs). CUDA only."""
+    """BatchNorm statistics over the batch of a group of processes (SEER: groups of 64 GPUs). Several processes:
+    CUDA only; a single process keeps plain BatchNorm (there is nothing to synchronise)."""
     sync_bn_group: int | None = None
     """Processes per SyncBatchNorm group (consecutive ranks; must divide the world size, and is capped at it);
     null: all. swav and VISSL's SwAV: 8 (one node), SEER RG-256GF: 64, SEER 10B: 8."""

@@ -168,13 +168,15 @@ def parallelize(
         return model
     if cfg.activation_checkpointing:
         checkpoint_stages(model.backbone)
-    if cfg.sync_bn:
+    if cfg.sync_bn and distributed.world_size() > 1:
         if device.type != "cuda":
             # torch's SyncBatchNorm only has CUDA kernels ("SyncBatchNorm expected input tensor to be on GPU")
             raise ConfigError(
                 "config key 'parallel.sync_bn': SyncBatchNorm needs CUDA devices in torch; set it false"
             )
         convert_sync_bn(model, cfg.sync_bn_group)
+    elif cfg.sync_bn:  # one process: there is nothing to synchronise, so the GPU presets also run on a CPU
+        log.info("parallel.sync_bn: a single process keeps plain BatchNorm")
     if not distributed.is_enabled():
         return model
     if cfg.strategy == "fsdp":
