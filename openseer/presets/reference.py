@@ -485,7 +485,7 @@ REFERENCES: tuple[Reference, ...] = (
             Row("epochs", 1, f"{VISSL_10B}:76"),
             Row("weight_decay", 1e-5, f"{VISSL_10B}:75"),
             Row("momentum", 0.9, f"{VISSL_SWAV}:86 (inherited)"),
-            Row("lars_trust", 0.001, f"{VISSL_SWAV}:83 (inherited); {VISSL_10B}:73"),
+            Row("lars_trust", 0.001, f"{VISSL_SWAV}:83 (inherited; LARC on: {VISSL_10B}:73)"),
             Row("lars_clip", False, f"{VISSL_SWAV}:82 (inherited)"),
             Row("lars_eps", 1e-8, f"{VISSL_SWAV}:84 (inherited)"),
             Row(
