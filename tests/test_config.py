@@ -42,7 +42,8 @@ def test_swav_rn50_preset():
     cfg = load_config(PretrainConfig, ["swav-rn50"])
     assert cfg.model.arch == "resnet50" and cfg.model.prototypes == 3000
     assert cfg.model.head_hidden == [2048] and cfg.model.head_bn and cfg.model.out_dim == 128
-    assert cfg.swav.queue_length == 3840 and cfg.swav.queue_start_epoch == 15
+    # no queue at 64 GPUs x 64 (swav_400ep_pretrain.sh); main_swav.py would round 3,840 down to 0 anyway
+    assert cfg.swav.queue_length == 0 and cfg.swav.local_queue_length(64, 64) == 0
     assert cfg.swav.sinkhorn_iters == 3 and cfg.swav.freeze_prototypes_iters == 313
     assert cfg.crops == [CropSpec(224, 2, (0.14, 1.0)), CropSpec(96, 6, (0.05, 0.14))]
     assert cfg.optim.epochs == 400 and cfg.optim.warmup_epochs == 10 and cfg.optim.weight_decay == 1e-6

@@ -5,16 +5,29 @@ from __future__ import annotations
 import torch
 
 from openseer.fileio.checkpoint import CheckpointError
-from openseer.models.backbone import build_backbone, feature_dim
+from openseer.models.backbone import build_backbone, feature_dim, init_backbone_
 from openseer.models.config import ModelConfig
 from openseer.models.head import SwAVHead, SwAVModel
 
 
 def build_model(cfg: ModelConfig) -> SwAVModel:
-    """Backbone and SwAV head (projection MLP and prototypes), freshly initialised from torch's global RNG."""
-    backbone = build_backbone(cfg.arch, stem=cfg.stem)
+    """Backbone and SwAV head (projection MLP and prototypes), freshly initialised from torch's global RNG as
+    ``cfg`` asks, on the current default device (inside ``torch.device('meta')`` nothing is allocated: see
+    :func:`init_model_`)."""
+    backbone = build_backbone(cfg.arch, stem=cfg.stem, zero_init_last_bn=cfg.zero_init_last_bn)
     head = SwAVHead(feature_dim(backbone), cfg.head_hidden, cfg.out_dim, cfg.prototypes, cfg.head_bn)
     return SwAVModel(backbone, head)
+
+
+@torch.no_grad()
+def init_model_(model: SwAVModel, zero_init_last_bn: bool) -> None:
+    """Draw every parameter and buffer of ``model`` again, in place, as :func:`build_model` does.
+
+    For a model built on the meta device and given storage with ``to_empty`` (whole, or as FSDP2 shards: each
+    process then fills only its own shards).
+    """
+    init_backbone_(model.backbone, zero_init_last_bn)
+    model.head.reset_parameters()
 
 
 def random_model(cfg: ModelConfig, seed: int) -> SwAVModel:

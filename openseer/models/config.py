@@ -19,6 +19,10 @@ class ModelConfig:
     out_dim: int = 128
     prototypes: int = 3000
     channels_last: bool = True
+    zero_init_last_bn: bool = False
+    """Start each residual block's last BatchNorm scale at 0, so every block begins as the identity (timm's
+    default, Goyal et al. 2017). The references do not: swav's ResNet-50 (``zero_init_residual=False``) and
+    VISSL's RegNet (BatchNorm weights 1, biases 0)."""
 
     def validate(self) -> None:
         from openseer.models.backbone import ARCHS  # imports timm: only once a config is being checked

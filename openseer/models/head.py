@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@contextlib.contextmanager
+def _autocast_off(device_type: str) -> Iterator[None]:
+    """Autocast disabled for ``device_type`` (nothing to do on devices autocast does not know, e.g. meta)."""
+    try:
+        context = torch.autocast(device_type=device_type, enabled=False)
+    except RuntimeError:
+        context = contextlib.nullcontext()
+    with context:
+        yield
 
 
 class SwAVHead(nn.Module):
@@ -40,10 +52,29 @@ class SwAVHead(nn.Module):
         w = self.prototypes.weight
         w.copy_(F.normalize(w, dim=1, p=2))
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw every weight again as at construction (torch's Linear/BatchNorm defaults, unit prototypes).
+
+        Used to materialise a head built on the meta device; works on sharded (DTensor) parameters too.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.BatchNorm1d):
+                module.reset_parameters()
+        self.normalize_prototypes()
+
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (N, in_dim) -> embeddings z (N, out_dim) with ||z||=1, scores (N, K) = z C^T."""
-        z = F.normalize(self.projection(features), dim=1, p=2)
-        return z, self.prototypes(z)
+        """features (N, in_dim) -> embeddings z (N, out_dim) float32 with ||z||=1, scores (N, K) = z C^T float32.
+
+        The projection MLP follows the caller's autocast; the normalisation and the prototype scores do not.
+        The codes are computed from exp(scores / epsilon): in bfloat16 (8 significant bits) a score near 1 is
+        off by up to 2^-9, which moves scores / epsilon by up to 0.04 at epsilon 0.05 (0.07 at 0.03) and skews
+        the codes. VISSL's SwAV head keeps its prototypes in float32 for the same reason.
+        """
+        h = self.projection(features)
+        with _autocast_off(h.device.type):
+            z = F.normalize(h.float(), dim=1, p=2)
+            return z, self.prototypes(z)
 
 
 class SwAVModel(nn.Module):

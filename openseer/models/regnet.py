@@ -44,6 +44,7 @@ REGNETY: dict[str, RegNetYParams] = {
     "regnety_800mf": RegNetYParams(depth=14, w0=56, wa=38.84, wm=2.4, group_width=16),
     "regnety_1.6gf": RegNetYParams(depth=27, w0=48, wa=20.71, wm=2.65, group_width=24),
     "regnety_3.2gf": RegNetYParams(depth=21, w0=80, wa=42.63, wm=2.66, group_width=24),
+    "regnety_8gf": RegNetYParams(depth=17, w0=192, wa=76.82, wm=2.19, group_width=56),
     "regnety_16gf": RegNetYParams(depth=18, w0=200, wa=106.23, wm=2.48, group_width=112),
     "regnety_32gf": RegNetYParams(depth=20, w0=232, wa=115.89, wm=2.53, group_width=232),
     "regnety_64gf": RegNetYParams(depth=20, w0=352, wa=147.48, wm=2.4, group_width=328),
@@ -61,7 +62,7 @@ SEER_TRUNK_PARAMS = {
 }
 
 
-def build_regnety(name: str, stem: str = "imagenet") -> RegNet:
+def build_regnety(name: str, stem: str = "imagenet", zero_init_last_bn: bool = True) -> RegNet:
     """A RegNetY trunk with global average pooling and no classifier: ``forward(x (B,3,H,W)) -> (B, D)``.
 
     ``stem='small'`` is for images of 64 px or less: the first stage keeps the stem's resolution (total stride
@@ -70,10 +71,14 @@ def build_regnety(name: str, stem: str = "imagenet") -> RegNet:
     for every image. Dropping the first stage's stride rather than the stem's (the CIFAR-ResNet habit) gives
     the same stage resolutions and skips the 1x1 convolution and BatchNorms at full input resolution: 1.35x
     faster to train here on 32-px crops (measured with RegNetY-200MF, batch 256, 2x32+2x16 crops).
+
+    ``zero_init_last_bn``: timm zero-initialises the scale of each block's last BatchNorm (the default here);
+    VISSL's RegNet, which trained SEER, starts every BatchNorm scale at 1 (``init_weights`` in
+    vissl/models/trunks/regnet_fsdp.py).
     """
     if name not in REGNETY:
         raise ValueError(f"unknown RegNetY size '{name}' (available: {', '.join(REGNETY)})")
-    model = RegNet(REGNETY[name].to_timm(), num_classes=0)
+    model = RegNet(REGNETY[name].to_timm(), num_classes=0, zero_init_last=zero_init_last_bn)
     if stem == "small":
         first = model.s1.b1  # the stride of a RegNet stage sits in its first block's 3x3 conv and shortcut
         first.conv2.conv.stride = (1, 1)

@@ -1,11 +1,15 @@
 """LARS (You et al. 2017) as SwAV/SEER used it: SGD with momentum whose per-tensor step is rescaled by a trust
 ratio. torch ships no LARS, and apex's LARC (the reference's) needs a CUDA build, so it is written here.
 
-Follows apex LARC with ``clip=False`` (swav main_swav.py): for each adapted tensor p with gradient g,
+Follows apex LARC with ``clip=False`` as swav main_swav.py wraps it around ``SGD(model.parameters())``: for
+each adapted tensor p with gradient g,
     local_lr = trust * ||p|| / (||g|| + wd * ||p|| + eps)
     g <- (g + wd * p) * local_lr
-then a plain SGD momentum update with the global lr. Tensors in groups with ``lars_exclude`` (biases and
-normalisation weights, as in SEER/VISSL) are neither adapted nor decayed.
+then a plain SGD momentum update with the global lr. In the references every tensor is adapted and decayed,
+biases and normalisation weights included (swav: one SGD group over all parameters; VISSL's SwAV and SEER
+configs: ``regularize_bn: True``, ``regularize_bias: True``, LARC over every group). :func:`param_groups` does
+the same unless asked to exclude 1-D tensors, an option (``optim.exclude_bias_and_norm``) that the short CPU
+recipe was tuned with: tensors in a group with ``lars_exclude`` are then neither adapted nor decayed.
 """
 
 from __future__ import annotations
@@ -76,13 +80,17 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights (decayed, LARS-adapted) and 1-D tensors = biases and norm scales (neither)."""
-    decay, plain = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (plain if p.ndim <= 1 else decay).append(p)
+def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = False) -> list[dict]:
+    """Optimiser groups over the trainable parameters of ``model``.
+
+    ``exclude_bias_and_norm=False`` (the references): one group, every tensor LARS-adapted and decayed.
+    ``True``: two groups, weights (decayed, adapted) and 1-D tensors = biases and norm scales (neither).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not exclude_bias_and_norm:
+        return [{"params": params, "weight_decay": weight_decay, "lars_exclude": False}]
+    decay = [p for p in params if p.ndim > 1]
+    plain = [p for p in params if p.ndim <= 1]
     return [
         {"params": decay, "weight_decay": weight_decay, "lars_exclude": False},
         {"params": plain, "weight_decay": 0.0, "lars_exclude": True},

@@ -52,6 +52,16 @@ class SwAVConfig:
     queue_start_epoch: float = 15.0
     freeze_prototypes_iters: int = 313
 
+    def local_queue_length(self, batch_size: int, world_size: int) -> int:
+        """Queue rows per process, as swav main_swav.py sizes them: ``queue_length`` is first rounded down to
+        a multiple of the global batch (``batch_size * world_size``), then split over the processes, so each
+        process holds a whole number of its own batches (0 when the queue is shorter than one global batch).
+        """
+        if batch_size < 1 or world_size < 1:
+            raise ValueError("batch_size and world_size must be >= 1")
+        global_batch = batch_size * world_size
+        return (self.queue_length - self.queue_length % global_batch) // world_size
+
     def validate(self) -> None:
         if self.temperature <= 0 or self.epsilon <= 0:
             raise ConfigError("config keys 'swav.temperature' and 'swav.epsilon' must be > 0")
@@ -78,14 +88,27 @@ class OptimConfig:
     warmup_fraction: float | None = None
     """Overrides both when set: warm-up as a fraction of all steps (suits run.budget_minutes)."""
     weight_decay: float = 1e-6
+    """L2 weight decay, folded into the LARS step (of every tensor unless optim.exclude_bias_and_norm)."""
     momentum: float = 0.9
     trust_coefficient: float = 0.001
+    exclude_bias_and_norm: bool = False
+    """Leave biases and normalisation weights (all 1-D tensors) out of LARS adaptation and weight decay. The
+    references adapt and decay every tensor (swav: LARC over SGD on all parameters; VISSL: regularize_bn and
+    regularize_bias true), so false is the faithful setting."""
 
     def validate(self) -> None:
         if self.batch_size < 2:
             raise ConfigError(f"config key 'optim.batch_size': got {self.batch_size}, expected >= 2")
         if self.epochs <= 0:
             raise ConfigError(f"config key 'optim.epochs': got {self.epochs}, expected > 0")
+        if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(
+                f"config key 'optim.warmup_fraction': got {self.warmup_fraction}, expected a fraction in [0, 1)"
+            )
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"config key 'optim.warmup_steps': got {self.warmup_steps}, expected >= 0")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"config key 'optim.warmup_epochs': got {self.warmup_epochs}, expected >= 0")
 
 
 @dataclass
@@ -131,9 +154,11 @@ class ParallelConfig:
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
     sync_bn: bool = False
-    """BatchNorm statistics over the batch of a group of processes (SEER: groups of 64 GPUs). CUDA only."""
+    """BatchNorm statistics over the batch of a group of processes (SEER: groups of 64 GPUs). Several processes:
+    CUDA only; a single process keeps plain BatchNorm (there is nothing to synchronise)."""
     sync_bn_group: int | None = None
-    """Processes per SyncBatchNorm group (consecutive ranks; must divide the world size); null: all."""
+    """Processes per SyncBatchNorm group (consecutive ranks; must divide the world size, and is capped at it);
+    null: all. swav and VISSL's SwAV: 8 (one node), SEER RG-256GF: 64, SEER 10B: 8."""
     activation_checkpointing: bool = False
     """Recompute each backbone stage in the backward pass instead of storing its activations."""
 

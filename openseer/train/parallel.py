@@ -6,9 +6,14 @@ through; the model passed in stays the handle for everything else (optimiser, pr
 * ``ddp``: a ``DistributedDataParallel`` wrapper around the model (the model itself when alone).
 * ``fsdp``: the model itself, sharded in place with ``fully_shard``: one unit per RegNet block (the unit of
   all-gather and of freeing memory), one for the projection MLP, one for the prototypes (so that scoring the
-  queue with ``model.head.prototypes(z)`` all-gathers them), and the root for the stem. Its parameters are then
-  ``DTensor`` shards. With one process there is nothing to shard and the model is returned unchanged; its
-  checkpoints are still written with ``torch.distributed.checkpoint``.
+  queue with ``model.head.prototypes(z)`` all-gathers them; gathered in float32 whatever the precision, as
+  VISSL keeps them), and the root for the stem. Its parameters are then ``DTensor`` shards. With one process
+  there is nothing to shard and the model is returned unchanged; its checkpoints are still written with
+  ``torch.distributed.checkpoint``.
+
+:func:`build_for_strategy` builds the run's model for that call: whole on the device, or, under FSDP, on the
+meta device, sharded there, and then materialised shard by shard, so that no process ever holds the whole model
+(the 10B trunk alone is 37 GB in float32).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
@@ -31,7 +36,8 @@ from torch.nn.parallel import DistributedDataParallel
 from openseer import distributed
 from openseer.config import ConfigError
 from openseer.models import SwAVModel
-from openseer.train.config import ParallelConfig
+from openseer.models.build import build_model, init_model_, random_model
+from openseer.train.config import ParallelConfig, PretrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +96,12 @@ def _checkpoint_contexts(stage: nn.Module) -> tuple[contextlib.AbstractContextMa
 
 
 def sync_bn_groups(world: int, group_size: int | None) -> list[list[int]]:
-    """Consecutive ranks in groups of ``group_size`` (SEER: 64), or one group of all when None."""
-    size = world if group_size is None else group_size
+    """Consecutive ranks in groups of ``group_size`` (SEER: 64), or one group of all when None.
+
+    A group larger than the world is the whole world (as VISSL sizes its groups, ``min(world, GROUP_SIZE)``), so
+    a preset's group of 64 also runs on one node of 8.
+    """
+    size = world if group_size is None else min(world, group_size)
     if size < 1 or world % size:
         raise ConfigError(
             f"config key 'parallel.sync_bn_group': {group_size} does not divide the {world} processes"
@@ -123,7 +133,8 @@ def shard(model: SwAVModel, precision: str = "fp32") -> None:
 
     Mixed precision all-gathers parameters in the low precision and reduces gradients in float32 (the sharded
     master weights stay float32). BatchNorm layers keep float32 parameters in a unit of their own per block,
-    because batch_norm refuses low-precision weights next to its float32 running statistics.
+    because batch_norm refuses low-precision weights next to its float32 running statistics. The prototypes
+    are a float32 unit too: their scores feed exp(score / epsilon) (see :class:`openseer.models.SwAVHead`).
     """
     # FSDP shards contiguous storage only; channels_last inputs still select the NHWC convolution kernels
     model.to(memory_format=torch.contiguous_format)
@@ -141,23 +152,31 @@ def shard(model: SwAVModel, precision: str = "fp32") -> None:
         for block in _inner(stage).children():
             unit(block)
     unit(model.head.projection)
-    fully_shard(model.head.prototypes, mp_policy=policy)
+    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+    fully_shard(model.head.prototypes, mp_policy=fp32)
     unit(model)
 
 
 def parallelize(
     model: SwAVModel, cfg: ParallelConfig, device: torch.device, precision: str = "fp32"
 ) -> nn.Module:
-    """Prepare ``model`` (on ``device``) for data-parallel training; returns the module for the forward pass."""
+    """Prepare ``model`` (on ``device``) for data-parallel training; returns the module for the forward pass.
+
+    A model that :func:`build_for_strategy` already sharded is returned as it is.
+    """
+    if isinstance(model, FSDPModule):
+        return model
     if cfg.activation_checkpointing:
         checkpoint_stages(model.backbone)
-    if cfg.sync_bn:
+    if cfg.sync_bn and distributed.world_size() > 1:
         if device.type != "cuda":
             # torch's SyncBatchNorm only has CUDA kernels ("SyncBatchNorm expected input tensor to be on GPU")
             raise ConfigError(
                 "config key 'parallel.sync_bn': SyncBatchNorm needs CUDA devices in torch; set it false"
             )
         convert_sync_bn(model, cfg.sync_bn_group)
+    elif cfg.sync_bn:  # one process: there is nothing to synchronise, so the GPU presets also run on a CPU
+        log.info("parallel.sync_bn: a single process keeps plain BatchNorm")
     if not distributed.is_enabled():
         return model
     if cfg.strategy == "fsdp":
@@ -165,6 +184,51 @@ def parallelize(
         log.info("FSDP: model sharded over %d processes (%s)", distributed.world_size(), precision)
         return model
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def build_for_strategy(cfg: PretrainConfig, device: torch.device) -> SwAVModel:
+    """The run's model on ``device``, initialised as ``cfg.model`` says (zero_init_last_bn included).
+
+    Under FSDP with several processes: built on the meta device (no memory), prepared by :func:`parallelize`
+    there (SyncBatchNorm, activation checkpointing, ``fully_shard``), then given storage for this process's
+    shards only (``to_empty``) and initialised in place, shard by shard. Every process must call it, in the
+    same order as its other collectives (sharding creates process groups). Otherwise: built whole on
+    ``device``, in channels_last when ``cfg.model.channels_last``. Either way, pass the result to
+    :func:`parallelize` as before (a sharded model comes back unchanged).
+
+    The sharded initialisation draws from the same distributions as the whole one, not the same numbers (so the
+    random-initialisation baseline of an FSDP run is a network drawn alike, not the very one it started from).
+    """
+    if not (cfg.parallel.strategy == "fsdp" and distributed.is_enabled()):
+        # drawn from run.seed alone: openseer.models.random_model(cfg.model, cfg.run.seed) is this very network
+        model = random_model(cfg.model, cfg.run.seed).train().to(device)
+        return model.to(memory_format=torch.channels_last) if cfg.model.channels_last else model
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    parallelize(model, cfg.parallel, device, cfg.run.precision)
+    model.to_empty(device=device)
+    with _distinct_shard_draws(device):
+        init_model_(model, cfg.model.zero_init_last_bn)
+    return model
+
+
+@contextlib.contextmanager
+def _distinct_shard_draws(device: torch.device) -> Iterator[None]:
+    """Random draws that differ between the shards of one tensor.
+
+    On CUDA, DTensor's random operators follow one generator state shared by all ranks, offset per shard, so
+    the shards are the pieces of one draw. Elsewhere (CPU) each rank draws its local shard from its own
+    generator, and equal seeds would give every rank the same numbers: the tensor would repeat itself once
+    per rank. There, each rank draws from a seed of its own, derived from the common generator (which is left
+    as it was).
+    """
+    if device.type == "cuda":
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):  # restores the common generator afterwards
+        base = int(torch.randint(0, 2**62, (1,)))  # the same on every rank, given the run's common seed
+        torch.manual_seed(base + distributed.rank())
+        yield
 
 
 def full_backbone(model: SwAVModel, build: Callable[[], SwAVModel]) -> nn.Module:

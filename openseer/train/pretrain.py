@@ -23,13 +23,13 @@ from openseer.data.multicrop import n_crops
 from openseer.data.shards import ShardBatches
 from openseer.fileio.atomic import atomic_write_text
 from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from openseer.models import SwAVModel, random_model
-from openseer.optim import LARS, cosine_schedule, param_groups
+from openseer.models import SwAVModel
+from openseer.optim import LARS, cosine_schedule, param_groups, warmup_length
 from openseer.swav import EmbeddingQueue, cluster_health, swav_objective
 from openseer.train.config import PretrainConfig
 from openseer.train.data import LoaderBatches, TensorBatches, prepare_data
 from openseer.train.monitor import CollapseMonitor, MetricsWriter, ProgressBar
-from openseer.train.parallel import parallelize
+from openseer.train.parallel import build_for_strategy, parallelize
 from openseer.train.sharded_checkpoint import latest_sharded, load_sharded, save_sharded
 
 log = logging.getLogger(__name__)
@@ -146,28 +146,24 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     global_batch = cfg.optim.batch_size * world
 
     # ============ model ============
-    # drawn from run.seed alone, so openseer.models.random_model(cfg.model, cfg.run.seed) is this very network
-    model = random_model(cfg.model, cfg.run.seed).train().to(device)
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    # whole on this device, or under FSDP built on the meta device and materialised shard by shard
+    model = build_for_strategy(cfg, device)
     # DDP wrapper, or FSDP: `model` sharded in place (then its parameters are DTensor shards)
     train_model = parallelize(model, cfg.parallel, device, cfg.run.precision)
     forward = torch.compile(train_model) if cfg.run.compile else train_model
 
     # ============ optimiser, schedule, queue ============
-    groups = param_groups(model, cfg.optim.weight_decay)
+    groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
     if cfg.optim.name == "lars":
         optimizer = LARS(groups, momentum=cfg.optim.momentum, trust_coefficient=cfg.optim.trust_coefficient)
     else:
         optimizer = torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum)
     lr_scale = global_batch / 256
 
-    def warmup_for(total: int) -> int:
-        if cfg.optim.warmup_fraction is not None:
-            return round(cfg.optim.warmup_fraction * total)
-        if cfg.optim.warmup_steps is not None:
-            return cfg.optim.warmup_steps
-        return round(cfg.optim.warmup_epochs * steps_per_epoch)
+    def warmup_for(total: int) -> int:  # on the schedule's scale: steps, or cells of a time budget
+        o = cfg.optim
+        planned = max(1, round(o.epochs * steps_per_epoch))
+        return warmup_length(total, planned, o.warmup_fraction, o.warmup_steps, o.warmup_epochs, steps_per_epoch)
 
     def make_schedule(total: int) -> torch.Tensor:
         return cosine_schedule(

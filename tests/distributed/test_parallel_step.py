@@ -61,6 +61,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 def worker(out: Path) -> None:
     """Runs on each rank: a DDP step and an FSDP step from the same start; saves weights, grads, a checkpoint."""
     from openseer import distributed
+    from openseer.config import ConfigError
     from openseer.train.config import ParallelConfig
     from openseer.train.parallel import convert_sync_bn, full_backbone, parallelize
     from openseer.train.sharded_checkpoint import save_sharded
@@ -88,6 +89,11 @@ def worker(out: Path) -> None:
     synced = convert_sync_bn(tiny_model(), group_size=1)
     norms = [m for m in synced.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
     result["sync_bn"] = (len(norms), sorted({dist.get_world_size(m.process_group) for m in norms}))
+    try:  # several CPU processes: SyncBatchNorm has no CPU kernels
+        parallelize(tiny_model(), ParallelConfig(sync_bn=True), torch.device("cpu"))
+        result["sync_bn_cpu_refused"] = False
+    except ConfigError as err:
+        result["sync_bn_cpu_refused"] = "needs CUDA" in str(err)
     synced(mine)
     # FSDP in bf16, BatchNorm in training mode: BatchNorm weights stay float32 next to their statistics
     model = tiny_model().train()
@@ -176,6 +182,7 @@ def test_sync_bn_groups_on_two_ranks(two_ranks: Path) -> None:
     result = torch.load(two_ranks / "result.pt")
     count, sizes = result["sync_bn"]
     assert count > 0 and sizes == [1]
+    assert result["sync_bn_cpu_refused"]
 
 
 def test_fsdp_bf16_step_keeps_norms_in_float32(two_ranks: Path) -> None:
@@ -185,7 +192,7 @@ def test_fsdp_bf16_step_keeps_norms_in_float32(two_ranks: Path) -> None:
         assert grad.dtype == torch.float32 and torch.isfinite(grad).all(), name
 
 
-def test_sync_bn_group_partition_and_cpu_refusal() -> None:
+def test_sync_bn_group_partition_and_single_process() -> None:
     from openseer.config import ConfigError
     from openseer.train.config import ParallelConfig
     from openseer.train.parallel import parallelize, sync_bn_groups
@@ -194,8 +201,10 @@ def test_sync_bn_group_partition_and_cpu_refusal() -> None:
     assert sync_bn_groups(4, None) == [[0, 1, 2, 3]]
     with pytest.raises(ConfigError, match="does not divide"):
         sync_bn_groups(4, 3)
-    with pytest.raises(ConfigError, match="needs CUDA"):
-        parallelize(tiny_model(), ParallelConfig(sync_bn=True), torch.device("cpu"))
+    assert sync_bn_groups(4, 8) == [[0, 1, 2, 3]]  # a group larger than the world is the world (VISSL)
+    # one process: nothing to synchronise, BatchNorm stays (the GPU presets' sync_bn also runs on a CPU)
+    single = parallelize(tiny_model(), ParallelConfig(sync_bn=True), torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in single.modules())
 
 
 def test_queue_saved_by_two_ranks_is_shared_by_one() -> None:

@@ -137,3 +137,80 @@ def test_gradients_reach_backbone_and_prototypes():
     scores.sum().backward()
     assert backbone[0].weight.grad is not None and backbone[0].weight.grad.abs().sum() > 0
     assert model.head.prototypes.weight.grad.abs().sum() > 0
+
+
+# ---- prototype scores in float32 under autocast ----
+
+
+def _head_with_close_prototypes(k=50, seed=0):
+    """A head (eval: BatchNorm uses running statistics) whose prototypes lie near some embeddings, so that
+    scores reach ~0.98, where bfloat16's spacing is 2^-8 and rounding moves a score by up to 2^-9."""
+    torch.manual_seed(seed)
+    head = SwAVHead(64, [128], 32, k, use_bn=True).eval()
+    x = torch.randn(256, 64)
+    with torch.no_grad():
+        z, _ = head(x)
+        near = z[:k] + 0.3 * torch.randn(k, 32) / 32**0.5
+        head.prototypes.weight.copy_(nn.functional.normalize(near, dim=1))
+    return head, x
+
+
+def _projection_output(head, x):
+    """The projection MLP's output (bfloat16 under autocast), as the head's forward pass computes it."""
+    seen = {}
+    handle = head.projection.register_forward_hook(lambda m, i, out: seen.setdefault("h", out))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        z, scores = head(x)
+    handle.remove()
+    return seen["h"], z, scores
+
+
+def test_scores_and_embeddings_are_float32_under_bf16_autocast():
+    head, x = _head_with_close_prototypes()
+    h, z, scores = _projection_output(head, x)
+    assert h.dtype == torch.bfloat16  # the MLP itself still runs in the autocast dtype
+    assert z.dtype == torch.float32 and scores.dtype == torch.float32
+    assert head.prototypes.weight.dtype == torch.float32
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(len(x)), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("epsilon", [0.05, 0.03])  # SwAV/SEER RG-256GF, SEER 10B
+def test_codes_under_bf16_autocast_match_float32_codes(epsilon):
+    """From the same bfloat16 projection output, the codes from the head's scores match float64 codes to 1e-5,
+    while scores rounded to bfloat16 (what autocast gave before) move the codes by more than 1e-3."""
+    from openseer.swav.sinkhorn import sinkhorn_reference
+
+    head, x = _head_with_close_prototypes()
+    h, _, scores = _projection_output(head, x)
+    w = head.prototypes.weight.detach()
+    exact = nn.functional.normalize(h.double(), dim=1) @ w.double().t()
+    assert exact.max() > 0.95
+    codes_exact = sinkhorn_reference(exact, epsilon, 3)
+    codes = sinkhorn_reference(scores.double(), epsilon, 3)
+    assert (codes - codes_exact).abs().max() < 1e-5
+    rounded = nn.functional.linear(nn.functional.normalize(h.float(), dim=1).bfloat16(), w.bfloat16())
+    codes_rounded = sinkhorn_reference(rounded.double(), epsilon, 3)
+    assert (codes_rounded - codes_exact).abs().max() > 1e-3
+
+
+def test_forward_on_the_meta_device_needs_no_autocast():
+    with torch.device("meta"):
+        head = SwAVHead(8, [16], 4, 10, use_bn=True)
+        z, scores = head(torch.empty(5, 8))
+    assert z.shape == (5, 4) and scores.shape == (5, 10) and scores.dtype == torch.float32
+
+
+def test_reset_parameters_redraws_as_at_construction():
+    head = _head(use_bn=True)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.fill_(3.0)
+        bn = head.projection[1]
+        bn.running_mean.fill_(5.0)
+    head.reset_parameters()
+    torch.testing.assert_close(_row_norms(head), torch.ones(10))
+    assert torch.equal(bn.weight, torch.ones(16)) and torch.equal(bn.bias, torch.zeros(16))
+    assert torch.equal(bn.running_mean, torch.zeros(16))
+    linear = head.projection[0]
+    bound = 1 / 8**0.5  # torch's default Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert linear.weight.abs().max() <= bound and linear.weight.std() > bound / 4

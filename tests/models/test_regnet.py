@@ -159,3 +159,15 @@ def test_unknown_arch_lists_the_names():
     assert set(ARCHS) >= set(REGNETY) | {"resnet50"}
     with pytest.raises(ValueError, match="available: regnety_200mf"):
         build_regnety("resnet50")
+
+
+def test_regnety_8gf_is_timms_regnety_080():
+    """RegNetY-8GF (pycls RegNetY-8.0GF), the smaller trunk the GPU check times: timm's regnety_080 layout."""
+    import timm
+
+    with torch.device("meta"):
+        ours = build_regnety("regnety_8gf")
+        theirs = timm.create_model("regnety_080", pretrained=False, num_classes=0)
+    assert _stages(ours) == _stages(theirs)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    assert ours.num_features == 2016

@@ -30,10 +30,20 @@ def _param(values, shape):
     return nn.Parameter(torch.tensor(values, dtype=torch.float64).view(shape))
 
 
-def test_param_groups_split_1d_from_weights():
+def test_param_groups_default_to_one_group_of_every_tensor_as_the_references():
+    """swav wraps LARC around SGD(model.parameters()); VISSL's SwAV/SEER set regularize_bn/bias True."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
     model[0].bias.requires_grad_(False)  # frozen parameters are left out
-    decay, plain = param_groups(model, weight_decay=1e-5)
+    (group,) = param_groups(model, weight_decay=1e-5)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert [id(p) for p in group["params"]] == [id(p) for p in trainable]
+    assert group["weight_decay"] == 1e-5 and not group["lars_exclude"]
+
+
+def test_param_groups_split_1d_from_weights_when_asked():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    model[0].bias.requires_grad_(False)  # frozen parameters are left out
+    decay, plain = param_groups(model, weight_decay=1e-5, exclude_bias_and_norm=True)
     assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[3].weight)}
     assert {id(p) for p in plain["params"]} == {id(model[1].weight), id(model[1].bias), id(model[3].bias)}
     assert decay["weight_decay"] == 1e-5 and not decay["lars_exclude"]
@@ -47,7 +57,7 @@ def test_excluded_1d_parameters_follow_plain_sgd_momentum():
         model[1].weight.uniform_(0.5, 2.0)
         model[1].bias.uniform_(-1.0, 1.0)
     reference = [p.detach().clone().requires_grad_() for p in (model[0].bias, model[1].weight, model[1].bias)]
-    opt = LARS(param_groups(model, weight_decay=0.1), lr=0.5, momentum=0.9)
+    opt = LARS(param_groups(model, weight_decay=0.1, exclude_bias_and_norm=True), lr=0.5, momentum=0.9)
     sgd = torch.optim.SGD(reference, lr=0.5, momentum=0.9)
     for _ in range(3):
         grads = [torch.randn_like(p) for p in reference]
@@ -59,6 +69,103 @@ def test_excluded_1d_parameters_follow_plain_sgd_momentum():
         # neither decayed nor adapted: identical to SGD with momentum and no weight decay
         for p, r in zip((model[0].bias, model[1].weight, model[1].bias), reference, strict=True):
             torch.testing.assert_close(p, r, atol=1e-7, rtol=1e-6)
+
+
+class ApexLARCOverSGD:
+    """An independent re-derivation of what swav main_swav.py:171-177 runs: torch SGD(model.parameters(),
+    momentum, weight_decay) wrapped in apex LARC(trust_coefficient, clip=False).
+
+    apex's step, per tensor, in a Python loop: the group's weight decay is taken away from SGD for the step;
+    when ||p|| and ||g|| are both non-zero, g <- (g + wd p) * trust ||p|| / (||g|| + wd ||p|| + eps), else g is
+    left as it is; then SGD steps (momentum only) and gets its weight decay back.
+    """
+
+    def __init__(self, params, lr, momentum, weight_decay, trust, eps=1e-8):
+        self.sgd = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.trust, self.eps = trust, eps
+
+    @torch.no_grad()
+    def step(self):
+        decays = []
+        for group in self.sgd.param_groups:
+            wd = group["weight_decay"]
+            decays.append(wd)
+            group["weight_decay"] = 0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                p_norm, g_norm = torch.norm(p), torch.norm(p.grad)
+                if p_norm != 0 and g_norm != 0:
+                    adaptive = self.trust * p_norm / (g_norm + p_norm * wd + self.eps)
+                    p.grad += wd * p
+                    p.grad *= adaptive
+        self.sgd.step()
+        for group, wd in zip(self.sgd.param_groups, decays, strict=True):
+            group["weight_decay"] = wd
+
+
+def _swav_like_model():
+    """Conv, BatchNorm (scales and shifts), biased Linear layers and a BatchNorm1d: every kind of tensor."""
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 8),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Linear(8, 5),
+    ).double()
+
+
+def test_lars_over_every_tensor_matches_apex_larc_over_sgd():
+    """openseer's LARS with the default (reference) parameter groups == apex LARC(clip=False) over SGD on all
+    parameters, biases and BatchNorm weights included, over several steps with momentum and weight decay."""
+    lr, wd, momentum, trust = 2.4, 1e-5, 0.9, 0.001
+    torch.manual_seed(0)
+    ours = _swav_like_model()
+    with torch.no_grad():  # BatchNorm away from its 1/0 start, so its norms are generic
+        for m in ours.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    theirs = _swav_like_model()
+    theirs.load_state_dict(ours.state_dict())
+    opt = LARS(param_groups(ours, wd), lr=lr, momentum=momentum, trust_coefficient=trust)
+    ref = ApexLARCOverSGD(theirs.parameters(), lr=lr, momentum=momentum, weight_decay=wd, trust=trust)
+    x = torch.randn(8, 3, 9, 9, dtype=torch.float64)
+    start = {n: p.detach().clone() for n, p in ours.named_parameters()}
+    for _ in range(4):
+        for model in (ours, theirs):
+            model.zero_grad()
+            (model(x) ** 2).mean().backward()
+        opt.step()
+        ref.step()
+        for (name, a), b in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+    # biases and BatchNorm weights were adapted too: their step is ~trust * lr * ||p||, not lr * ||g||
+    for name in ("1.weight", "1.bias", "5.bias", "6.weight"):
+        moved = (ours.get_parameter(name) - start[name]).norm()
+        assert 0 < moved <= 4 * 1.1 * trust * lr * start[name].norm() / (1 - momentum), name
+
+
+def test_exclusion_changes_the_step_of_1d_tensors_only():
+    lr, wd = 2.4, 1e-5
+    torch.manual_seed(1)
+    a, b = _swav_like_model(), _swav_like_model()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(8, 3, 9, 9, dtype=torch.float64)
+    zero_at_start = {n for n, p in a.named_parameters() if p.norm() == 0}  # BatchNorm shifts
+    for model, exclude in ((a, False), (b, True)):
+        (model(x) ** 2).mean().backward()
+        LARS(param_groups(model, wd, exclude_bias_and_norm=exclude), lr=lr).step()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        if pa.ndim > 1 or name in zero_at_start:  # a zero tensor takes LARC's plain step either way
+            torch.testing.assert_close(pa, pb, rtol=1e-12, atol=0, msg=name)
+        else:
+            assert not torch.allclose(pa, pb), name
+    assert zero_at_start == {"1.bias", "6.bias"}
 
 
 def test_two_lars_steps_match_apex_larc_by_hand():

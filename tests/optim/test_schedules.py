@@ -1,12 +1,19 @@
-"""Warm-up + cosine schedules as swav main_swav.py builds them (np.linspace warm-up, then the cosine formula)."""
+"""Warm-up + cosine schedules as swav main_swav.py builds them (np.linspace warm-up, then the cosine formula), and\nthe warm-up length on the scale of the schedule (steps, or cells of a wall-clock budget)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from openseer.optim.schedules import cosine_schedule
+import openseer
+from openseer.config import load_config
+from openseer.optim.schedules import cosine_schedule, warmup_length
+from openseer.presets.reference import reference
+from openseer.train.config import PretrainConfig
+
+PRESETS = Path(openseer.__file__).parent / "presets"
 
 
 def _swav_schedule(base, final, total, warmup, start):
@@ -69,3 +76,64 @@ def test_single_step():
 def test_rejects_empty_schedule():
     with pytest.raises(ValueError, match="total_steps"):
         cosine_schedule(0.3, 0.0, 0)
+
+
+# ---- warm-up length on the schedule's own scale ----
+
+GRID = 10_000  # cells of the schedule of a run bounded by minutes (openseer.train.pretrain._BUDGET_GRID)
+
+
+def test_warmup_of_a_step_or_epoch_bounded_run_is_the_configured_count():
+    assert warmup_length(1000, 1000, warmup_steps=37) == 37
+    assert warmup_length(312 * 400, 312 * 400, warmup_epochs=10, steps_per_epoch=312) == 3120
+    assert warmup_length(1000, 1000, warmup_fraction=0.05) == 50
+    # the fraction wins over steps, and steps over epochs (as documented on OptimConfig)
+    assert warmup_length(1000, 1000, warmup_fraction=0.1, warmup_steps=5, warmup_epochs=3) == 100
+    assert warmup_length(1000, 1000, warmup_steps=5, warmup_epochs=3, steps_per_epoch=10) == 5
+
+
+def test_warmup_of_a_budgeted_run_is_the_same_share_of_its_grid():
+    # 8,000 warm-up steps of a 122,070-step run: 6.6% of the run, so 655 cells of 10,000, not 8,000 of them
+    assert warmup_length(GRID, 122_070, warmup_steps=8000) == round(8000 / 122_070 * GRID) == 655
+    # 10 warm-up epochs of 400: 2.5% of the run whatever the epoch's length
+    assert warmup_length(GRID, 400 * 312, warmup_epochs=10, steps_per_epoch=312) == 250
+    assert warmup_length(GRID, 7, warmup_fraction=0.043648) == 436
+
+
+def test_warmup_is_clipped_to_the_schedule():
+    assert warmup_length(100, 50, warmup_steps=80) == 100
+    assert warmup_length(100, 100, warmup_steps=0) == 0
+
+
+def test_warmup_length_rejects_empty_runs():
+    with pytest.raises(ValueError, match="must be >= 1"):
+        warmup_length(0, 10, warmup_steps=1)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        warmup_length(10, 0, warmup_steps=1)
+
+
+def _steps_per_epoch(preset: str, batch: int) -> int:
+    """At the reference's scale for the large presets (processes, images per epoch); CIFAR-10 on one process
+    otherwise."""
+    try:
+        ref = reference(preset)
+    except KeyError:
+        return 50_000 // batch
+    return ref.images_per_epoch // (batch * ref.world_size)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS.glob("*.yaml")))
+def test_every_preset_warms_up_for_the_same_share_bounded_or_budgeted(preset):
+    cfg = load_config(PretrainConfig, [preset])
+    o = cfg.optim
+    spe = _steps_per_epoch(preset, o.batch_size)
+    planned = max(1, round(o.epochs * spe))
+    args = (o.warmup_fraction, o.warmup_steps, o.warmup_epochs, spe)
+    bounded = warmup_length(planned, planned, *args)
+    budgeted = warmup_length(GRID, planned, *args)
+    assert abs(budgeted / GRID - bounded / planned) <= 0.5 / GRID + 0.5 / planned
+    assert 0 < bounded / planned < 0.1, "a warm-up of a tenth of the run or more: check the preset"
+    # the schedule a budgeted run builds rises over those cells and starts its cosine right after
+    schedule = cosine_schedule(o.base_lr, o.final_lr, GRID, budgeted, start=o.start_lr)
+    assert (schedule[:budgeted].diff() > 0).all() and float(schedule[budgeted]) == o.base_lr
+    assert (schedule[budgeted:].diff() < 0).all()

@@ -1,0 +1,92 @@
+"""The large-scale presets against the recipes they reproduce (openseer/presets/reference.py): every row holds
+(a match matches, a deliberate difference differs and says why), every required quantity is stated, and
+docs/conformance.md is what docs/gen_conformance.py renders."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from openseer.config import load_config, preset_names
+from openseer.presets.reference import QUANTITIES, REFERENCES, REQUIRED, Reference, Row, reference, same
+from openseer.train.config import PretrainConfig
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+LARGE = ("swav-rn50", "seer-rg256gf", "seer-10b")
+
+
+@functools.cache
+def _config(preset: str) -> PretrainConfig:
+    return load_config(PretrainConfig, [preset])
+
+
+def _generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_conformance", DOCS / "gen_conformance.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_large_scale_preset_has_a_reference() -> None:
+    assert [r.preset for r in REFERENCES] == list(LARGE)
+    assert set(LARGE) <= set(preset_names())
+    with pytest.raises(KeyError, match="no reference recipe"):
+        reference("cpu")
+
+
+@pytest.mark.parametrize("preset", LARGE)
+def test_every_quantity_is_stated_once(preset: str) -> None:
+    stated = [row.quantity for row in reference(preset).rows]
+    assert sorted(stated) == sorted(REQUIRED), "missing or repeated quantities"
+
+
+def _rows() -> list[tuple[Reference, Row]]:
+    return [(ref, row) for ref in REFERENCES for row in ref.rows]
+
+
+@pytest.mark.parametrize(("ref", "row"), _rows(), ids=[f"{r.preset}-{w.quantity}" for r, w in _rows()])
+def test_row_holds(ref: Reference, row: Row) -> None:
+    ours = QUANTITIES[row.quantity].of(_config(ref.preset), ref)
+    if row.why:
+        assert not same(ours, row.value), f"{row.quantity}: now matches the reference; drop the 'why'"
+        assert len(row.why) > 40, "a deliberate difference says why"
+    else:
+        assert same(ours, row.value), (
+            f"{row.quantity}: openseer {ours!r} != reference {row.value!r} ({row.source})"
+        )
+
+
+def test_every_source_names_a_file_or_the_paper() -> None:
+    for ref, row in _rows():
+        assert row.source.startswith(("swav ", "vissl ", "SEER paper", "apex ")), (ref.preset, row)
+        first = row.source.split(";")[0]
+        assert ":" in first or first.startswith("SEER paper") or "(none)" in first, (ref.preset, row)
+
+
+def test_same_compares_numbers_to_a_relative_tolerance() -> None:
+    assert same(0.0048387 * 31, 0.15) and same(4096, 4096.0) and not same(0.05, 0.03)
+    assert same(False, False) and not same(False, 0) and not same(1, True)
+    assert same("DDP", "DDP") and not same("DDP", "FSDP")
+
+
+def test_check_flags_a_row_that_no_longer_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = _generator()
+    assert gen.mismatches() == []
+    ten_b = reference("seer-10b")
+    rows = tuple(dataclasses.replace(r, value=0.05) if r.quantity == "epsilon" else r for r in ten_b.rows)
+    broken = dataclasses.replace(ten_b, rows=rows)
+    monkeypatch.setattr(gen, "REFERENCES", (broken,))
+    (problem,) = gen.mismatches()
+    assert "seer-10b: epsilon" in problem and "0.03" in problem
+
+
+def test_conformance_page_is_current() -> None:
+    assert (DOCS / "conformance.md").read_text() == _generator().render(), (
+        "run: python docs/gen_conformance.py"
+    )

@@ -1,0 +1,62 @@
+"""A run bounded by minutes warms up for the same share of its time as the epoch-bounded run would of its steps
+(optim.warmup_steps is a step count, not a number of cells of the time grid).
+
+The loop's clock is replaced by one that advances a fixed 0.25 s per reading, so the number of steps in the
+budget does not depend on the speed of this (shared) machine."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from openseer import testing
+from openseer.config import load_config
+from openseer.train import pretrain as loop
+from openseer.train.config import PretrainConfig
+
+
+def _images(root: Path, n: int = 40, size: int = 20) -> Path:
+    gen = torch.Generator().manual_seed(0)
+    for i in range(n):
+        arr = (torch.rand(size, size, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(root / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_budgeted_run_leaves_warmup_after_its_share_of_the_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
+    ticks = itertools.count()
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: 0.25 * next(ticks)))
+    (tmp_path / "imgs").mkdir()
+    source = _images(tmp_path / "imgs")
+    # 40 images, batch 8: 5 steps an epoch; 20,000 epochs = 100,000 planned steps, 5,000 of them warm-up (5%).
+    # Read as cells of the 10,000-cell time grid, 5,000 warm-up steps would be half of the budget.
+    overrides = testing.tiny_overrides(
+        source,
+        tmp_path / "run",
+        data__labels="none",
+        crops="[{size: 8, count: 2, scale: [0.3, 1.0]}]",
+        optim__epochs=20_000,
+        optim__warmup_steps=5000,
+        optim__warmup_epochs=0,
+        run__budget_minutes=0.05,  # 3 s of the fake clock: about 12 steps
+        run__evaluate=False,
+        run__checkpoint_every=10_000,
+    )
+    cfg = load_config(PretrainConfig, [], overrides)
+    loop.pretrain(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [line["lr"] for line in lines if "lr" in line]  # the last line holds the run's summary
+    assert len(lrs) >= 10, "too few steps in the budget to see the schedule"
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    assert peak / len(lrs) < 0.25, f"lr still warming up after {peak} of {len(lrs)} steps"
+    assert lrs[-1] < lrs[peak]
