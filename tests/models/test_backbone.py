@@ -8,11 +8,11 @@ import math
 
 import pytest
 import torch
-from openseer.models.build import build_model, init_model_
 from torch import nn
 
 from openseer.config import load_config
 from openseer.models.backbone import build_backbone, init_backbone_
+from openseer.models.build import build_model, init_model_
 from openseer.train.config import PretrainConfig
 
 
