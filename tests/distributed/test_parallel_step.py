@@ -198,17 +198,5 @@ def test_sync_bn_group_partition_and_cpu_refusal() -> None:
         parallelize(tiny_model(), ParallelConfig(sync_bn=True), torch.device("cpu"))
 
 
-def test_queue_saved_by_two_ranks_is_shared_by_one() -> None:
-    """Each saved rank held 3 valid embeddings of 4; one process with room for 8 gets all 6, in front."""
-    from openseer.train.sharded_checkpoint import _share_queue
-
-    saved = torch.arange(2 * 8 * 5, dtype=torch.float32).reshape(2, 8, 5)  # (crops, 2 ranks x 4, dim)
-    queue = EmbeddingQueue(2, 8, 5)
-    _share_queue(queue, saved, saved_world=2, saved_filled=3)
-    assert queue.filled == 6 and not queue.full
-    torch.testing.assert_close(queue.embeddings[:, :6], torch.cat([saved[:, 0:3], saved[:, 4:7]], dim=1))
-    assert (queue.embeddings[:, 6:] == 0).all()
-
-
 if __name__ == "__main__":
     worker(Path(sys.argv[1]))
