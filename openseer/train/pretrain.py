@@ -302,9 +302,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             epoch = step // steps_per_epoch
             batches_iter = batches.epoch(epoch, start=step % steps_per_epoch)
         crops = next(batches_iter)
-        # a batch of only unreadable files (counted in batches.skipped) is a step skipped by every process
+        # a batch of only unreadable files (counted in batches.skipped) is a step skipped by every process; like
+        # any step it uses up one batch position (the streams' contract, openseer.train.data.BatchStream)
         if distributed.any_process(not crops, device):
             step += 1
+            if step % cfg.run.checkpoint_every == 0:  # the checkpoint due at this step is written all the same
+                save(step)
             continue
         bs = crops[0].shape[0]
         for group in optimizer.param_groups:
