@@ -306,7 +306,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         # any step it uses up one batch position (the streams' contract, openseer.train.data.BatchStream)
         if distributed.any_process(not crops, device):
             step += 1
-            if step % cfg.run.checkpoint_every == 0:  # the checkpoint due at this step is written all the same
+            if step % cfg.run.checkpoint_every == 0:  # the checkpoint due at this step is still written
                 save(step)
             continue
         bs = crops[0].shape[0]
