@@ -21,7 +21,10 @@ How the stream is cut (:class:`ShardBatches`):
   exactly the batches the uninterrupted one would have: none repeated, none skipped. Resuming with another
   number of processes or workers changes the cut of the rest of that epoch.
 
-Undecodable images are dropped from their batch (which is then smaller) and counted in ``skipped``.
+Undecodable images are dropped from their batch (which is then smaller) and counted in ``skipped``; a batch of
+only undecodable images is yielded as an empty list. Every batch position of the stream is one yield, so one
+training step (the contract of every batch stream, ``openseer.train.data.BatchStream``): dropping such a batch
+instead would shift the steps of the rest of the epoch against the positions that resumption skips.
 """
 
 from __future__ import annotations
@@ -320,7 +323,9 @@ class _WorkerStream(IterableDataset):
 
 
 class ShardBatches:
-    """Multi-crop batches streamed from tar shards; same contract as ``openseer.train.data.LoaderBatches``."""
+    """Multi-crop batches streamed from tar shards; the contract of ``openseer.train.data.BatchStream``: one
+    list of crops per batch position (empty when none of its images was readable), ``steps_per_epoch - start``
+    of them for ``epoch(e, start)``, the same as the tail of ``epoch(e)``."""
 
     def __init__(
         self,
@@ -391,9 +396,9 @@ class ShardBatches:
         for crops, skipped in loader:
             for path, reason in skipped:
                 self.skipped.add(path, reason)
-            if crops:  # a batch of only undecodable images yields nothing
-                yield [c.to(self.device, non_blocking=True, memory_format=fmt) for c in crops]
-                wanted -= 1
-                if wanted == 0:
-                    return
+            # one yield per batch position, an empty list when none of its images was readable
+            yield [c.to(self.device, non_blocking=True, memory_format=fmt) for c in crops]
+            wanted -= 1
+            if wanted == 0:
+                return
         raise DataError(f"rank {self.rank}: the shards of epoch {epoch} ran out {wanted} batches early")

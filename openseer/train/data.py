@@ -1,12 +1,13 @@
 """Pretraining data: where images come from, how they are split, and the multi-crop batch streams.
 
-Two streams share one contract, ``epoch(e, start) -> iterator of crop lists``, deterministic in (seed, epoch,
-step) so an interrupted run resumes on exactly the batches it would have seen:
+The batch streams share one contract (:class:`BatchStream`), ``epoch(e, start) -> iterator of crop lists``,
+deterministic in (seed, epoch, step) so an interrupted run resumes on exactly the batches it would have seen:
 
 * :class:`TensorBatches`: the whole set is a uint8 tensor in memory (built-in data, or a folder decoded once
   into the cache); multi-crop runs batched on tensors, between steps on a CPU, one step ahead in a background
   thread on a GPU. The fast path for small images.
 * :class:`LoaderBatches`: images decoded and augmented one by one in DataLoader workers (any size).
+* ``ShardBatches`` (:mod:`openseer.data.shards`): images streamed from WebDataset tar shards.
 
 Every process draws a disjoint slice of the same global permutation; the slices of one step together form the
 global batch of a single-process run of batch ``batch_size * world_size``.
@@ -20,6 +21,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
@@ -137,6 +139,23 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch) * 1_000_033 + step * 1_009 + rank
+
+
+class BatchStream(Protocol):
+    """What the training loop reads its batches from.
+
+    ``epoch(e, start)`` yields exactly ``steps_per_epoch - start`` items, one per batch position of the epoch
+    from ``start`` on, and they are the items ``epoch(e)`` yields after its first ``start``. An item is the list
+    of multi-crop batches ``[(B, 3, s_k, s_k) for each crop k]`` of one position; B is smaller when some of its
+    files were unreadable, and the list is empty when none was (those files are counted in ``skipped``). Each
+    item is one training step, so that a run resumed at step s, which restarts the epoch at position
+    ``s % steps_per_epoch``, sees exactly the batches the uninterrupted run saw.
+    """
+
+    steps_per_epoch: int
+    skipped: SkipLog
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[torch.Tensor]]: ...
 
 
 class TensorBatches:

@@ -21,13 +21,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -229,20 +228,3 @@ def _distinct_shard_draws(device: torch.device) -> Iterator[None]:
         base = int(torch.randint(0, 2**62, (1,)))  # the same on every rank, given the run's common seed
         torch.manual_seed(base + distributed.rank())
         yield
-
-
-def full_backbone(model: SwAVModel, build: Callable[[], SwAVModel]) -> nn.Module:
-    """The trained backbone with whole weights, for evaluation on rank 0 alone.
-
-    A sharded model is gathered (a collective: every rank calls this) into a fresh model from ``build`` on rank
-    0; other ranks get their sharded backbone back. An unsharded model's own backbone is returned as is.
-    """
-    if not any(isinstance(p, DTensor) for p in model.parameters()):
-        return model.backbone
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(model, options=options)  # whole tensors on rank 0 only
-    if not distributed.is_main():
-        return model.backbone
-    fresh = build()
-    fresh.load_state_dict(state)
-    return fresh.backbone

@@ -30,6 +30,7 @@ from openseer.train.config import PretrainConfig
 from openseer.train.data import LoaderBatches, TensorBatches, prepare_data
 from openseer.train.monitor import CollapseMonitor, MetricsWriter, ProgressBar
 from openseer.train.parallel import build_for_strategy, parallelize
+from openseer.train.queue_checkpoint import gather_queues, restore_queue
 from openseer.train.sharded_checkpoint import latest_sharded, load_sharded, save_sharded
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
                 state = load_checkpoint(path, map_location=device)
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
-                queue.load_state_dict(state["queue"])
+                restore_queue(queue, state["queue"])  # this process's own queue
             scaler.load_state_dict(state["scaler"])
             step, total_steps = state["step"], state["total_steps"]
             images_seen, train_seconds = state["images_seen"], state["train_seconds"]
@@ -220,6 +221,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         return float(schedule[at_step])
 
     def save(at_step: int) -> None:
+        # every process's queue, each to be given back to its process (a collective: before the others return)
+        queues = None if sharded else gather_queues(queue)
         if not sharded and not distributed.is_main():
             return
         state = {
@@ -236,7 +239,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         if sharded:  # every process writes its own shards
             save_sharded(ckpt_dir, at_step, model, optimizer, queue, state, keep=cfg.run.keep_checkpoints)
             return
-        state.update(model=model.state_dict(), optimizer=optimizer.state_dict(), queue=queue.state_dict())
+        state.update(model=model.state_dict(), optimizer=optimizer.state_dict(), queue=queues)
         save_checkpoint(state, ckpt_dir, at_step, keep=cfg.run.keep_checkpoints)
 
     # ============ training loop ============
@@ -260,9 +263,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             epoch = step // steps_per_epoch
             batches_iter = batches.epoch(epoch, start=step % steps_per_epoch)
         crops = next(batches_iter)
-        # a batch of only unreadable files (counted in batches.skipped) is a step skipped by every process
+        # a batch of only unreadable files (counted in batches.skipped) is a step skipped by every process; like
+        # any step it uses up one batch position (the streams' contract, openseer.train.data.BatchStream)
         if distributed.any_process(not crops, device):
             step += 1
+            if step % cfg.run.checkpoint_every == 0:  # the checkpoint due at this step is still written
+                save(step)
             continue
         bs = crops[0].shape[0]
         for group in optimizer.param_groups:

@@ -1,10 +1,12 @@
 """Sharded checkpoints with ``torch.distributed.checkpoint`` (DCP), resumable with another number of processes.
 
 ``checkpoints/dcp-<step>/`` holds DCP's files (each rank writes its own shards, rank 0 the ``.metadata``) for the
-model, the optimiser, the embedding queue of the *whole* job and the other tensors of the training state, plus
-``meta.json`` for the plain values (step, counters, grad-scaler state, config, world size). DCP records every
-tensor by its global name and shape, so a checkpoint written by N processes loads into M processes (or into a
-single process with no process group at all).
+model, the optimiser, every process's embedding queue ``(world, n_assign, length, dim)`` and the other tensors of
+the training state, plus ``meta.json`` for the plain values (step, counters, grad-scaler state, config, world
+size, the filled count of each queue). DCP records every tensor by its global name and shape, so a checkpoint
+written by N processes loads into M processes (or into a single process with no process group at all); each
+process gets its own queue back, or a share of the saved ones when N != M
+(:mod:`openseer.train.queue_checkpoint`).
 
 A checkpoint is written to ``dcp-<step>.tmp/`` and renamed by rank 0 once complete, so a folder named
 ``dcp-<step>`` is always whole; the newest one is resumed. Loading never executes pickled code: DCP's non-tensor
@@ -23,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint._traverse import set_element
@@ -34,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from openseer import distributed
 from openseer.swav import EmbeddingQueue
+from openseer.train.queue_checkpoint import gather_queues, restore_queue
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +76,6 @@ def latest_sharded(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _global_queue(queue: EmbeddingQueue) -> torch.Tensor:
-    """Every process's queue side by side, (n_assign, world * length, dim): the queue of the whole job."""
-    local = queue.embeddings.contiguous()
-    if not distributed.is_enabled():
-        return local
-    parts = [torch.empty_like(local) for _ in range(distributed.world_size())]
-    dist.all_gather(parts, local)
-    return torch.cat(parts, dim=1)
-
-
 def _split_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors (and lists of tensors, as ``key/i``) for DCP; everything else must be JSON for meta.json."""
     tensors, plain = {}, {"_lists": {}}
@@ -116,12 +108,13 @@ def save_sharded(
     distributed.barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
     tensors, plain = _split_state(state)
-    plain["_queue_filled"] = queue.filled
+    queues = gather_queues(queue)  # a collective: every process's queue, to be given back to it
+    plain["_queue_filled"] = queues["filled"].tolist()
     plain["world_size"] = distributed.world_size()
     content = {
         "model": model_state,
         "optimizer": optim_state,
-        "queue": _global_queue(queue),
+        "queue": queues["embeddings"],
         _TENSORS: tensors,
     }
     with warnings.catch_warnings():  # DCP warns that one process saves alone even when told so
@@ -137,34 +130,29 @@ def save_sharded(
     return final
 
 
-def _share_queue(queue: EmbeddingQueue, saved: torch.Tensor, saved_world: int, saved_filled: int) -> None:
-    """This process's share of a saved job-wide queue: the filled part of every saved process's queue, laid
-    end to end, split evenly over the current processes (the same embeddings, whatever the number of them)."""
-    if queue.length == 0:
-        return
-    filled = torch.cat([part[:, :saved_filled] for part in saved.chunk(saved_world, dim=1)], dim=1)
-    share = min(filled.shape[1] // distributed.world_size(), queue.length)
-    start = distributed.rank() * share
-    embeddings = torch.zeros_like(queue.embeddings)
-    embeddings[:, :share] = filled[:, start : start + share]
-    queue.load_state_dict({"embeddings": embeddings.cpu(), "filled": share})
+def _saved_queues(embeddings: torch.Tensor, filled: int | list[int], world: int) -> dict[str, Any]:
+    """The saved queues as :func:`restore_queue` reads them. Checkpoints written before queues were saved per
+    process hold them concatenated, (n_assign, world * length, dim), with one filled count for all."""
+    if isinstance(filled, list):
+        return {"embeddings": embeddings, "filled": filled}
+    per_process = embeddings.unflatten(1, (world, -1)).transpose(0, 1)
+    return {"embeddings": per_process, "filled": [filled] * world}
 
 
 def load_sharded(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, queue: EmbeddingQueue
 ) -> dict[str, Any]:
-    """Collective: load model, optimiser and this process's part of the queue in place, resharded to the
-    current number of processes; returns the rest of the saved ``state`` (same keys as given to save)."""
+    """Collective: load model, optimiser and this process's queue in place, resharded to the current number
+    of processes; returns the rest of the saved ``state`` (same keys as given to save)."""
     plain = json.loads((path / _META).read_text())
     model_state, optim_state = get_state_dict(model, optimizer)  # the targets, sharded like the live model
     saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
-    device = queue.embeddings.device
     tensors = {  # loose tensors are allocated from their saved shapes
         key.removeprefix(f"{_TENSORS}."): torch.empty(meta.size, dtype=meta.properties.dtype)
         for key, meta in saved.items()
         if key.startswith(f"{_TENSORS}.") and isinstance(meta, TensorStorageMetadata)
     }
-    full_queue = torch.empty(saved["queue"].size, dtype=queue.embeddings.dtype, device=device)
+    full_queue = torch.empty(saved["queue"].size, dtype=queue.embeddings.dtype)
     content = {"model": model_state, "optimizer": optim_state, "queue": full_queue, _TENSORS: tensors}
     with warnings.catch_warnings():  # as in save_sharded
         warnings.filterwarnings("ignore", "torch.distributed is disabled")
@@ -177,7 +165,7 @@ def load_sharded(
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
 
     world = distributed.world_size()
-    _share_queue(queue, full_queue, plain["world_size"], plain["_queue_filled"])
+    restore_queue(queue, _saved_queues(full_queue, plain["_queue_filled"], plain["world_size"]))
     state = {k: v for k, v in plain.items() if not k.startswith("_") and k != "world_size"}
     state.update({k: v for k, v in tensors.items() if "/" not in k})
     for key, n in plain["_lists"].items():

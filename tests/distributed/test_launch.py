@@ -106,7 +106,7 @@ def test_torchrun_fsdp_run_resumes_in_one_process(
     ckpt = out / "checkpoints"
     assert sorted(p.name for p in ckpt.iterdir()) == ["dcp-00000002", "dcp-00000003"]
     meta = json.loads((ckpt / "dcp-00000003" / "meta.json").read_text())
-    assert meta["world_size"] == 2 and meta["images_seen"] == 24 and meta["_queue_filled"] == 8
+    assert meta["world_size"] == 2 and meta["images_seen"] == 24 and meta["_queue_filled"] == [8, 8]
 
     cfg = load_config(PretrainConfig, ["cpu"], [*args, "run.max_steps=4"])
     with caplog.at_level("INFO"):
