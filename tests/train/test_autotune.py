@@ -243,3 +243,26 @@ def test_measured_choice_restores_weights_and_is_cached(tmp_path: Path, monkeypa
     monkeypatch.setattr(at, "measure", lambda *a, **k: pytest.fail("measured again despite the cache"))
     again = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), objective, None, cache)
     assert again.decision.source == "cache" and again.decision.precision == d.precision
+
+
+@pytest.mark.parametrize(("minutes", "tried"), [(3, False), (5, True)])
+def test_a_measured_compile_is_expected_warm_next_time(tmp_path: Path, monkeypatch, minutes, tried):
+    # 100 s measured once -> 25 s expected with inductor's caches: within 10% of 5 minutes, not of 3
+    monkeypatch.setattr(at, "device_native_bf16", lambda device: False)
+    cfg = _tiny(tmp_path, run__compile="auto", run__budget_minutes=minutes)
+    model, batches = _setup(cfg)
+    cpu = torch.device("cpu")
+    key = at.cache_key(at.hardware_name(cpu), at.step_signature(cfg, cpu, torch.get_num_threads()))
+    cache = tmp_path / "cache.json"
+    at.write_cache(cache, key, {"trials": [_trial(FP32, 1.0).to_dict()], "compile_s": 100.0})
+    asked: list[at.Candidate] = []
+
+    def fake_measure(cfg, model, train_model, candidates, crops, objective, **kw):
+        asked.extend(candidates)
+        return [_trial(c, 1.0) for c in candidates], None
+
+    monkeypatch.setattr(at, "measure", fake_measure)
+    d = at.choose_fast_paths(cfg, model, model, batches, cpu, objective, None, cache).decision
+    assert any(c.compiled for c in asked) is tried
+    assert d.compile is False  # equally fast in this fake: eager kept
+    assert d.source == ("measured" if tried else "cache")
