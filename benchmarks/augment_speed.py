@@ -12,7 +12,8 @@ hand-written batched multi-crop (``batched_multicrop``) and the same augmentatio
 3. The cpu preset's training step fed by each (augment, then step), images/s; with ``--device cuda`` also the
    swav-rn50 step on the GPU-sized batch.
 
-    python benchmarks/augment_speed.py [--device cuda] [--seconds 3] [--threads 1] [--rounds 3] [--no-step]
+    python benchmarks/augment_speed.py [--device cuda] [--seconds 3] [--threads 1] [--step-threads 1]
+        [--rounds 3] [--no-step]
 
 Last line: ``multicrop_v2_imgs_per_s=<x> batched_imgs_per_s=<x> batched_crops_per_s_32=<x>
 kornia_crops_per_s_32=<x> batched_crops_per_s_224=<x> kornia_crops_per_s_224=<x> step_imgs_per_s_batched=<x>
@@ -167,6 +168,9 @@ def main() -> None:
     # One thread by default for part 1: DataLoader workers run torch single-threaded, and it gives a
     # per-core comparison that holds up on a shared machine.
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for part 1")
+    ap.add_argument(
+        "--step-threads", type=int, default=None, help="torch CPU threads for parts 2 and 3 (default: all)"
+    )
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds in parts 2 and 3")
     ap.add_argument("--no-step", action="store_true", help="skip part 3")
     args = ap.parse_args()
@@ -180,7 +184,9 @@ def main() -> None:
     mc, bt = measure(32, SMALL_CROPS, 256, device, args.seconds)
     print(f"32px 2x32+4x16: multicrop_v2_imgs_per_s={mc:.1f} batched_imgs_per_s={bt:.1f}")
 
-    torch.set_num_threads(all_threads)  # parts 2 and 3: as the training process runs them
+    torch.set_num_threads(
+        args.step_threads or all_threads
+    )  # parts 2 and 3: as the training process runs them
     cpu_cfg = load_config(PretrainConfig, ["cpu"], [f"run.device={args.device}"])
     print(
         f"hand-written vs kornia, {torch.get_num_threads()} threads, {args.rounds} rounds of {args.seconds} s:"

@@ -79,6 +79,48 @@ def profile_table(step, crops: list[torch.Tensor], rows: int = 15) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
+def _layout(x: torch.Tensor) -> str:
+    if x.dim() == 4 and x.shape[-1] * x.shape[-2] > 1 and x.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return "contiguous" if x.is_contiguous() else "strided"
+
+
+def layer_formats(
+    cfg: PretrainConfig, device: torch.device, precision: str, crops: list[torch.Tensor]
+) -> str:
+    """Per kind of layer, the dtype and memory layout it receives and returns in one training step under
+    ``precision``: where autocast casts, and whether channels_last survives the casts."""
+    from collections import Counter
+
+    from torch import nn
+
+    model = build_model(cfg).to(device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    seen: Counter = Counter()
+
+    def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        kind = type(mod).__name__ + ("(grouped)" if getattr(mod, "groups", 1) > 1 else "")
+        x = inp[0]
+        seen[
+            (
+                kind,
+                str(x.dtype).removeprefix("torch."),
+                _layout(x),
+                str(out.dtype).removeprefix("torch."),
+                _layout(out),
+            )
+        ] += 1
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.BatchNorm1d | nn.Linear):
+            m.register_forward_hook(hook)
+    at.training_step(
+        cfg, model, model, at.trial_optimizer(cfg, model), at.autocast_for(device, precision), objective
+    )(crops)
+    return "\n".join(f"  {k[0]}: {k[1]} {k[2]} -> {k[3]} {k[4]} x{n}" for k, n in sorted(seen.items()))
+
+
 def time_paths(
     cfg: PretrainConfig, device: torch.device, steps: int, compile_too: bool, native_bf16: bool
 ) -> list[at.Trial]:
@@ -188,7 +230,9 @@ def main() -> None:
     peaks = {
         p: matmul_peak_gflops(device, dt, n) for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
-    print(f"matmul peak (sides up to {n}): fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s")
+    print(
+        f"matmul peak (sides up to {n}): fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s"
+    )
 
     cfg = load_config(PretrainConfig, [args.preset], args.overrides)
     trials = time_paths(cfg, device, args.steps, not args.no_compile, native)
@@ -219,8 +263,12 @@ def main() -> None:
         f"compute only ({best.name}): {compute:.1f} img/s, {gflops_img:.4f} GFLOP/img, {achieved:.1f} GFLOP/s "
         f"= {mfu:.1%} of the {best.precision} matmul peak"
     )
-    if args.profile:
-        print(profile_table(swav_step_fn(cfg, device, precision=best.precision, compiled=False), crops))
+    if args.profile:  # for bf16 also where it is emulated: which kernels run, where the casts are
+        for precision in dict.fromkeys([best.precision, "bf16"]):
+            print(
+                f"{precision}: layer input -> output dtype and layout\n{layer_formats(cfg, device, precision, crops)}"
+            )
+            print(profile_table(swav_step_fn(cfg, device, precision=precision, compiled=False), crops))
 
     source = str(cifar10_folder()) if args.data == "cifar10" else args.data
     with tempfile.TemporaryDirectory() as tmp:

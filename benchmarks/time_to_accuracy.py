@@ -13,7 +13,7 @@ run (data, kNN at random init and at the end included). Also recorded: CPU model
 product peaks measured at the start. A PNG plots kNN top-1 against minutes for both.
 
     python benchmarks/time_to_accuracy.py --minutes 5,10,20,40          # ~150 minutes with lightly
-    python benchmarks/time_to_accuracy.py --minutes 1                   # smoke run, ~6 minutes
+    python benchmarks/time_to_accuracy.py --minutes 1 --per-class 500   # smoke run on 5,000 images
     python benchmarks/time_to_accuracy.py --minutes 5,20 --skip-lightly run.compile=false
 
 Last line: ``knn_<M>m=<x> ... lightly_<M>m=<x> ... cpu=<model> imgs_per_s=<x>`` (one knn/lightly figure per
@@ -36,6 +36,19 @@ from openseer.train.autotune import RUN_FILE
 from openseer.train.config import PretrainConfig
 from openseer.train.data import prepare_data
 from openseer.train.pretrain import pretrain
+
+
+def subset_folder(root: Path, per_class: int) -> Path:
+    """A folder of links to the first ``per_class`` images of each class of ``root`` (smoke runs: the kNN
+    scoring of the full set takes minutes on a CPU)."""
+    target = root.parent / f"{root.name}-{per_class}-per-class"
+    for cls in sorted(d for d in root.iterdir() if d.is_dir()):
+        (target / cls.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            link = target / cls.name / f.name
+            if not link.is_symlink():
+                link.symlink_to(f.resolve())
+    return target
 
 
 def _label(minutes: float) -> str:
@@ -133,6 +146,9 @@ def main() -> None:
     ap.add_argument("--lightly-minutes", default=None, help="budgets for lightly (default: --minutes)")
     ap.add_argument("--skip-lightly", action="store_true")
     ap.add_argument("--out", default="runs/time-to-accuracy")
+    ap.add_argument(
+        "--per-class", type=int, default=None, help="use only this many images of each class (smoke runs)"
+    )
     ap.add_argument("overrides", nargs="*", help="key=value overrides of openseer's cpu preset")
     args = ap.parse_args()
     minutes = [float(m) for m in args.minutes.split(",")]
@@ -150,13 +166,15 @@ def main() -> None:
     print(
         f"cpu={hardware} cores={cores} matmul peak fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f}"
     )
-    source = str(cifar10_folder())
+    folder = cifar10_folder()
+    source = str(subset_folder(folder, args.per_class) if args.per_class else folder)
     results: dict = {
         "cpu": hardware,
         "cores": cores,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "peak_gflops": peaks,
+        "data": source,
         "overrides": args.overrides,
         "openseer": [],
         "lightly": [],

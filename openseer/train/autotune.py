@@ -545,7 +545,9 @@ def _decide(
         crops = _first_batch(batches)
         if crops is None:
             return Decision(base_p, base_c, "no readable first batch", "fixed", hardware, native), None
-        trials, _ = measure(cfg, model, train_model, eager, crops, objective)
+        trials, compiled = measure(
+            cfg, model, train_model, eager, crops, objective
+        )  # compiled: run.compile=true
         source = "measured"
     horizon = budget_s if budget_s is not None else planned * trials[0].step_s
 
@@ -568,7 +570,7 @@ def _decide(
                     ), None
                 if source == "cache":  # timings of one session only: measure the eager ones again too
                     trials, _ = measure(cfg, model, train_model, eager, crops, objective)
-                more, compiled = measure(cfg, model, train_model, comp, crops, objective)
+                more, compiled = measure(cfg, model, train_model, comp, crops, objective, compiled=compiled)
                 trials += more
                 source = "measured"
     # compiled while measuring: nothing more to pay; from the cache: the warm compile still to come
