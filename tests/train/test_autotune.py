@@ -99,7 +99,12 @@ def test_choose_counts_compile_still_to_pay():
 
 
 def test_choose_picks_the_fastest_of_several():
-    trials = [_trial(FP32, 1.0), _trial(BF16, 0.7), _trial(FP32_C, 0.9), _trial(at.Candidate("bf16", True), 0.5)]
+    trials = [
+        _trial(FP32, 1.0),
+        _trial(BF16, 0.7),
+        _trial(FP32_C, 0.9),
+        _trial(at.Candidate("bf16", True), 0.5),
+    ]
     assert at.choose(trials, horizon_s=1000)[0] == at.Candidate("bf16", True)
 
 
@@ -169,7 +174,9 @@ def test_inductor_caches_persist_under_the_openseer_cache(tmp_path: Path, monkey
 
 
 def _tiny(tmp_path: Path, **changes: object) -> PretrainConfig:
-    return load_config(PretrainConfig, overrides=testing.tiny_overrides("builtin", tmp_path / "run", **changes))
+    return load_config(
+        PretrainConfig, overrides=testing.tiny_overrides("builtin", tmp_path / "run", **changes)
+    )
 
 
 def _setup(cfg: PretrainConfig):
@@ -266,3 +273,35 @@ def test_a_measured_compile_is_expected_warm_next_time(tmp_path: Path, monkeypat
     assert any(c.compiled for c in asked) is tried
     assert d.compile is False  # equally fast in this fake: eager kept
     assert d.source == ("measured" if tried else "cache")
+
+
+@pytest.mark.slow  # bf16 convolutions run a slow reference kernel on a CPU without native bf16
+def test_bf16_autocast_keeps_channels_last_through_the_casts(tmp_path: Path):
+    # every convolution and BatchNorm of the step gets and returns channels_last bf16 under autocast (the
+    # stem's input is the only fp32 one): no layout conversion between layers
+    from torch import nn
+
+    cfg = _tiny(tmp_path)
+    model = build_model(cfg).to(memory_format=torch.channels_last)
+    seen = []
+
+    def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        x = inp[0]
+        if x.shape[-1] * x.shape[-2] > 1:  # a 1x1 map (squeeze-excitation) has no layout to keep
+            seen.append(
+                (
+                    x.dtype,
+                    x.is_contiguous(memory_format=torch.channels_last),
+                    out.dtype,
+                    out.is_contiguous(memory_format=torch.channels_last),
+                )
+            )
+
+    for m in model.backbone.modules():
+        if isinstance(m, nn.Conv2d | nn.BatchNorm2d):
+            m.register_forward_hook(hook)
+    crops = [torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    with torch.no_grad(), at.autocast_for(torch.device("cpu"), "bf16"):
+        model(crops)
+    assert seen and all(cl_in and cl_out and out == torch.bfloat16 for _, cl_in, out, cl_out in seen)
+    assert sum(dt == torch.float32 for dt, *_ in seen) == 1  # the stem's input, cast inside the first conv
