@@ -7,8 +7,9 @@ On the preset's model, crops and batch (default: the cpu preset), in one run:
   (``openseer.train.autotune.measure``: the same weights for each, losses compared). Printed: seconds per step,
   ``bf16_speedup`` (fp32 step time / bf16 step time), ``compile_speedup`` (eager / compiled, fp32) and the
   compile seconds of the first compiled steps;
-* ``precision=`` and ``compile=``: what ``auto`` chooses from these timings for a run of ``--budget-minutes``
-  (bf16 only with native bf16 and matching losses; compilation only if its cost could pay back in the budget);
+* ``precision=`` and ``compile=``: what ``auto`` chooses from these timings for a first run of
+  ``--budget-minutes`` on this machine (bf16 only with native bf16 and matching losses; compilation tried only
+  if the prior compile time, ``COMPILE_PRIOR_S``, is within 10% of the budget);
 * the matrix-product peaks in fp32 and bf16, measured now; ``mfu`` = training FLOPs per image (forward and
   backward, ``FlopCounterMode``) x images/s of the chosen path / the peak of the chosen precision;
 * ``imgs_per_s``: end to end, the real pretraining loop (``openseer.train.pretrain``) with the chosen paths over
@@ -250,7 +251,8 @@ def main() -> None:
         cold, warm = compile_cold_warm(args.preset, args.overrides, args.device)
         print(f"compile of the step in a fresh process: cold cache {cold:.1f} s, warm cache {warm:.1f} s")
     horizon = args.budget_minutes * 60
-    best, reason = auto_choice(trials, native, horizon, compile_s if compiled else at.COMPILE_PRIOR_S)
+    # as a first run on this machine decides (no cached timings: the prior compile time)
+    best, reason = auto_choice(trials, native, horizon, at.COMPILE_PRIOR_S)
     print(f"auto for a {args.budget_minutes:g}-minute run: {best.name} ({reason})")
 
     flop_step = swav_step_fn(cfg, device, precision="fp32", compiled=False)
