@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -151,6 +152,7 @@ def main() -> None:
     )
     ap.add_argument("overrides", nargs="*", help="key=value overrides of openseer's cpu preset")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     minutes = [float(m) for m in args.minutes.split(",")]
     lightly_minutes = (
         [] if args.skip_lightly else [float(m) for m in (args.lightly_minutes or args.minutes).split(",")]
