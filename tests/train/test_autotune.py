@@ -72,7 +72,15 @@ def test_losses_agree_within_tolerance_only():
     assert at.losses_agree(ref, [4.61, 4.42, 4.19], rtol=0.02)
     assert not at.losses_agree(ref, [4.60, 4.40, 3.90], rtol=0.02)
     assert not at.losses_agree(ref, [4.60, 4.40, float("nan")], rtol=0.02)
-    assert not at.losses_agree(ref, [4.60, 4.40], rtol=0.02)
+    assert at.losses_agree(ref, [4.60, 4.40], rtol=0.02)  # the steps both ran: a compiled trial runs one more
+    assert at.losses_agree([4.60, 4.40], ref, rtol=0.02)
+    assert not at.losses_agree(ref, [], rtol=0.02)
+
+
+def test_compiled_trial_with_an_extra_warmup_step_is_compared_on_common_steps():
+    eager = _trial(FP32, 1.0, losses=(4.6, 4.4, 4.2, 4.0))
+    compiled = _trial(FP32_C, 0.5, losses=(4.6, 4.4, 4.2, 4.0, 3.8))
+    assert at.choose([eager, compiled], horizon_s=1000)[0] == FP32_C
 
 
 def test_choose_keeps_reference_unless_clearly_faster():
