@@ -512,17 +512,6 @@ def _decide(
         return Decision(p, base_c, "multi-process run: not measured", "fixed", hardware, native), None
 
     precisions = [base_p] + (["bf16"] if want_p == "auto" and native else [])
-    budget_s = cfg.run.budget_minutes * 60 if cfg.run.budget_minutes is not None else None
-    planned = _planned_steps(cfg, batches.steps_per_epoch)
-    if want_c == "auto" and budget_s is None and planned < MIN_PLANNED_STEPS_TO_COMPILE:
-        want_c = False  # too short a run to compile: decided without timing
-        base_reason = f"{planned} planned steps: too few to compile"
-    else:
-        base_reason = ""
-    if len(precisions) == 1 and want_c != "auto":
-        why = base_reason or (f"no native bf16 on {hardware}" if want_p == "auto" else "as configured")
-        return Decision(base_p, base_c, why, "fixed", hardware, native), None
-
     signature = step_signature(cfg, device, torch.get_num_threads())
     key = cache_key(hardware, signature)
     cache_path = cache_path or default_cache_dir() / CACHE_FILE
@@ -533,6 +522,21 @@ def _decide(
     expected_compile = (
         measured_compile * WARM_COMPILE_FRACTION if measured_compile is not None else COMPILE_PRIOR_S
     )
+    budget_s = cfg.run.budget_minutes * 60 if cfg.run.budget_minutes is not None else None
+    planned = _planned_steps(cfg, batches.steps_per_epoch)
+    base_reason = reason_compile = ""
+    if want_c == "auto" and budget_s is None and planned < MIN_PLANNED_STEPS_TO_COMPILE:
+        want_c = False  # too short a run to compile: decided without timing
+        base_reason = f"{planned} planned steps: too few to compile"
+    elif want_c == "auto" and budget_s is not None and not should_try_compile(budget_s, expected_compile):
+        want_c = False  # decided from the budget alone, without timing
+        reason_compile = _not_tried(expected_compile, budget_s)
+    if len(precisions) == 1 and want_c != "auto":
+        reasons = [r for r in (base_reason, reason_compile) if r]
+        if want_p == "auto":
+            reasons.append(f"no native bf16 on {hardware}")
+        why = "; ".join(reasons) or "as configured"
+        return Decision(base_p, base_c, why, "fixed", hardware, native, compile_s=measured_compile), None
 
     eager = [Candidate(p, base_c) for p in precisions]
     by_cand = {t.candidate: t for t in cached}
@@ -546,19 +550,14 @@ def _decide(
         crops = _first_batch(batches)
         if crops is None:
             return Decision(base_p, base_c, "no readable first batch", "fixed", hardware, native), None
-        trials, compiled = measure(
-            cfg, model, train_model, eager, crops, objective
-        )  # compiled: run.compile=true
+        # `compiled`: the module compiled here when run.compile=true
+        trials, compiled = measure(cfg, model, train_model, eager, crops, objective)
         source = "measured"
     horizon = budget_s if budget_s is not None else planned * trials[0].step_s
 
-    reason_compile = ""
     if want_c == "auto":
         if not should_try_compile(horizon, expected_compile):
-            reason_compile = (
-                f"compile not tried: {expected_compile:.0f} s expected > {MAX_COMPILE_FRACTION:.0%} of "
-                f"the {horizon:.0f} s run"
-            )
+            reason_compile = _not_tried(expected_compile, horizon)
         else:
             comp = [Candidate(p, True) for p in precisions]
             if source == "cache" and all(c in by_cand for c in comp):
@@ -604,6 +603,13 @@ def _decide(
         step_s={t.candidate.name: t.step_s for t in trials},
     )
     return decision, compiled if best.compiled else None
+
+
+def _not_tried(expected_compile_s: float, horizon_s: float) -> str:
+    return (
+        f"compile not tried: {expected_compile_s:.0f} s expected > {MAX_COMPILE_FRACTION:.0%} of "
+        f"the {horizon_s:.0f} s run"
+    )
 
 
 def _first_batch(batches: Any) -> list[torch.Tensor] | None:
