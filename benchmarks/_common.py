@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tarfile
@@ -13,7 +14,13 @@ import torch
 
 from openseer.data.cache import default_cache_dir
 from openseer.models import build_model
-from openseer.optim.lars import LARS, param_groups
+from openseer.train.autotune import (
+    autocast_for,
+    hardware_name,
+    persist_compile_caches,
+    training_step,
+    trial_optimizer,
+)
 from openseer.train.config import PretrainConfig
 from openseer.train.pretrain import objective
 
@@ -34,23 +41,45 @@ def cifar10_folder(tar_path: Path = CIFAR_TAR) -> Path:
     return target
 
 
+def machine(device: torch.device) -> tuple[str, int]:
+    """(processor or GPU model, CPU cores this process may use), to print with every figure."""
+    return hardware_name(device), len(os.sched_getaffinity(0)) if hasattr(
+        os, "sched_getaffinity"
+    ) else os.cpu_count()
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 7) -> float:
-    """This machine's matrix-product peak: the median GFLOP/s of ``repeats`` timed n x n products."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    torch.mm(a, b)
-    synchronize(device)
+def matmul_peak_gflops(
+    device: torch.device, dtype: torch.dtype, n: int, repeats: int = 7, max_seconds: float = 1.0
+) -> float:
+    """This machine's matrix-product peak: the median GFLOP/s of ``repeats`` timed n x n products.
+
+    The side starts at 256 and doubles up to ``n`` while the next product would take under ``max_seconds``, so
+    a dtype the hardware only emulates (bf16 without avx512_bf16/AMX: ~0.4 GFLOP/s on a Zen 3) does not take
+    minutes.
+    """
+    side = min(256, n)
+    while True:
+        a = torch.randn(side, side, device=device, dtype=dtype)
+        b = torch.randn(side, side, device=device, dtype=dtype)
+        torch.mm(a, b)
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        if side >= n or 8 * (time.perf_counter() - start) > max_seconds:
+            break
+        side *= 2
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
         synchronize(device)
-        rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
+        rates.append(2 * side**3 / (time.perf_counter() - start) / 1e9)
     return statistics.median(rates)
 
 
@@ -66,34 +95,36 @@ def synthetic_crops(cfg: PretrainConfig, device: torch.device, seed: int = 0) ->
     return crops
 
 
-def swav_step_fn(cfg: PretrainConfig, device: torch.device) -> Callable[[list[torch.Tensor]], float]:
-    """One SwAV training step as the pretraining loop runs it (no queue, no logging, no non-finite check):
-    prototypes re-normalised, multi-crop forward, the loop's own ``objective`` (Sinkhorn codes,
-    swapped-prediction loss), backward, LARS/SGD step."""
+def swav_step_fn(
+    cfg: PretrainConfig,
+    device: torch.device,
+    precision: str | None = None,
+    compiled: bool | None = None,
+) -> Callable[[list[torch.Tensor]], int]:
+    """One SwAV training step as the pretraining loop runs it (``openseer.train.autotune.training_step``: no
+    queue, no logging, no non-finite check): prototypes re-normalised, multi-crop forward under autocast, the
+    loop's own ``objective`` (fp32 Sinkhorn codes, swapped-prediction loss), backward, LARS/SGD step at the
+    peak learning rate. Returns the batch size.
+
+    ``precision``/``compiled``: the path to time; None takes the config's (an 'auto' one: fp32, eager).
+    """
+    if precision is None:
+        precision = cfg.run.precision if cfg.run.precision != "auto" else "fp32"
+    if compiled is None:
+        compiled = cfg.run.compile is True
     model = build_model(cfg.model).to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if cfg.run.compile else model
-    groups = param_groups(model, cfg.optim.weight_decay)
-    lr = cfg.optim.base_lr * cfg.optim.batch_size / 256
-    if cfg.optim.name == "lars":
-        optimizer = LARS(groups, momentum=cfg.optim.momentum, trust_coefficient=cfg.optim.trust_coefficient)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.optim.momentum)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.run.precision)
+    if compiled:
+        persist_compile_caches()
+    forward = torch.compile(model) if compiled else model
+    run_step = training_step(
+        cfg, model, forward, trial_optimizer(cfg, model), autocast_for(device, precision), objective
+    )
 
-    def step(crops: list[torch.Tensor]) -> float:
-        bs = crops[0].shape[0]
-        model.head.normalize_prototypes()
-        with torch.autocast(device.type, dtype=precision or torch.float32, enabled=precision is not None):
-            z, scores = forward(crops)
-        loss, _ = objective(cfg, model, z, scores)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return bs
+    def step(crops: list[torch.Tensor]) -> int:
+        run_step(crops)
+        return crops[0].shape[0]
 
     return step
 

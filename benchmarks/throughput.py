@@ -1,34 +1,47 @@
-"""Pretraining throughput, and how close the training step comes to this machine's matrix-product peak.
+"""Pretraining throughput, the fast paths ``run.precision=auto`` / ``run.compile=auto`` would choose here, and how
+close the training step comes to this machine's matrix-product peak.
 
-Three measurements in one run, on the preset's model, crops and batch (default: the cpu preset):
+On the preset's model, crops and batch (default: the cpu preset), in one run:
 
-* ``imgs_per_s``: end to end, the real pretraining loop (``openseer.train.pretrain``) over the data: input
-  pipeline (decoded cache or per-image loader), multi-crop, forward, Sinkhorn, loss, backward, optimiser step.
-  Taken from the loop's own per-step rates after ``--warmup`` steps.
-* ``compute_imgs_per_s``: the same training step on ready-made crops (no input pipeline).
-* ``gflops_per_img``: training FLOPs per image (forward + backward) counted by
-  ``torch.utils.flop_counter.FlopCounterMode`` over one step; ``gflops_per_s`` = that x compute_imgs_per_s;
-  ``mfu`` = gflops_per_s / the median rate of large square matrix products measured in the same run
-  (fp32 on CPU; bf16 on CUDA, where the step also runs under bf16 autocast).
+* the step on ready-made crops, timed each way: fp32 and bf16 autocast, eager and compiled
+  (``openseer.train.autotune.measure``: the same weights for each, losses compared). Printed: seconds per step,
+  ``bf16_speedup`` (fp32 step time / bf16 step time), ``compile_speedup`` (eager / compiled, fp32) and the
+  compile seconds of the first compiled steps;
+* ``precision=`` and ``compile=``: what ``auto`` chooses from these timings for a first run of
+  ``--budget-minutes`` on this machine (bf16 only with native bf16 and matching losses; compilation tried only
+  if the prior compile time, ``COMPILE_PRIOR_S``, is within 10% of the budget);
+* the matrix-product peaks in fp32 and bf16, measured now; ``mfu`` = training FLOPs per image (forward and
+  backward, ``FlopCounterMode``) x images/s of the chosen path / the peak of the chosen precision;
+* ``imgs_per_s``: end to end, the real pretraining loop (``openseer.train.pretrain``) with the chosen paths over
+  the data (input pipeline, multi-crop, forward, Sinkhorn, loss, backward, optimiser), from its per-step rates
+  after ``--warmup`` steps;
+* with ``--compile-cold-warm``: the compile seconds of the step in two fresh processes sharing a new, empty
+  inductor cache folder, the first cold, the second warm (FX graph and AOT autograd caches).
 
-    python benchmarks/throughput.py                       # cpu preset on the built-in data
-    python benchmarks/throughput.py --data cifar10 run.compile=true
+    python benchmarks/throughput.py                       # cpu preset, built-in data
+    python benchmarks/throughput.py --data cifar10 --compile-cold-warm
+    python benchmarks/throughput.py --no-compile          # skip the compiled candidates (minutes on a CPU)
     python benchmarks/throughput.py --device cuda --preset swav-rn50 optim.batch_size=64
 
-Last line: ``imgs_per_s=<x> compute_imgs_per_s=<x> gflops_per_img=<x> mfu=<x>``.
+Last line: ``precision=<fp32|bf16> compile=<on|off> imgs_per_s=<x> compute_imgs_per_s=<x> bf16_speedup=<x>
+compile_speedup=<x> compile_s=<x> gflops_per_img=<x> mfu=<x> peak_fp32=<x> peak_bf16=<x> cores=<n> cpu=<model>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from _common import (  # the sibling module (its folder is on sys.path when run)
     cifar10_folder,
-    images_per_second,
+    machine,
     matmul_peak_gflops,
     swav_step_fn,
     synthetic_crops,
@@ -36,8 +49,10 @@ from _common import (  # the sibling module (its folder is on sys.path when run)
 from torch.utils.flop_counter import FlopCounterMode
 
 from openseer.config import load_config
+from openseer.models import build_model
+from openseer.train import autotune as at
 from openseer.train.config import PretrainConfig
-from openseer.train.pretrain import pretrain
+from openseer.train.pretrain import objective, pretrain
 
 
 def end_to_end_rate(cfg: PretrainConfig, warmup: int) -> float:
@@ -55,7 +70,7 @@ def training_flops(step, crops: list[torch.Tensor]) -> float:
     return float(counter.get_total_flops())
 
 
-def profile_table(step, crops: list[torch.Tensor], rows: int = 12) -> str:
+def profile_table(step, crops: list[torch.Tensor], rows: int = 15) -> str:
     """Where one training step spends its time, by operator (self time): what limits the step."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -66,63 +81,229 @@ def profile_table(step, crops: list[torch.Tensor], rows: int = 12) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
+def _layout(x: torch.Tensor) -> str:
+    if x.dim() == 4 and x.shape[-1] * x.shape[-2] > 1 and x.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return "contiguous" if x.is_contiguous() else "strided"
+
+
+def layer_formats(
+    cfg: PretrainConfig, device: torch.device, precision: str, crops: list[torch.Tensor]
+) -> str:
+    """Per kind of layer, the dtype and memory layout it receives and returns in one training step under
+    ``precision``: where autocast casts, and whether channels_last survives the casts."""
+    from collections import Counter
+
+    from torch import nn
+
+    model = build_model(cfg.model).to(device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    seen: Counter = Counter()
+
+    def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        kind = type(mod).__name__ + ("(grouped)" if getattr(mod, "groups", 1) > 1 else "")
+        x = inp[0]
+        seen[
+            (
+                kind,
+                str(x.dtype).removeprefix("torch."),
+                _layout(x),
+                str(out.dtype).removeprefix("torch."),
+                _layout(out),
+            )
+        ] += 1
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.BatchNorm1d | nn.Linear):
+            m.register_forward_hook(hook)
+    at.training_step(
+        cfg, model, model, at.trial_optimizer(cfg, model), at.autocast_for(device, precision), objective
+    )(crops)
+    return "\n".join(f"  {k[0]}: {k[1]} {k[2]} -> {k[3]} {k[4]} x{n}" for k, n in sorted(seen.items()))
+
+
+def time_paths(
+    cfg: PretrainConfig, device: torch.device, steps: int, compile_too: bool, native_bf16: bool
+) -> list[at.Trial]:
+    """Every path timed on the same synthetic crops from the same weights (fp32 eager first: the reference).
+
+    Without native bf16 the bf16 step is emulated (minutes on a CPU): one timed step, and never compiled.
+    """
+    model = build_model(cfg.model).to(device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    crops = synthetic_crops(cfg, device)
+    groups = [
+        ([at.Candidate("fp32", False)], steps),
+        ([at.Candidate("bf16", False)], steps if native_bf16 else 1),
+    ]
+    if compile_too:
+        groups.append(
+            ([at.Candidate("fp32", True)] + ([at.Candidate("bf16", True)] if native_bf16 else []), steps)
+        )
+    trials, compiled = [], None
+    for cands, n in groups:
+        more, compiled = at.measure(cfg, model, model, cands, crops, objective, steps=n, compiled=compiled)
+        trials += more
+    return trials
+
+
+def auto_choice(
+    trials: list[at.Trial], native: bool, horizon_s: float, expected_compile_s: float
+) -> tuple[at.Candidate, str]:
+    """What ``auto`` keeps among the timed paths for a run of ``horizon_s``: bf16 only with native bf16,
+    compiled ones only if the expected compile time passes ``should_try_compile`` (then already paid)."""
+    tried = at.should_try_compile(horizon_s, expected_compile_s)
+    allowed = [
+        t
+        for t in trials
+        if (native or t.candidate.precision == "fp32") and (tried or not t.candidate.compiled)
+    ]
+    best, reason = at.choose(allowed, horizon_s)
+    if not tried:
+        reason = f"compile not tried ({expected_compile_s:.0f} s expected, run {horizon_s:.0f} s); {reason}"
+    return best, ("" if native else "no native bf16; ") + reason
+
+
+def compile_probe(preset: str, overrides: list[str], device: str) -> None:
+    """Child process of --compile-cold-warm: prints the compile seconds of the first compiled steps."""
+    cfg = load_config(PretrainConfig, [preset], overrides)
+    dev = torch.device(device)
+    crops = synthetic_crops(cfg, dev)
+    step = swav_step_fn(cfg, dev, precision="fp32", compiled=True)
+    start = time.perf_counter()
+    step(crops)
+    step(crops)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    step(crops)
+    print(f"compile_s={max(0.0, first - 2 * (time.perf_counter() - start)):.1f}")
+
+
+def compile_cold_warm(preset: str, overrides: list[str], device: str) -> tuple[float, float]:
+    """Compile seconds in a fresh process with an empty inductor cache folder, then in another one reusing it."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        cmd = [
+            sys.executable,
+            __file__,
+            "--compile-probe",
+            "--preset",
+            preset,
+            "--device",
+            device,
+            *overrides,
+        ]
+        out = []
+        for _ in range(2):
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            out.append(float(res.stdout.strip().splitlines()[-1].split("=")[1]))
+    return out[0], out[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--data", default="builtin", help="builtin, cifar10, or a folder for the end-to-end run")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per path and for the end-to-end run")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed loop steps before the end-to-end rate")
+    ap.add_argument("--budget-minutes", type=float, default=20.0, help="run length auto decides for")
+    ap.add_argument("--no-compile", action="store_true", help="do not time compiled paths")
+    ap.add_argument("--compile-cold-warm", action="store_true", help="also time a cold and a warm compile")
+    ap.add_argument("--compile-probe", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument(
         "--matmul-size", type=int, default=None, help="side of the peak matmuls (2048 CPU, 8192 CUDA)"
     )
     ap.add_argument("--profile", action="store_true", help="print the operators that take the step's time")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = ap.parse_args()
+    if args.compile_probe:
+        compile_probe(args.preset, args.overrides, args.device)
+        return
     device = torch.device(args.device)
-    cuda = device.type == "cuda"
+    hardware, cores = machine(device)
+    native = at.device_native_bf16(device)
+    print(
+        f"cpu={hardware} cores={cores} threads={torch.get_num_threads()} native_bf16={native} device={device}"
+    )
+    n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
+    peaks = {
+        p: matmul_peak_gflops(device, dt, n) for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
+    print(
+        f"matmul peak (sides up to {n}): fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s"
+    )
+
+    cfg = load_config(PretrainConfig, [args.preset], args.overrides)
+    trials = time_paths(cfg, device, args.steps, not args.no_compile, native)
+    by = {t.candidate.name: t for t in trials}
+    bs = cfg.optim.batch_size
+    for t in trials:
+        extra = f", compile {t.compile_s:.1f} s" if t.candidate.compiled else ""
+        print(f"{t.candidate.name}: {t.step_s:.3f} s/step = {bs / t.step_s:.1f} img/s{extra}")
+    bf16_speedup = by["fp32-eager"].step_s / by["bf16-eager"].step_s
+    compiled = by.get("fp32-compiled")
+    compile_speedup = by["fp32-eager"].step_s / compiled.step_s if compiled else float("nan")
+    compile_s = compiled.compile_s if compiled else float("nan")
+    print(f"bf16/fp32 step speed: {bf16_speedup:.2f}x; compiled/eager (fp32): {compile_speedup:.2f}x")
+    if args.compile_cold_warm:
+        cold, warm = compile_cold_warm(args.preset, args.overrides, args.device)
+        print(f"compile of the step in a fresh process: cold cache {cold:.1f} s, warm cache {warm:.1f} s")
+    horizon = args.budget_minutes * 60
+    # as a first run on this machine decides (no cached timings: the prior compile time)
+    best, reason = auto_choice(trials, native, horizon, at.COMPILE_PRIOR_S)
+    print(f"auto for a {args.budget_minutes:g}-minute run: {best.name} ({reason})")
+
+    flop_step = swav_step_fn(cfg, device, precision="fp32", compiled=False)
+    crops = synthetic_crops(cfg, device)
+    gflops_img = training_flops(flop_step, crops) / bs / 1e9
+    compute = bs / by[best.name].step_s
+    achieved = gflops_img * compute
+    mfu = achieved / peaks[best.precision]
+    print(
+        f"compute only ({best.name}): {compute:.1f} img/s, {gflops_img:.4f} GFLOP/img, {achieved:.1f} GFLOP/s "
+        f"= {mfu:.1%} of the {best.precision} matmul peak"
+    )
+    if args.profile:  # for bf16 also where it is emulated: which kernels run, where the casts are
+        for precision in dict.fromkeys([best.precision, "bf16"]):
+            print(
+                f"{precision}: layer input -> output dtype and layout\n{layer_formats(cfg, device, precision, crops)}"
+            )
+            print(profile_table(swav_step_fn(cfg, device, precision=precision, compiled=False), crops))
+
     source = str(cifar10_folder()) if args.data == "cifar10" else args.data
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = [
-            f"data.source={source}",
-            f"run.device={args.device}",
-            f"run.out_dir={tmp}",
-            f"run.max_steps={args.warmup + args.steps}",
-            "run.budget_minutes=null",
-            "run.log_every=1",
-            "run.checkpoint_every=1000000",
-            "run.evaluate=false",
-            "run.progress=false",
-            "run.tensorboard=false",
-            *(["run.precision=bf16"] if cuda else []),
-            *args.overrides,
-        ]
-        cfg = load_config(PretrainConfig, [args.preset], overrides)
-        peak_dtype = torch.bfloat16 if cuda else torch.float32
-        peak = matmul_peak_gflops(device, peak_dtype, args.matmul_size or (8192 if cuda else 2048))
-        print(f"matmul peak ({str(peak_dtype).removeprefix('torch.')}): {peak:.1f} GFLOP/s")
-
-        step = swav_step_fn(cfg, device)
-        crops = synthetic_crops(cfg, device)
-        compute = images_per_second(lambda: step(crops), args.steps, args.warmup, device)
-        gflops_img = training_flops(step, crops) / cfg.optim.batch_size / 1e9
-        achieved = gflops_img * compute
-        print(
-            f"compute only: {compute:.1f} img/s, {gflops_img:.4f} GFLOP/img, {achieved:.1f} GFLOP/s "
-            f"= {achieved / peak:.1%} of the matmul peak"
+        e2e_cfg = load_config(
+            PretrainConfig,
+            [args.preset],
+            [
+                f"data.source={source}",
+                f"run.device={args.device}",
+                f"run.out_dir={tmp}",
+                f"run.max_steps={args.warmup + args.steps}",
+                "run.budget_minutes=null",
+                "run.log_every=1",
+                "run.checkpoint_every=1000000",
+                "run.evaluate=false",
+                "run.progress=false",
+                "run.tensorboard=false",
+                *args.overrides,
+                f"run.precision={best.precision}",
+                f"run.compile={str(best.compiled).lower()}",
+            ],
         )
-        if args.profile:
-            print(profile_table(step, crops))
-        e2e = end_to_end_rate(cfg, args.warmup)
-        print(f"end to end ({cfg.data.source}): {e2e:.1f} img/s = {e2e / compute:.0%} of compute only")
+        e2e = end_to_end_rate(e2e_cfg, args.warmup)
+    print(f"end to end ({source}, {best.name}): {e2e:.1f} img/s = {e2e / compute:.0%} of compute only")
     print(
-        f"preset={args.preset} arch={cfg.model.arch} batch={cfg.optim.batch_size} device={device} "
-        f"threads={torch.get_num_threads()} compile={cfg.run.compile} peak_gflops={peak:.1f} "
-        f"gflops_per_s={achieved:.1f}"
+        f"preset={args.preset} arch={cfg.model.arch} batch={bs} device={device} threads={torch.get_num_threads()}"
     )
     print(
-        f"imgs_per_s={e2e:.1f} compute_imgs_per_s={compute:.1f} gflops_per_img={gflops_img:.4f} "
-        f"mfu={achieved / peak:.3f}"
+        f"precision={best.precision} compile={'on' if best.compiled else 'off'} imgs_per_s={e2e:.1f} "
+        f"compute_imgs_per_s={compute:.1f} bf16_speedup={bf16_speedup:.3f} compile_speedup={compile_speedup:.3f} "
+        f"compile_s={compile_s:.1f} gflops_per_img={gflops_img:.4f} mfu={mfu:.3f} peak_fp32={peaks['fp32']:.1f} "
+        f"peak_bf16={peaks['bf16']:.1f} cores={cores} cpu={hardware.replace(' ', '_')}"
     )
 
 

@@ -117,10 +117,20 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     """'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1'..."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    """'fp32', or autocast to 'bf16' or 'fp16' (fp16 with loss scaling); 'auto': bf16 only where the hardware
+    computes it natively (avx512_bf16/AMX, Arm bf16, CUDA compute capability 8+) and a few timed steps at
+    start-up show it faster with a loss that matches fp32's (openseer.train.autotune). The Sinkhorn codes and
+    the loss are fp32 in every case."""
     threads: int | None = None
     """Intra-op CPU threads (null: the number of cores)."""
-    compile: bool = False
+    compile: bool | Literal["auto"] = False
+    """Wrap the model in torch.compile; 'auto': only when timed steps at start-up show the compiled step faster
+    and the compile time (the last one measured for this machine and config, else 120 s) is at most 10% of the
+    run (run.budget_minutes, or the planned steps). Inductor's caches persist under the openseer cache."""
+    autotune_cache: bool = True
+    """With 'auto' precision or compile: reuse the timings an earlier run measured for this hardware model and
+    configuration (<openseer cache>/autotune.json) instead of timing again; false: time again and overwrite."""
     budget_minutes: float | None = None
     """Train for this many minutes; the lr schedule then follows the fraction of the budget spent (warm-up:
     optim.warmup_fraction) instead of optim.epochs."""

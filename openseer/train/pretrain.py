@@ -6,7 +6,6 @@ data -> model -> optimiser and schedule -> resume -> loop(multi-crop, codes, swa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint, save_
 from openseer.models import SwAVModel
 from openseer.optim import LARS, cosine_schedule, param_groups, warmup_length
 from openseer.swav import EmbeddingQueue, cluster_health, swav_objective
+from openseer.train.autotune import choose_fast_paths
 from openseer.train.config import PretrainConfig
 from openseer.train.data import LoaderBatches, TensorBatches, prepare_data
 from openseer.train.monitor import CollapseMonitor, MetricsWriter, ProgressBar
@@ -151,7 +151,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     model = build_for_strategy(cfg, device)
     # DDP wrapper, or FSDP: `model` sharded in place (then its parameters are DTensor shards)
     train_model = parallelize(model, cfg.parallel, device, cfg.run.precision)
-    forward = torch.compile(train_model) if cfg.run.compile else train_model
+    # run.precision and run.compile; 'auto' ones are chosen by timing a few steps of the first batch
+    fast = choose_fast_paths(cfg, model, train_model, batches, device, objective, out_dir)
+    forward = fast.forward
 
     # ============ optimiser, schedule, queue ============
     groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
@@ -184,11 +186,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         len(cfg.swav.crops_for_assign), cfg.swav.queue_length // world, cfg.model.out_dim, device
     )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.precision == "fp16")
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16 if cfg.run.precision == "bf16" else torch.float16)
-        if cfg.run.precision != "fp32"
-        else contextlib.nullcontext()
-    )
+    autocast = fast.autocast
 
     # ============ resume ============
     step, images_seen, train_seconds, nonfinite, bad_streak = 0, 0, 0.0, 0, 0

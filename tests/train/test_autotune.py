@@ -1,0 +1,316 @@
+"""Choosing bf16 and torch.compile by measurement: the pure decisions, the cache, and the thin timing part (no
+assertion on how fast anything is)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from openseer import testing
+from openseer.config import load_config
+from openseer.train import autotune as at
+from openseer.train.config import PretrainConfig
+from openseer.train.data import TensorBatches
+from openseer.train.pretrain import build_model, objective
+
+FP32, BF16 = at.Candidate("fp32", False), at.Candidate("bf16", False)
+FP32_C = at.Candidate("fp32", True)
+X86_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma f16c\n"
+X86_BF16 = "processor\t: 0\nflags\t\t: avx2 avx512f avx512bw avx512_bf16\n"
+X86_AMX = "processor\t: 0\nflags\t\t: avx2 avx512f amx_tile amx_bf16 amx_int8\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU part\t: 0xd40\n"
+
+
+def _trial(cand: at.Candidate, step_s: float, losses=(4.6, 4.4, 4.2, 4.0), warmup_s=None) -> at.Trial:
+    warm = 2 if cand.compiled else 1
+    return at.Trial(cand, step_s, warmup_s if warmup_s is not None else warm * step_s, warm, list(losses))
+
+
+# ============ hardware ============
+
+
+@pytest.mark.parametrize(
+    ("text", "machine", "native"),
+    [
+        (X86_AVX2, "x86_64", False),  # Zen 3: no AVX-512, oneDNN emulates bf16
+        (X86_BF16, "x86_64", True),
+        (X86_AMX, "x86_64", True),
+        (ARM_BF16, "aarch64", True),
+        ("Features\t: fp asimd\n", "aarch64", False),
+        ("", "x86_64", False),
+    ],
+)
+def test_native_bf16_from_cpu_flags(text, machine, native):
+    assert at.native_bf16(at.cpu_flags(text), machine) is native
+
+
+def test_cpu_flags_and_model_name_parsed():
+    assert {"avx2", "f16c"} <= at.cpu_flags(X86_AVX2)
+    assert at.hardware_name(torch.device("cpu"), X86_AVX2) == "AMD EPYC"
+    assert at.hardware_name(torch.device("cpu"), "") != ""  # falls back to the platform's name
+
+
+# ============ decisions ============
+
+
+def test_compile_not_tried_when_it_cannot_pay_back_in_the_budget():
+    # a 5-minute run must not spend 2 minutes compiling; 20 or 40 minutes may try
+    assert not at.should_try_compile(5 * 60, at.COMPILE_PRIOR_S)
+    assert at.should_try_compile(20 * 60, at.COMPILE_PRIOR_S)
+    assert at.should_try_compile(40 * 60, at.COMPILE_PRIOR_S)
+    assert at.should_try_compile(5 * 60, 20.0)  # a warm cache makes it cheap enough
+    assert not at.should_try_compile(math.inf, 1.0)
+
+
+def test_losses_agree_within_tolerance_only():
+    ref = [4.60, 4.40, 4.20]
+    assert at.losses_agree(ref, [4.61, 4.42, 4.19], rtol=0.02)
+    assert not at.losses_agree(ref, [4.60, 4.40, 3.90], rtol=0.02)
+    assert not at.losses_agree(ref, [4.60, 4.40, float("nan")], rtol=0.02)
+    assert at.losses_agree(ref, [4.60, 4.40], rtol=0.02)  # the steps both ran: a compiled trial runs one more
+    assert at.losses_agree([4.60, 4.40], ref, rtol=0.02)
+    assert not at.losses_agree(ref, [], rtol=0.02)
+
+
+def test_compiled_trial_with_an_extra_warmup_step_is_compared_on_common_steps():
+    eager = _trial(FP32, 1.0, losses=(4.6, 4.4, 4.2, 4.0))
+    compiled = _trial(FP32_C, 0.5, losses=(4.6, 4.4, 4.2, 4.0, 3.8))
+    assert at.choose([eager, compiled], horizon_s=1000)[0] == FP32_C
+
+
+def test_choose_keeps_reference_unless_clearly_faster():
+    ref = _trial(FP32, 1.0)
+    cand, reason = at.choose([ref, _trial(BF16, 0.98)], horizon_s=600)  # 2%: within the noise margin
+    assert cand == FP32 and "bf16-eager 1.02x" in reason
+    cand, _ = at.choose([ref, _trial(BF16, 0.6)], horizon_s=600)
+    assert cand == BF16
+
+
+def test_choose_rejects_a_faster_path_that_learns_differently():
+    diverging = _trial(BF16, 0.5, losses=(4.6, 4.5, 4.9, 5.5))
+    cand, reason = at.choose([_trial(FP32, 1.0), diverging], horizon_s=600)
+    assert cand == FP32 and "loss differs" in reason
+
+
+def test_choose_counts_compile_still_to_pay():
+    trials = [_trial(FP32, 1.0), _trial(FP32_C, 0.8)]
+    # already compiled while measuring: only the step time counts
+    assert at.choose(trials, horizon_s=300, pending_compile_s=0.0)[0] == FP32_C
+    # compile still ahead (timings from the cache): 100 s of a 300 s run never pay back a 1.25x step
+    assert at.choose(trials, horizon_s=300, pending_compile_s=100.0)[0] == FP32
+    assert at.choose(trials, horizon_s=3000, pending_compile_s=100.0)[0] == FP32_C
+
+
+def test_choose_picks_the_fastest_of_several():
+    trials = [
+        _trial(FP32, 1.0),
+        _trial(BF16, 0.7),
+        _trial(FP32_C, 0.9),
+        _trial(at.Candidate("bf16", True), 0.5),
+    ]
+    assert at.choose(trials, horizon_s=1000)[0] == at.Candidate("bf16", True)
+
+
+def test_trial_compile_seconds_and_round_trip():
+    t = _trial(FP32_C, 0.5, warmup_s=31.0)
+    assert t.compile_s == pytest.approx(30.0)
+    assert at.Trial.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+
+
+def test_decision_summary_is_flat():
+    d = at.Decision("fp32", False, "why", "measured", "AMD EPYC", bf16_speedup=0.2)
+    s = d.summary()
+    assert s["precision"] == "fp32" and s["compile"] is False
+    assert s["autotune_bf16_speedup"] == 0.2 and "autotune_compile_speedup" not in s
+
+
+# ============ cache ============
+
+
+def _cfg(*overrides: str) -> PretrainConfig:
+    return load_config(PretrainConfig, ["cpu"], list(overrides))
+
+
+def test_cache_key_follows_what_the_step_depends_on():
+    cpu = torch.device("cpu")
+
+    def key(cfg: PretrainConfig, hardware: str = "AMD EPYC", threads: int = 2) -> str:
+        return at.cache_key(hardware, at.step_signature(cfg, cpu, threads))
+
+    base = key(_cfg())
+    assert base == key(_cfg()) and base.startswith("AMD EPYC ")
+    assert base == key(_cfg("augment.color_strength=0.8", "optim.base_lr=0.1", "run.budget_minutes=7"))
+    assert base != key(_cfg("optim.batch_size=128"))
+    assert base != key(_cfg("model.arch=regnety_400mf"))
+    assert base != key(_cfg(), threads=4)
+    assert base != key(_cfg(), hardware="Intel(R) Xeon(R) Platinum 8480+")
+
+
+def test_cache_written_atomically_and_merged(tmp_path: Path):
+    path = tmp_path / "sub" / "autotune.json"
+    assert at.read_cache(path) == {}
+    at.write_cache(path, "a", {"x": 1})
+    at.write_cache(path, "b", {"x": 2})
+    assert at.read_cache(path) == {"a": {"x": 1}, "b": {"x": 2}}
+    assert [p.name for p in path.parent.iterdir()] == ["autotune.json"]  # no temporary file left
+    path.write_text("{not json")
+    assert at.read_cache(path) == {}
+    path.write_text(json.dumps({"version": at.CACHE_VERSION + 1, "entries": {"a": {}}}))
+    assert at.read_cache(path) == {}
+
+
+def test_inductor_caches_persist_under_the_openseer_cache(tmp_path: Path, monkeypatch):
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    monkeypatch.setattr(functorch_config, "enable_autograd_cache", False)
+    assert at.persist_compile_caches(tmp_path) == tmp_path / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    assert inductor_config.fx_graph_cache and functorch_config.enable_autograd_cache
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice wins
+    assert at.persist_compile_caches(tmp_path) == tmp_path / "mine"
+
+
+# ============ timing part (tiny model; no timing asserted) ============
+
+
+def _tiny(tmp_path: Path, **changes: object) -> PretrainConfig:
+    return load_config(
+        PretrainConfig, overrides=testing.tiny_overrides("builtin", tmp_path / "run", **changes)
+    )
+
+
+def _setup(cfg: PretrainConfig):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    batches = TensorBatches(images, cfg.optim.batch_size, cfg.crops, cfg.augment, seed=0)
+    return model, batches
+
+
+def test_fixed_settings_measure_nothing(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(at, "measure", lambda *a, **k: pytest.fail("measured"))
+    cfg = _tiny(tmp_path, run__precision="fp32", run__compile=False)
+    model, batches = _setup(cfg)
+    fast = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), objective, tmp_path)
+    assert (fast.decision.precision, fast.decision.compile, fast.decision.source) == ("fp32", False, "fixed")
+    assert fast.forward is model
+    assert json.loads((tmp_path / at.RUN_FILE).read_text())["precision"] == "fp32"
+
+
+def test_auto_without_native_bf16_and_a_short_run_measures_nothing(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(at, "measure", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr(at, "device_native_bf16", lambda device: False)
+    cfg = _tiny(tmp_path, run__precision="auto", run__compile="auto", run__max_steps=5)
+    model, batches = _setup(cfg)
+    fast = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), objective, tmp_path)
+    d = fast.decision
+    assert (d.precision, d.compile, d.source) == ("fp32", False, "fixed")
+    assert "too few to compile" in d.reason
+
+
+def test_auto_with_a_short_budget_does_not_try_to_compile(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(at, "device_native_bf16", lambda device: False)
+    monkeypatch.setattr(at, "read_cache", lambda path: {})
+    cfg = _tiny(tmp_path, run__compile="auto", run__budget_minutes=5)
+    model, batches = _setup(cfg)
+
+    def fake_measure(cfg, model, train_model, candidates, crops, objective, **kw):
+        assert not any(c.compiled for c in candidates), "compiled within a 5-minute budget"
+        return [_trial(c, 1.0) for c in candidates], None
+
+    monkeypatch.setattr(at, "measure", fake_measure)
+    cache = tmp_path / "cache.json"
+    d = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), objective, None, cache).decision
+    assert d.compile is False and "compile not tried" in d.reason
+    assert d.source == "fixed" and not cache.exists()  # nothing to compare: nothing timed
+
+
+@pytest.mark.slow
+def test_measured_choice_restores_weights_and_is_cached(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(at, "device_native_bf16", lambda device: True)  # time bf16 even where it is emulated
+    monkeypatch.setattr(at, "TRIAL_STEPS", 1)
+    cfg = _tiny(tmp_path, run__precision="auto", run__compile=False)
+    model, batches = _setup(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    cache = tmp_path / "cache.json"
+    fast = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), objective, tmp_path, cache)
+    d = fast.decision
+    assert d.source == "measured" and set(d.step_s) == {"fp32-eager", "bf16-eager"}
+    assert d.precision in ("fp32", "bf16") and d.bf16_speedup is not None and d.bf16_speedup > 0
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "trial steps left the weights changed"
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(rng, torch.get_rng_state())
+    (entry,) = at.read_cache(cache).values()
+    # the bf16 trial's losses follow fp32's from the same weights (bf16 rounding only)
+    fp32, bf16 = (at.Trial.from_dict(t) for t in entry["trials"])
+    assert at.losses_agree(fp32.losses, bf16.losses, rtol=0.05)
+    assert fp32.losses[-1] < fp32.losses[0]  # the trial steps do learn
+
+    monkeypatch.setattr(at, "measure", lambda *a, **k: pytest.fail("measured again despite the cache"))
+    again = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), objective, None, cache)
+    assert again.decision.source == "cache" and again.decision.precision == d.precision
+
+
+@pytest.mark.parametrize(("minutes", "tried"), [(3, False), (5, True)])
+def test_a_measured_compile_is_expected_warm_next_time(tmp_path: Path, monkeypatch, minutes, tried):
+    # 100 s measured once -> 25 s expected with inductor's caches: within 10% of 5 minutes, not of 3
+    monkeypatch.setattr(at, "device_native_bf16", lambda device: False)
+    cfg = _tiny(tmp_path, run__compile="auto", run__budget_minutes=minutes)
+    model, batches = _setup(cfg)
+    cpu = torch.device("cpu")
+    key = at.cache_key(at.hardware_name(cpu), at.step_signature(cfg, cpu, torch.get_num_threads()))
+    cache = tmp_path / "cache.json"
+    at.write_cache(cache, key, {"trials": [_trial(FP32, 1.0).to_dict()], "compile_s": 100.0})
+    asked: list[at.Candidate] = []
+
+    def fake_measure(cfg, model, train_model, candidates, crops, objective, **kw):
+        asked.extend(candidates)
+        return [_trial(c, 1.0) for c in candidates], None
+
+    monkeypatch.setattr(at, "measure", fake_measure)
+    d = at.choose_fast_paths(cfg, model, model, batches, cpu, objective, None, cache).decision
+    assert any(c.compiled for c in asked) is tried
+    assert d.compile is False  # equally fast in this fake: eager kept
+    assert d.source == ("measured" if tried else "fixed")  # not tried: decided from the budget, not timed
+
+
+@pytest.mark.slow  # bf16 convolutions run a slow reference kernel on a CPU without native bf16
+def test_bf16_autocast_keeps_channels_last_through_the_casts(tmp_path: Path):
+    # every convolution and BatchNorm of the step gets and returns channels_last bf16 under autocast (the
+    # stem's input is the only fp32 one): no layout conversion between layers
+    from torch import nn
+
+    cfg = _tiny(tmp_path)
+    model = build_model(cfg).to(memory_format=torch.channels_last)
+    seen = []
+
+    def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        x = inp[0]
+        if x.shape[-1] * x.shape[-2] > 1:  # a 1x1 map (squeeze-excitation) has no layout to keep
+            seen.append(
+                (
+                    x.dtype,
+                    x.is_contiguous(memory_format=torch.channels_last),
+                    out.dtype,
+                    out.is_contiguous(memory_format=torch.channels_last),
+                )
+            )
+
+    for m in model.backbone.modules():
+        if isinstance(m, nn.Conv2d | nn.BatchNorm2d):
+            m.register_forward_hook(hook)
+    crops = [torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    with torch.no_grad(), at.autocast_for(torch.device("cpu"), "bf16"):
+        model(crops)
+    assert seen and all(cl_in and cl_out and out == torch.bfloat16 for _, cl_in, out, cl_out in seen)
+    assert sum(dt == torch.float32 for dt, *_ in seen) == 1  # the stem's input, cast inside the first conv
