@@ -187,9 +187,10 @@ def split_words(command: Command, words: Sequence[str]) -> tuple[dict[str, Any],
     while plain:
         if not slots:
             takes = " ".join(p.metavar for p in command.positionals) or "no positional arguments"
+            why = " (a key is letters, digits, _ and dots)" if "=" in plain[0] else ""
             raise ConfigError(
-                f"openseer {command.name} takes {takes}; '{plain[0]}' is not a key=value pair (a file named "
-                f"like one: ./{plain[0]})"
+                f"openseer {command.name} takes {takes}; '{plain[0]}' is one positional too many and not a "
+                f"key=value pair{why}"
             )
         slot = slots.pop(0)
         value: Any = plain if slot.many else plain[0]

@@ -143,8 +143,15 @@ def test_words_switches_and_positionals_in_any_order() -> None:
         {"checkpoint": "clf", "images": ["./a=b.jpg", "yes", "null"]},
         [],
     )
-    with pytest.raises(ConfigError, match="openseer knn takes RUN; 'extra' is not a key=value pair"):
+    with pytest.raises(
+        ConfigError,
+        match="openseer knn takes RUN; 'extra' is one positional too many and not a key=value pair$",
+    ):
         split_words(args.command, ["runs/a", "extra"])
+    with pytest.raises(
+        ConfigError, match="'max-count=3' is one positional too many .* letters, digits, _ and dots"
+    ):
+        split_words(args.command, ["runs/a", "max-count=3"])
 
 
 # ============ help, generated from the dataclass ============
