@@ -3,27 +3,23 @@
     python docs/gen_config_reference.py           # rewrite docs/config.md
     python docs/gen_config_reference.py --check   # exit 1 if docs/config.md is out of date
 
-Descriptions are the attribute docstrings (the string literal under a field) in the dataclass sources, so the
-reference cannot drift from the code: ``tests/test_docs.py`` fails until this script is rerun.
+Descriptions are the attribute docstrings (the string literal under a field) in the dataclass sources, read by
+:mod:`openseer.cli.reference` (which also writes ``openseer COMMAND --help``), so the reference cannot drift from
+the code: ``tests/test_docs.py`` fails until this script is rerun.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import inspect
 import sys
-import textwrap
-import types
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, get_args
 
-import yaml
-
-from openseer.config import preset_names, to_dict
+from openseer.cli.reference import NO_DEFAULT, PRETRAIN_FALLBACK, class_doc, key_docs, type_text, value_text
+from openseer.config import preset_names
 from openseer.train.config import PretrainConfig
 
 OUT = Path(__file__).resolve().parent / "config.md"
@@ -41,111 +37,12 @@ the run before it starts and names the key. `openseer pretrain --print-config ..
 """
 
 
-# For fields whose dataclass has no attribute docstring (yet). A docstring in the code always wins; entries for
-# keys that no longer exist are reported by --check, so they cannot linger unnoticed.
-FALLBACK: dict[str, str] = {
-    "data.workers": "DataLoader worker processes that decode and augment images (per-image path, evaluation).",
-    "crops[i].size": "Output side of these crops in pixels.",
-    "crops[i].count": "How many crops of this size are drawn per image.",
-    "crops[i].scale": "[min, max] area of a crop as a fraction of the image (RandomResizedCrop).",
-    "augment.flip_p": "Probability of a horizontal flip.",
-    "augment.color_strength": "SimCLR's colour strength s: ColorJitter(0.8s, 0.8s, 0.8s, 0.2s).",
-    "augment.color_p": "Probability of applying the colour jitter.",
-    "augment.grayscale_p": "Probability of converting a crop to grey.",
-    "augment.blur_p": "Probability of a Gaussian blur.",
-    "augment.blur_sigma": "[min, max] of the blur's sigma in pixels.",
-    "augment.mean": "Per-channel mean subtracted after scaling to [0, 1] (ImageNet's by default).",
-    "augment.std": "Per-channel standard deviation divided by after the mean.",
-    "model.head_hidden": "Hidden widths of the projection MLP (SwAV RN50: [2048]; SEER: [8192, 8192]).",
-    "model.head_bn": "BatchNorm after each hidden Linear layer of the projection MLP.",
-    "model.out_dim": "Dimension of the L2-normalised embedding z that the prototypes score.",
-    "model.prototypes": "Number K of prototypes (SwAV ImageNet: 3000; SEER: 16000).",
-    "model.channels_last": "NHWC memory format for the backbone (faster convolutions on most hardware).",
-    "swav.temperature": "Softmax temperature of the swapped prediction.",
-    "swav.epsilon": "Entropic regularisation of Sinkhorn-Knopp; larger gives flatter codes.",
-    "swav.sinkhorn_iters": "Sinkhorn-Knopp iterations per batch (SEER: 10).",
-    "swav.crops_for_assign": "Indices of the crops whose codes are computed; every other crop predicts them.",
-    "swav.queue_start_epoch": "Epoch from which the queue's embeddings join the code computation.",
-    "swav.freeze_prototypes_iters": "Steps at the start during which the prototypes get no gradient.",
-    "optim.name": "'lars' (SwAV, SEER) or plain 'sgd' with momentum.",
-    "optim.epochs": "Length of the schedule in passes over the training images (ignored with run.budget_minutes).",
-    "optim.start_lr": "Learning rate at the start of the warm-up, per 256 images (scaled like base_lr).",
-    "optim.warmup_epochs": "Linear warm-up from start_lr to base_lr, in epochs.",
-    "optim.weight_decay": "L2 weight decay (not applied to biases and normalisation parameters).",
-    "optim.momentum": "SGD/LARS momentum.",
-    "optim.trust_coefficient": "LARS trust coefficient: each tensor's rate is scaled by this x ||w|| / (||g|| + wd ||w||).",
-    "run.out_dir": "Run folder: config.yaml, metrics.jsonl, tensorboard/, checkpoints/, summary.json.",
-    "run.seed": "Seed of initialisation, data order and augmentation.",
-    "run.precision": "'fp32', or autocast to 'bf16' or 'fp16' (fp16 with loss scaling).",
-    "run.compile": "Wrap the model in torch.compile.",
-    "run.max_steps": "Stop after this many steps (smoke tests); the schedule keeps its full length.",
-    "run.log_every": "Write metrics (and check for collapse) every this many steps.",
-    "run.checkpoint_every": "Write a checkpoint every this many steps (and always at the end).",
-    "run.keep_checkpoints": "Newest checkpoints kept; older ones are deleted.",
-    "run.progress": "Show a progress bar.",
-    "run.tensorboard": "Mirror the metrics to TensorBoard in run.out_dir/tensorboard.",
-    "run.knn_k": "Neighbours of the kNN evaluation.",
-    "run.knn_temperature": "Temperature of the kNN's similarity weighting.",
-    "parallel.strategy": "'ddp': every process holds the whole model; 'fsdp': weights, gradients and optimiser state "
-    "are sharded over the processes (see docs/scaling.md).",
-    "run.dist_timeout_s": "Timeout of every collective across processes: a dead rank ends the job instead of a hang.",
-}
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings: the string literal that directly follows ``name: type = default`` in the class."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def _type(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return " \\| ".join(f"`{a}`" for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        named = [_type(a) for a in args if a is not type(None)]
-        return " or ".join(named) + (" or null" if type(None) in args else "")
-    if origin is list:
-        (elem,) = get_args(tp)
-        return f"list of {_type(elem)}"
-    if origin is tuple:
-        return "[" + ", ".join(_type(a) for a in get_args(tp)) + "]"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _value(value: Any) -> str:
-    text = yaml.safe_dump(to_dict(value), default_flow_style=True, width=10_000, sort_keys=False).strip()
-    return f"`{text.removesuffix('...').strip()}`"
-
-
-def _doc(cls: type) -> str:
-    doc = inspect.getdoc(cls) or ""
-    # without a docstring, dataclasses report their generated signature instead
-    generated = doc.startswith(cls.__name__ + "(")
-    return "" if generated else " ".join(doc.split())
-
-
 def _table(cls: type, prefix: str, instance: Any) -> list[str]:
-    hints = typing.get_type_hints(cls)
-    docs = _field_docs(cls)
     rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
-    for f in dataclasses.fields(cls):
-        default = _value(getattr(instance, f.name)) if instance is not None else ""
-        text = docs.get(f.name) or FALLBACK.get(prefix + f.name, "")
-        description = text.replace("|", "\\|")
-        rows.append(f"| `{prefix}{f.name}` | {_type(hints[f.name])} | {default} | {description} |")
+    for row in key_docs(cls, instance, prefix, PRETRAIN_FALLBACK):
+        default = "" if row.default is NO_DEFAULT else f"`{value_text(row.default)}`"
+        description = row.doc.replace("|", "\\|")
+        rows.append(f"| `{row.key}` | {type_text(row.type, markdown=True)} | {default} | {description} |")
     return rows
 
 
@@ -171,15 +68,15 @@ def render() -> str:
         tp, value = hints[f.name], getattr(config, f.name)
         lines.append(f"## `{f.name}`\n")
         if dataclasses.is_dataclass(tp):
-            if _doc(tp):
-                lines.append(_doc(tp) + "\n")
+            if class_doc(tp):
+                lines.append(class_doc(tp) + "\n")
             lines += _table(tp, f"{f.name}.", value)
         else:  # a list of dataclasses (crops): describe one item, show the whole default
             (item,) = get_args(tp)
-            if _doc(item):
-                lines.append(_doc(item) + "\n")
-            lines.append(f"A list; default {_value(value)}. Each item:\n")
-            lines += _table(item, f"{f.name}[i].", None)
+            if class_doc(item):
+                lines.append(class_doc(item) + "\n")
+            lines.append(f"A list; default `{value_text(value)}`. Each item:\n")
+            lines += _table(item, f"{f.name}[i].", NO_DEFAULT)
         lines.append("")
     lines.append("## Presets\n")
     lines.append(
@@ -200,9 +97,9 @@ def main() -> int:
     text = render()
     if args.check:
         current = OUT.read_text() if OUT.exists() else ""
-        stale = sorted(set(FALLBACK) - all_keys())
+        stale = sorted(set(PRETRAIN_FALLBACK) - all_keys())
         if stale:
-            print(f"FALLBACK describes keys that no longer exist: {', '.join(stale)}", file=sys.stderr)
+            print(f"PRETRAIN_FALLBACK (openseer/cli/reference.py) describes keys that no longer exist: {', '.join(stale)}", file=sys.stderr)
         if current != text:
             print(f"{OUT} is out of date: run python docs/gen_config_reference.py", file=sys.stderr)
         return 1 if stale or current != text else 0

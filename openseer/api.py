@@ -187,8 +187,8 @@ class PretrainedModel:
 
 def load(path: str | os.PathLike, device: str | torch.device = "auto") -> PretrainedModel:
     """A :class:`PretrainedModel` from any weights file :func:`openseer.weights.load_weights` reads: an openseer
-    run folder or checkpoint, a file written by ``openseer import-weights`` / ``openseer export --format
-    safetensors``, or a SEER/VISSL or timm checkpoint."""
+    run folder or checkpoint, a file written by ``openseer import-weights`` / ``openseer export ...
+    format=safetensors``, or a SEER/VISSL or timm checkpoint."""
     from openseer.weights import load_weights
 
     return PretrainedModel(load_weights(path), device=device)

@@ -121,14 +121,41 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}': unsupported type {tp!r}")
 
 
+def key_paths(cls: type) -> list[str]:
+    """Every settable key of dataclass ``cls`` in dotted form (``optim.base_lr``); a list of dataclasses is one
+    key (``crops``), set as a whole."""
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        keys += [f"{f.name}.{k}" for k in key_paths(tp)] if _is_dataclass_type(tp) else [f.name]
+    return keys
+
+
+def closest_key(key: str, keys: Sequence[str]) -> str | None:
+    """The key of ``keys`` that ``key`` most likely meant: a near spelling of the whole dotted key, else a key
+    whose last part is (nearly) ``key``'s last part (``workers`` -> ``features.workers``)."""
+    close = difflib.get_close_matches(key, keys, n=1)
+    if close:
+        return close[0]
+    leaf = key.rsplit(".", 1)[-1]
+    by_leaf: dict[str, str] = {}
+    for k in keys:
+        by_leaf.setdefault(k.rsplit(".", 1)[-1], k)
+    close = difflib.get_close_matches(leaf, list(by_leaf), n=1)
+    return by_leaf[close[0]] if close else None
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, checking every key and value."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            # a close name at this level first; else any key below it (a top-level `workers` that belongs
+            # in `features`)
+            close = difflib.get_close_matches(str(key), names, n=1) or [closest_key(str(key), key_paths(cls))]
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close[0] else ""
             raise ConfigError(
                 f"unknown config key '{prefix}{key}'{hint} (allowed under '{prefix or '<top>'}': {', '.join(names)})"
             )
@@ -209,11 +236,19 @@ def read_yaml(name_or_path: str | Path) -> dict:
     return data
 
 
-def load_config(cls: type[T], sources: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> T:
-    """Defaults of ``cls``, then each YAML source in order, then ``key=value`` overrides."""
+def load_config(
+    cls: type[T],
+    sources: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> T:
+    """Defaults of ``cls``, then each YAML source in order, then ``values`` (a nested mapping of values already
+    typed, such as the command line's positional paths, which must not be read as YAML), then ``key=value``
+    overrides."""
     merged: dict = to_dict(cls())
     for source in sources:
         merged = deep_merge(merged, read_yaml(source))
+    merged = deep_merge(merged, values or {})
     merged = deep_merge(merged, parse_overrides(overrides))
     return from_dict(cls, merged)
 

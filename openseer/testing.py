@@ -33,8 +33,9 @@ TINY_PRETRAIN: dict[str, object] = {
 }
 
 
-# keeps evaluation commands quick in tests: no worker processes, no progress bars
-FAST_EVAL = ["--workers", "0", "--no-progress"]
+# keeps evaluation commands quick in tests: no worker processes, no progress bars (config keys of every command
+# that computes features: embed, knn, linear, lowshot, neighbors, clusters)
+FAST_EVAL = ["features.workers=0", "features.progress=false"]
 
 
 def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 20) -> Path:

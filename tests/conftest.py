@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite: an isolated cache folder for every test, a tiny labelled image folder and
-a 2-step pretraining run on it (made once per test process), and the flags that keep evaluation commands fast."""
+a 2-step pretraining run on it (made once per test process). The config keys that keep evaluation commands fast
+are openseer.testing.FAST_EVAL."""
 
 from __future__ import annotations
 

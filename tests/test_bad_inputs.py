@@ -20,9 +20,7 @@ from openseer.data.images import BadImageError, load_rgb
 from openseer.eval.predict import Classifier, build_head, save_classifier
 from openseer.fileio.checkpoint import latest_checkpoint
 from openseer.models import build_backbone
-from openseer.testing import tiny_classifier_config, tiny_overrides
-
-FAST = ["--workers", "0", "--no-progress"]
+from openseer.testing import FAST_EVAL, tiny_classifier_config, tiny_overrides
 
 
 def _locked(path: object) -> bool:
@@ -176,7 +174,7 @@ def test_embed_reports_every_unreadable_file(
     run = _checkpoint_without_training(folder, tmp_path / "run")
     capsys.readouterr()
     out = tmp_path / "feats.safetensors"
-    assert cli_main(["embed", str(run), "--data", str(folder), "--out", str(out), *FAST]) == 0
+    assert cli_main(["embed", str(run), f"data={folder}", f"out={out}", *FAST_EVAL]) == 0
     printed = capsys.readouterr().out
     index = json.loads((tmp_path / "feats.json").read_text())
     assert set(index["items"]) == _usable(entries) and len(index["items"]) == 14
@@ -201,7 +199,7 @@ def test_predict_over_the_folder_answers_for_every_file(
 ) -> None:
     folder, entries = corpus
     clf = _classifier(tmp_path / "clf", ["a", "b"])
-    code = cli_main(["predict", str(clf), str(folder), "--json", "--topk", "2"])
+    code = cli_main(["predict", str(clf), str(folder), "--json", "topk=2"])
     result = json.loads(capsys.readouterr().out)
     assert code == 1  # finished, with some images unreadable
     answered = {p["image"]: p for p in result["predictions"]}
@@ -216,7 +214,7 @@ def test_predict_scores_a_labelled_set_with_bad_files(
     labelled = tmp_path / "labelled"
     entries = {name: write_bad_corpus(labelled / name) for name in ("a", "b")}
     clf = _classifier(tmp_path / "clf", ["a", "b"])
-    code = cli_main(["predict", str(clf), "--data", str(labelled), "--json", "--set", "workers=0"])
+    code = cli_main(["predict", str(clf), f"data={labelled}", "--json", "workers=0"])
     evaluation = json.loads(capsys.readouterr().out)["evaluation"]
     assert code == 0
     assert evaluation["images"] == 28 and sum(map(sum, evaluation["confusion"])) == 28

@@ -14,6 +14,7 @@ import openseer
 from openseer.cli import EXIT_OUT_OF_MEMORY, EXIT_USER_ERROR, is_out_of_memory
 from openseer.cli import main as cli_main
 from openseer.fileio.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from openseer.testing import FAST_EVAL
 
 TINY = [
     "model.arch=regnety_200mf",
@@ -29,7 +30,6 @@ TINY = [
     "run.tensorboard=false",
     "run.evaluate=false",
 ]
-FAST = ["--workers", "0", "--no-progress"]
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +72,7 @@ def test_folder_without_images(tmp_path: Path, capsys: pytest.CaptureFixture[str
     message = _error(capsys)
     assert message.startswith(f"openseer: error: no images found under {tmp_path / 'empty'}")
     assert ".jpg" in message and ".png" in message  # what it looked for
-    assert cli_main(["embed", str(tmp_path / "run"), "--data", str(tmp_path / "empty"), *FAST]) == 2
+    assert cli_main(["embed", str(tmp_path / "run"), f"data={tmp_path / 'empty'}", *FAST_EVAL]) == 2
 
 
 # ============ config ============
@@ -206,7 +206,7 @@ def test_embed_with_a_checkpoint_of_another_architecture(
 ) -> None:
     run, images = mislabelled_run
     capsys.readouterr()
-    assert cli_main(["embed", str(run), "--data", str(images), *FAST]) == 2
+    assert cli_main(["embed", str(run), f"data={images}", *FAST_EVAL]) == 2
     message = _error(capsys)
     assert "does not fit" in message
     for part in ("missing (", "unexpected (", "mismatched ("):

@@ -2,7 +2,16 @@
 
 import pytest
 
-from openseer.config import ConfigError, dump_yaml, load_config, parse_overrides, preset_names, read_yaml
+from openseer.config import (
+    ConfigError,
+    closest_key,
+    dump_yaml,
+    key_paths,
+    load_config,
+    parse_overrides,
+    preset_names,
+    read_yaml,
+)
 from openseer.data.multicrop import CropSpec
 from openseer.train.config import PretrainConfig
 
@@ -103,6 +112,19 @@ def test_unknown_key_names_it_and_suggests_the_close_one():
     assert "did you mean 'optim.base_lr'?" in message
     with pytest.raises(ConfigError, match="unknown config key 'modle'; did you mean 'model'"):
         load_config(PretrainConfig, overrides=["modle.arch=resnet50"])
+
+
+def test_a_key_at_the_wrong_level_names_the_one_below():
+    with pytest.raises(ConfigError, match="unknown config key 'base_lr'; did you mean 'optim.base_lr'"):
+        load_config(PretrainConfig, overrides=["base_lr=0.1"])
+    with pytest.raises(ConfigError, match="unknown config key 'prototype'; did you mean 'model.prototypes'"):
+        load_config(PretrainConfig, overrides=["prototype=10"])
+    assert closest_key("nothing_like_it", key_paths(PretrainConfig)) is None
+
+
+def test_positional_values_sit_between_files_and_overrides():
+    cfg = load_config(PretrainConfig, ["cpu"], ["run.seed=2"], {"data": {"source": "yes"}, "run": {"seed": 1}})
+    assert cfg.data.source == "yes" and cfg.run.seed == 2  # values are not read as YAML; overrides win
 
 
 def test_unknown_key_inside_a_list_of_crops():

@@ -46,6 +46,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from openseer.config import ConfigError
 from openseer.data.folders import DataError, list_images
 from openseer.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -167,6 +168,30 @@ class PackReport:
     @property
     def written(self) -> int:
         return sum(self.shards.values())
+
+
+@dataclass
+class ShardsConfig:
+    """The typed config of ``openseer shards``: the arguments of :func:`write_shards`."""
+
+    src: str = ""
+    """Folder of images, or a .txt/.csv list of paths."""
+    dst: str = ""
+    """Output folder of the shards (shard-NNNNNN.tar) and their index (shards.json)."""
+    max_size: float = 1e9
+    """Bytes per shard at most."""
+    max_count: int = 10_000
+    """Images per shard at most."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Images with more pixels are skipped as decompression bombs (as pretraining's data.max_pixels)."""
+    threads: int = 4
+    """Threads that decode every image once to check it."""
+
+    def validate(self) -> None:
+        if not self.src or not self.dst:
+            raise ConfigError("shards needs a source and a destination (src=FOLDER dst=FOLDER)")
+        if self.max_size <= 0 or self.max_count < 1 or self.threads < 1:
+            raise ConfigError("shards: max_size must be > 0, max_count and threads >= 1")
 
 
 def write_shards(
@@ -345,7 +370,7 @@ class ShardBatches:
         if len(shards.urls) < world_size:
             raise DataError(
                 f"{len(shards.urls)} shards cannot be split over {world_size} processes: pack smaller shards "
-                "(openseer shards --max-count)"
+                "(openseer shards max_count=...)"
             )
         self.shards, self.batch_size, self.multicrop = shards, batch_size, MultiCrop(crops, aug)
         self.seed, self.rank, self.world_size, self.workers = seed, rank, world_size, workers

@@ -64,16 +64,21 @@ def most_confident(cluster: torch.Tensor, confidence: torch.Tensor, k: int, m: i
 @dataclass
 class ClustersConfig:
     checkpoint: str = ""
+    """A pretraining run folder or checkpoint: its SwAV prototypes define the clusters."""
     data: str = "builtin"
+    """Images to assign: builtin, a folder, an ImageFolder tree or a CSV of path,label."""
     clusters: int = 12
     """How many of the largest clusters get a grid."""
     per_cluster: int = 32
+    """Images per grid, most confident first."""
     thumbnail: int = 48
+    """Side of each thumbnail in pixels."""
     max_images: int | None = None
     """Assign a seeded random subset of this many images (null: all)."""
     out_dir: str | None = None
     """Grids and gallery (default RUN/eval/clusters)."""
     results: str | None = None
+    """Folder of clusters.json; null: RUN/eval."""
     features: FeatureConfig = field(default_factory=lambda: FeatureConfig(bn_recalibrate=False))
     """BatchNorm statistics kept as trained by default: the head was trained on those features."""
 

@@ -49,14 +49,20 @@ class FeatureConfig:
     """How features are computed; shared by every evaluation command."""
 
     batch_size: int = 256
+    """Images per forward pass."""
     workers: int = 2
+    """DataLoader worker processes that decode image files (0: in this process)."""
     device: str = "auto"
+    """'auto' (this process's GPU when there is one, else the CPU), 'cpu', 'cuda', 'cuda:1' ..."""
     bn_recalibrate: bool = True
-    """Re-estimate BatchNorm statistics on un-augmented training images first (as pretraining's kNN does)."""
+    """Re-estimate BatchNorm statistics on un-augmented training images first (as pretraining's kNN does); always
+    on for a random initialisation."""
     calibration_images: int = 4096
+    """Training images (a seeded sample) that re-estimate the BatchNorm statistics."""
     cache: bool = True
     """Reuse features stored under the openseer cache folder (``$OPENSEER_CACHE/features``)."""
     progress: bool = True
+    """Show progress bars."""
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.workers < 0 or self.calibration_images < 1:
@@ -266,12 +272,18 @@ def embedder_for(
 @dataclass
 class EmbedConfig:
     checkpoint: str = ""
+    """Weights: a run folder, a ckpt-*.pt, a file written by import-weights or export, or a SEER/VISSL
+    or timm checkpoint."""
     data: str = "builtin"
+    """Images to embed: builtin, builtin:test, a folder, an ImageFolder tree or a CSV of path,label."""
     split: Literal["train", "test"] = "train"
+    """Split of 'builtin'."""
     out: str = "features.safetensors"
     """.safetensors (+ .json index); a name ending in .npy also writes the features as a NumPy array."""
     random_init: bool = False
+    """Embed with the same network at random initialisation."""
     seed: int = 0
+    """Seed of the random initialisation."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def validate(self) -> None:

@@ -50,16 +50,23 @@ log = logging.getLogger(__name__)
 @dataclass
 class RecipeConfig:
     epochs: float = 35.0
+    """Epochs over the training images; the milestones scale with them."""
     batch_size: int = 256
+    """Images per step (capped at the training-set size)."""
     lr: float = 0.0125
     """For a batch of 256; scaled linearly with the batch actually used."""
     milestones: list[float] = field(default_factory=lambda: [30 / 35])
     """Where the learning rate is multiplied by `gamma`, as fractions of all steps (SEER: after epoch 30 of 35)."""
     gamma: float = 0.1
+    """Factor applied to the learning rate at each milestone."""
     weight_decay: float = 1e-4
+    """L2 weight decay."""
     momentum: float = 0.9
+    """SGD momentum."""
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    """[min, max] area of the random resized crop, as a fraction of the image."""
     flip_p: float = 0.5
+    """Probability of a horizontal flip."""
 
     def validate(self) -> None:
         if self.epochs <= 0 or self.batch_size < 2 or self.lr <= 0:
@@ -285,12 +292,17 @@ class FinetuneConfig(SplitConfig):
     init: Literal["pretrained", "random"] = "pretrained"
     """'random': the same network from scratch (the supervised baseline)."""
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    """The training recipe (SEER's fine-tuning, scaled to the data)."""
     out_dir: str | None = None
     """Checkpoints of the classifier (default RUN/finetune, or RUN/finetune-scratch)."""
     results: str | None = None
+    """Folder of the JSON result; null: RUN/eval."""
     device: str = "auto"
+    """'auto' (this process's GPU when there is one, else the CPU), 'cpu', 'cuda', 'cuda:1' ..."""
     workers: int = 2
+    """DataLoader worker processes that decode and augment image files (0: in this process)."""
     progress: bool = True
+    """Show a progress bar."""
 
     def validate(self) -> None:
         if not self.checkpoint:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from openseer.config import ConfigError, from_dict
+from openseer.config import ConfigError
+from openseer.eval.embed import FeatureConfig
 from openseer.eval.metrics import accuracy
 from openseer.eval.split import SplitConfig
 
@@ -65,22 +66,23 @@ def knn_classifier(
 @dataclass
 class KnnConfig(SplitConfig):
     seed: int = 0
+    """Seed of the random initialisation (model 'random')."""
     k: int = 200
+    """Neighbours that vote."""
     temperature: float = 0.1
+    """Temperature of the votes' weighting exp(similarity / temperature)."""
     model: Literal["pretrained", "random"] = "pretrained"
+    """'random': score the same network at random initialisation."""
     results: str | None = None
-    features: Any = field(default_factory=dict)
-    """An openseer.eval.embed.FeatureConfig (given as a mapping; typed by validate, which imports torch)."""
+    """Folder of the JSON result; null: RUN/eval."""
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    """How features are computed."""
 
     def validate(self) -> None:
-        from openseer.eval.embed import FeatureConfig
-
         if not self.checkpoint:
             raise ConfigError("knn needs weights (checkpoint=RUN_FOLDER_OR_FILE)")
         if self.k < 1 or self.temperature <= 0:
             raise ConfigError(f"k must be >= 1 and temperature > 0, got k={self.k}, T={self.temperature}")
-        if not isinstance(self.features, FeatureConfig):
-            self.features = from_dict(FeatureConfig, self.features or {}, prefix="features.")
 
 
 def run_knn(cfg: KnnConfig) -> dict:

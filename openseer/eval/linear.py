@@ -40,12 +40,17 @@ class ProbeConfig:
     lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))
     """Learning rates per 256 samples, one head each, all trained at once."""
     epochs: int = 100
+    """Epochs over the cached features."""
     batch_size: int = 256
+    """Features per step."""
     weight_decay: float = 0.0
+    """L2 weight decay of the heads."""
     momentum: float = 0.9
+    """SGD momentum."""
     val_fraction: float = 0.1
     """Share of each class carved from the training features to choose the learning rate."""
     seed: int = 0
+    """Seed of the heads' initialisation, of the validation split and of the data order."""
 
     def validate(self) -> None:
         if not self.lrs or any(lr <= 0 for lr in self.lrs):
@@ -178,11 +183,15 @@ class LinearConfig(SplitConfig):
     seed: int = 0
     """Seed of the random initialisation (model 'random')."""
     model: Literal["pretrained", "random"] = "pretrained"
+    """'random': probe the same network at random initialisation."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Training of the linear heads."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    """How features are computed."""
     out_dir: str | None = None
     """Where the classifier checkpoint goes (default RUN/linear, or RUN/linear-random)."""
     save: bool = True
+    """Write the classifier checkpoint (to out_dir), which openseer predict reads."""
     results: str | None = None
     """Folder of the JSON result (default RUN/eval)."""
 

@@ -85,19 +85,26 @@ class LowShotConfig(SplitConfig):
     seed: int = 0
     """Seed of the random initialisation whose features the 'random' baseline probes."""
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    """Label budgets as fractions of each class."""
     per_class: list[int] = field(default_factory=list)
     """Label budgets as images per class, in addition to (or instead of) `fractions`."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds of the labelled subsets: each budget is drawn once per seed."""
     protocol: Literal["linear", "finetune"] = "linear"
     """How the pretrained network is evaluated: linear probe on frozen features, or fine-tuning."""
     baselines: list[Literal["random", "supervised"]] = field(default_factory=lambda: ["random", "supervised"])
+    """Scored on the same labels: 'random' (linear probe of the network at random initialisation),
+    'supervised' (the network trained from scratch, recipe `scratch`)."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Linear probes (protocol 'linear' and the 'random' baseline)."""
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     """Fine-tuning the pretrained network (protocol 'finetune')."""
     scratch: RecipeConfig = field(default_factory=lambda: RecipeConfig(lr=0.1))
     """Supervised training from scratch: the fine-tuning recipe with the usual from-scratch rate (0.1 per 256)."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    """How features are computed."""
     results: str | None = None
+    """Folder of the JSON result; null: RUN/eval."""
 
     def validate(self) -> None:
         if not self.checkpoint:

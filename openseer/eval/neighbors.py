@@ -64,13 +64,20 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
 @dataclass
 class NeighborsConfig:
     checkpoint: str = ""
+    """Weights: a run folder, a ckpt-*.pt, a file written by import-weights or export, or a SEER/VISSL
+    or timm checkpoint."""
     images: list[str] = field(default_factory=list)
+    """Query image files."""
     index: str = ""
+    """Folder (or labelled set) to search; its features are cached."""
     k: int = 10
+    """Neighbours per query."""
     random_init: bool = False
+    """Use the same network at random initialisation."""
     grid: str | None = None
     """A PNG: each query followed by its neighbours, one row per query."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    """How features are computed."""
 
     def validate(self) -> None:
         if not self.checkpoint or not self.index or not self.images:

@@ -237,13 +237,20 @@ def evaluate_classifier(
 @dataclass
 class PredictConfig:
     checkpoint: str = ""
+    """A classifier: the output folder or checkpoint of openseer linear or finetune, or an imported
+    fine-tuned file."""
     images: list[str] | None = None
+    """Image files, or folders of them."""
     data: str | None = None
     """A labelled set to score instead of (or as well as) single images."""
     topk: int = 5
+    """Labels per image."""
     device: str = "auto"
+    """'auto' (this process's GPU when there is one, else the CPU), 'cpu', 'cuda', 'cuda:1' ..."""
     batch_size: int = 64
+    """Images per forward pass."""
     workers: int = 2
+    """DataLoader worker processes that decode the images of `data` (0: in this process)."""
 
     def validate(self) -> None:
         if not self.checkpoint:
@@ -251,7 +258,9 @@ class PredictConfig:
                 "predict needs a classifier checkpoint (the output of openseer linear/finetune)"
             )
         if not self.images and not self.data:
-            raise ConfigError("predict needs image files, or --data with a labelled set to score")
+            raise ConfigError(
+                "predict needs image files (after the checkpoint, or images=[...]), or data=LABELLED_SET to score"
+            )
         if self.topk < 1:
             raise ConfigError(f"topk: got {self.topk}, expected >= 1")
 

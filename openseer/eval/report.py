@@ -14,12 +14,14 @@ import io
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from matplotlib.figure import Figure
 
+from openseer.config import ConfigError
 from openseer.fileio.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -230,6 +232,20 @@ def _cluster_png(run_dir: Path, entry: dict) -> str | None:
         if uri:
             return uri
     return None
+
+
+@dataclass
+class ReportConfig:
+    """The typed config of ``openseer report``: the arguments of :func:`build_report`."""
+
+    run_dir: str = ""
+    """A pretraining run folder."""
+    out: str | None = None
+    """Output file; null: RUN_DIR/report.html."""
+
+    def validate(self) -> None:
+        if not self.run_dir:
+            raise ConfigError("report needs a run folder (run_dir=RUN)")
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -54,7 +54,7 @@ def export_module(weights: Weights, with_head: bool = False) -> nn.Module:
 
 def _no_classifier(weights: Weights) -> CheckpointError:
     return CheckpointError(
-        f"--with-head: {weights.source} holds no classifier (a pretraining checkpoint has none; use a "
+        f"with_head: {weights.source} holds no classifier (a pretraining checkpoint has none; use a "
         "fine-tuned checkpoint that stores 'classes', or export the backbone alone)"
     )
 
@@ -62,7 +62,7 @@ def _no_classifier(weights: Weights) -> CheckpointError:
 def _example(weights: Weights, size: int | None, batch: int = 2) -> torch.Tensor:
     size = size or weights.preprocess.size
     if size < 8:
-        raise ConfigError(f"--size: got {size}, expected >= 8 pixels")
+        raise ConfigError(f"config key 'size': got {size}, expected >= 8 pixels")
     # batch 2 rather than 1: tracing with batch 1 lets some exporters specialise the batch axis away
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
@@ -107,7 +107,7 @@ def export(
     dst = Path(dst).expanduser()
     dst.parent.mkdir(parents=True, exist_ok=True)
     if fmt not in FORMATS:
-        raise ConfigError(f"--format: got '{fmt}', expected one of {', '.join(FORMATS)}")
+        raise ConfigError(f"config key 'format': got '{fmt}', expected one of {', '.join(FORMATS)}")
     if fmt == "safetensors":  # tensors only: no need to build (and hold) the network
         if with_head and weights.classifier is None:
             raise _no_classifier(weights)

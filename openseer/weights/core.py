@@ -181,7 +181,7 @@ def infer_arch(backbone: dict[str, torch.Tensor], arch: str | None = None) -> tu
         return arch, "imagenet"
     raise CheckpointError(
         f"the backbone's {len(shapes)} tensors match no known architecture ({', '.join(ARCHS)}); "
-        "name one with --arch to see which keys differ"
+        "name one (arch=...) to see which keys differ"
     )
 
 
@@ -300,7 +300,7 @@ def report_unknown(unknown: list[str], skip_unknown: bool, source: str, what: st
     if not skip_unknown:
         raise CheckpointError(
             f"{source}: {len(unknown)} {what} key(s) have no place in openseer's model: {listing} "
-            "(pass --skip-unknown to import without them)"
+            "(skip_unknown=true imports without them)"
         )
     log.warning("%s: skipped %d %s key(s): %s", source, len(unknown), what, listing)
     return [f"skipped {len(unknown)} {what} key(s): {listing}"]

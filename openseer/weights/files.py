@@ -302,5 +302,5 @@ def load_weights(
         )
     raise CheckpointError(
         f"cannot tell the layout of {source} (not an openseer, VISSL/ClassyVision or timm checkpoint); "
-        "name it with --format vissl or --format timm"
+        "name it: format=vissl or format=timm"
     )

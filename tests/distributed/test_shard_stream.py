@@ -51,7 +51,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dst = tmp_path_factory.mktemp("shards")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert cli_main(["shards", str(src), str(dst), "--max-count", str(PER_SHARD), "--threads", "2"]) == 0
+        assert cli_main(["shards", str(src), str(dst), f"max_count={PER_SHARD}", "threads=2"]) == 0
     (dst / "stdout.txt").write_text(printed.getvalue())
     return dst
 

@@ -44,7 +44,7 @@ def test_prototype_scores_are_cosines() -> None:
 
 def test_clusters_command_writes_grids_json_and_gallery(fresh_run, tmp_path: Path) -> None:
     run, folder = fresh_run
-    argv = ["clusters", str(run), "--data", str(folder), "--top", "3", "--per-cluster", "4", *FAST_EVAL]
+    argv = ["clusters", str(run), f"data={folder}", "clusters=3", "per_cluster=4", *FAST_EVAL]
     assert cli_main(argv) == 0
     result = json.loads((run / "eval" / "clusters.json").read_text())
     assert sum(result["sizes"]) == result["n_images"] == 36 and result["prototypes"] == 10

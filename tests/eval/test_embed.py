@@ -135,7 +135,7 @@ def test_random_init_features_are_told_apart_after_bn_recalibration(tmp_path: Pa
 def test_embed_command_writes_safetensors_json_and_npy(tiny_run, tmp_path: Path) -> None:
     run, folder = tiny_run
     out = tmp_path / "feats.npy"
-    assert cli_main(["embed", str(run), "--data", str(folder), "--out", str(out), *FAST_EVAL]) == 0
+    assert cli_main(["embed", str(run), f"data={folder}", f"out={out}", *FAST_EVAL]) == 0
     tensors = load_file(tmp_path / "feats.safetensors")
     index = json.loads((tmp_path / "feats.json").read_text())
     assert tensors["features"].shape == (36, 368) and tensors["labels"].shape == (36,)
@@ -151,6 +151,6 @@ def test_embed_command_writes_safetensors_json_and_npy(tiny_run, tmp_path: Path)
 
 def test_embed_errors_exit_2(tiny_run, tmp_path: Path, capsys) -> None:
     run, _ = tiny_run
-    assert cli_main(["embed", str(run), "--data", str(tmp_path / "nothing"), *FAST_EVAL]) == 2
+    assert cli_main(["embed", str(run), f"data={tmp_path / 'nothing'}", *FAST_EVAL]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert cli_main(["embed", str(tmp_path / "nocheckpoint"), "--data", "builtin", *FAST_EVAL]) == 2
+    assert cli_main(["embed", str(tmp_path / "nocheckpoint"), "data=builtin", *FAST_EVAL]) == 2

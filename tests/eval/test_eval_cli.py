@@ -10,7 +10,7 @@ import pytest
 
 from openseer.cli import build_parser
 from openseer.cli import main as cli_main
-from openseer.eval.commands import make_config
+from openseer.config import load_config
 from openseer.eval.embed import FeatureConfig
 from openseer.eval.knn import KnnConfig
 from openseer.eval.lowshot import LowShotConfig
@@ -32,45 +32,46 @@ def test_every_command_is_registered_with_help(capsys) -> None:
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args([name, "--help"])
         assert exit_info.value.code == 0
-    assert "--set KEY=VALUE" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--set" not in out and "features.workers: int = 2" in out
 
 
 def test_config_layers_and_errors() -> None:
-    cfg = make_config(KnnConfig, {"checkpoint": "x", "k": 7, "features": {"workers": 0}}, ["temperature=0.5"])
-    assert (cfg.k, cfg.temperature) == (7, 0.5)
+    cfg = load_config(KnnConfig, [], ["temperature=0.5", "features.workers=0"], {"checkpoint": "x", "k": 7})
+    assert (cfg.checkpoint, cfg.k, cfg.temperature) == ("x", 7, 0.5)
     assert (
         isinstance(cfg.features, FeatureConfig)
         and cfg.features.workers == 0
         and cfg.features.batch_size == 256
     )
-    # a flag inside a section keeps the section's other defaults (here the from-scratch learning rate)
-    low = make_config(LowShotConfig, {"checkpoint": "x", "scratch": {"epochs": 2.0}})
+    # a key inside a section keeps the section's other defaults (here the from-scratch learning rate)
+    low = load_config(LowShotConfig, [], ["checkpoint=x", "scratch.epochs=2"])
     assert low.scratch.lr == 0.1 and low.scratch.epochs == 2.0
     with pytest.raises(ValueError, match="did you mean 'temperature'"):
-        make_config(KnnConfig, {"checkpoint": "x"}, ["temprature=0.5"])
+        load_config(KnnConfig, [], ["checkpoint=x", "temprature=0.5"])
 
 
 def test_user_errors_exit_2(tmp_path: Path, capsys) -> None:
-    assert cli_main(["linear", str(tmp_path), "--set", "probe.lrss=[0.1]"]) == 2
+    assert cli_main(["linear", str(tmp_path), "probe.lrss=[0.1]"]) == 2
     assert "did you mean 'probe.lrs'" in capsys.readouterr().err
-    assert cli_main(["knn", str(tmp_path), "--k", "0"]) == 2
+    assert cli_main(["knn", str(tmp_path), "k=0"]) == 2
     assert cli_main(["knn", str(tmp_path / "none")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
 
 
 def test_knn_then_linear_share_cached_features(fresh_run, tmp_path: Path, capsys, cache_dir: Path) -> None:
     run, folder = fresh_run
-    assert cli_main(["knn", str(run), "--train", str(folder), "--k", "5", "--json", *FAST_EVAL]) == 0
+    assert cli_main(["knn", str(run), f"train={folder}", "k=5", "--json", *FAST_EVAL]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["k"] == 5 and result["temperature"] == 0.1 and 0 <= result["top1"] <= result["top5"] <= 1
     assert json.loads((run / "eval" / "knn.json").read_text())["top1"] == result["top1"]
     cached = sorted((cache_dir / "features").glob("*.safetensors"))
     assert len(cached) == 2  # train and test features
     assert (
-        cli_main(["linear", str(run), "--train", str(folder), "--epochs", "2", "--no-save", *FAST_EVAL]) == 0
+        cli_main(["linear", str(run), f"train={folder}", "probe.epochs=2", "save=false", *FAST_EVAL]) == 0
     )
     assert sorted((cache_dir / "features").glob("*.safetensors")) == cached
-    assert cli_main(["knn", str(run), "--train", str(folder), "--k", "5", "--random-init", *FAST_EVAL]) == 0
+    assert cli_main(["knn", str(run), f"train={folder}", "k=5", "model=random", *FAST_EVAL]) == 0
     assert "random" in capsys.readouterr().out
     assert json.loads((run / "eval" / "knn-random.json").read_text())["model"] == "random"
     # an explicit test set with a class the training set lacks cannot be scored
@@ -78,5 +79,5 @@ def test_knn_then_linear_share_cached_features(fresh_run, tmp_path: Path, capsys
     for name in ("class0", "class1"):
         shutil.copytree(folder / name, two / name)
     capsys.readouterr()
-    assert cli_main(["knn", str(run), "--train", str(two), "--test", str(folder), *FAST_EVAL]) == 2
+    assert cli_main(["knn", str(run), f"train={two}", f"test={folder}", *FAST_EVAL]) == 2
     assert "does not know: class2" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from openseer.eval.predict import evaluate_classifier, load_classifier
 from openseer.fileio.checkpoint import list_checkpoints, load_checkpoint
 from openseer.weights import load_weights
 
-NO_PROGRESS = ["--workers", "0", "--no-progress"]
+NO_PROGRESS = ["workers=0", "progress=false"]
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +70,7 @@ def test_in_memory_finetune_learns_and_is_exactly_resumable(tiny_run, tmp_path: 
 
 def test_finetune_command_keeps_class_names_and_checks_them_on_resume(fresh_run, tmp_path, capsys) -> None:
     run, folder = fresh_run
-    argv = ["finetune", str(run), "--train", str(folder), "--epochs", "1", "--batch-size", "9", *NO_PROGRESS]
+    argv = ["finetune", str(run), f"train={folder}", "recipe.epochs=1", "recipe.batch_size=9", *NO_PROGRESS]
     assert cli_main(argv) == 0
     result = json.loads((run / "eval" / "finetune.json").read_text())
     assert result["steps"] == 3 and result["model"] == "pretrained" and result["n_test"] == 9
@@ -83,7 +83,7 @@ def test_finetune_command_keeps_class_names_and_checks_them_on_resume(fresh_run,
         for i in range(3):
             (other / name / f"{i}.png").write_bytes((folder / "class0" / f"{i}.png").read_bytes())
     capsys.readouterr()
-    assert cli_main(["finetune", str(run), "--train", str(other), "--resume", *NO_PROGRESS]) == 2
+    assert cli_main(["finetune", str(run), f"train={other}", "--resume", *NO_PROGRESS]) == 2
     assert "differ from those of the checkpoint" in capsys.readouterr().err
 
 
@@ -92,13 +92,10 @@ def test_supervised_from_scratch_writes_its_own_result(fresh_run, tmp_path) -> N
     argv = [
         "finetune",
         str(run),
-        "--train",
-        str(folder),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "27",
-        "--from-scratch",
+        f"train={folder}",
+        "recipe.epochs=1",
+        "recipe.batch_size=27",
+        "init=random",
     ]
     assert cli_main([*argv, *NO_PROGRESS]) == 0
     result = json.loads((run / "eval" / "finetune-scratch.json").read_text())

@@ -83,7 +83,7 @@ def test_multihead_bn_has_no_parameters() -> None:
 
 def test_linear_command_writes_result_and_a_classifier(fresh_run, tmp_path: Path) -> None:
     run, folder = fresh_run
-    argv = ["linear", str(run), "--train", str(folder), "--epochs", "5", "--lrs", "0.01,0.1", *FAST_EVAL]
+    argv = ["linear", str(run), f"train={folder}", "probe.epochs=5", "probe.lrs=[0.01,0.1]", *FAST_EVAL]
     assert cli_main(argv) == 0
     result = json.loads((run / "eval" / "linear.json").read_text())
     assert result["kind"] == "linear" and result["model"] == "pretrained" and 0 <= result["top1"] <= 1
@@ -98,12 +98,10 @@ def test_linear_command_writes_result_and_a_classifier(fresh_run, tmp_path: Path
             [
                 "linear",
                 str(run),
-                "--train",
-                str(folder),
-                "--epochs",
-                "2",
-                "--random-init",
-                "--no-save",
+                f"train={folder}",
+                "probe.epochs=2",
+                "model=random",
+                "save=false",
                 *FAST_EVAL,
             ]
         )

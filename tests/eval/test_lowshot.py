@@ -11,6 +11,7 @@ import torch
 from openseer.cli import main as cli_main
 from openseer.config import from_dict
 from openseer.eval.lowshot import LowShotConfig, format_lowshot, label_subsets, mean_std, run_lowshot
+from openseer.testing import FAST_EVAL
 
 
 @pytest.fixture(autouse=True)
@@ -72,17 +73,14 @@ def test_finetune_protocol_from_the_command_line(fresh_run, tmp_path: Path, caps
     argv = [
         "lowshot",
         str(run),
-        "--train",
-        str(folder),
-        "--per-class",
-        "2",
-        "--seeds",
-        "3",
-        "--protocol",
-        "finetune",
+        f"train={folder}",
+        "per_class=[2]",
+        "fractions=[]",
+        "seeds=[3]",
+        "protocol=finetune",
     ]
-    argv += ["--baselines", "", "--set", "recipe.epochs=1", "--set", "recipe.batch_size=6", "--workers", "0"]
-    assert cli_main([*argv, "--no-progress"]) == 0
+    argv += ["baselines=[]", "recipe.epochs=1", "recipe.batch_size=6"]
+    assert cli_main([*argv, *FAST_EVAL]) == 0
     out = capsys.readouterr().out
     assert "self-supervised, fine-tuned" in out and "2/class" in out
     result = json.loads((run / "eval" / "lowshot.json").read_text())

@@ -31,8 +31,8 @@ def test_nearest_ranks_by_cosine_not_length() -> None:
 def test_neighbors_command_finds_the_query_itself_first(tiny_run, tmp_path: Path, capsys, cache_dir) -> None:
     run, folder = tiny_run
     query = folder / "class1" / "3.png"
-    argv = ["neighbors", str(run), str(query), "--index", str(folder), "--k", "4", "--json"]
-    assert cli_main([*argv, "--grid", str(tmp_path / "grid.png"), *FAST_EVAL]) == 0
+    argv = ["neighbors", str(run), str(query), f"index={folder}", "k=4", "--json"]
+    assert cli_main([*argv, f"grid={tmp_path / 'grid.png'}", *FAST_EVAL]) == 0
     (hits,) = json.loads(capsys.readouterr().out)
     first = hits["neighbors"][0]
     assert first["item"] == str(query) and first["score"] == pytest.approx(1.0, abs=1e-4)
@@ -43,6 +43,6 @@ def test_neighbors_command_finds_the_query_itself_first(tiny_run, tmp_path: Path
         assert grid.width > grid.height  # one row: the query and its 4 neighbours
     cached = list((cache_dir / "features").glob("*.safetensors"))
     assert len(cached) == 1
-    assert cli_main(["neighbors", str(run), str(query), "--index", str(folder), *FAST_EVAL]) == 0
+    assert cli_main(["neighbors", str(run), str(query), f"index={folder}", *FAST_EVAL]) == 0
     assert list((cache_dir / "features").glob("*.safetensors")) == cached  # the index was not embedded again
     assert "class1/3.png" in capsys.readouterr().out

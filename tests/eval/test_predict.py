@@ -88,7 +88,7 @@ def test_predict_command_table_json_and_errors(tmp_path: Path, capsys) -> None:
     for i, im in enumerate(random_images(2)):
         images.append(tmp_path / f"{i}.png")
         im.save(images[-1])
-    assert cli_main(["predict", str(tmp_path / "clf"), *map(str, images), "--topk", "3"]) == 0
+    assert cli_main(["predict", str(tmp_path / "clf"), *map(str, images), "topk=3"]) == 0
     table = capsys.readouterr().out
     assert "probability" in table and str(images[0]) in table and len(table.strip().splitlines()) == 7
     (tmp_path / "bad.png").write_bytes(b"not an image")
@@ -103,5 +103,5 @@ def test_predict_command_table_json_and_errors(tmp_path: Path, capsys) -> None:
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
     # a labelled set whose classes the classifier does not know: a user error, exit code 2
     other = make_image_folder(tmp_path / "other", classes=2, per_class=2)
-    assert cli_main(["predict", str(tmp_path / "clf"), "--data", str(other)]) == 2
+    assert cli_main(["predict", str(tmp_path / "clf"), f"data={other}"]) == 2
     assert "does not know: class0, class1" in capsys.readouterr().err

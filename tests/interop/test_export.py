@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import typing
 import warnings
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 from torch import nn
 
 from openseer.cli import main as cli_main
-from openseer.config import load_config, to_dict
+from openseer.config import ConfigError, load_config, to_dict
 from openseer.fileio.checkpoint import save_checkpoint
-from openseer.interop.commands import EXPORT_FORMATS
+from openseer.interop.config import EXPORT_SUFFIXES, ExportConfig
 from openseer.interop.export import FORMATS, relative_error
 from openseer.models import build_model
 from openseer.testing import randomize_batchnorm
@@ -51,7 +53,7 @@ def _onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
 
 def test_onnx_backbone_matches_pytorch(run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     dst = tmp_path / "backbone.onnx"
-    assert cli_main(["export", str(run["folder"]), str(dst), "--format", "onnx", "--verify"]) == 0
+    assert cli_main(["export", str(run["folder"]), str(dst), "verify=true"]) == 0
     assert "relative error" in capsys.readouterr().out
     assert run["cfg"].model.arch == "regnety_200mf"
     with torch.no_grad():
@@ -65,7 +67,7 @@ def test_onnx_backbone_matches_pytorch(run: dict, tmp_path: Path, capsys: pytest
 def test_onnx_with_classifier_outputs_logits(run: dict, tmp_path: Path) -> None:
     dst = tmp_path / "classifier.onnx"
     assert (
-        cli_main(["export", str(run["folder"] / "finetuned.pt"), str(dst), "--format", "onnx", "--with-head"])
+        cli_main(["export", str(run["folder"] / "finetuned.pt"), str(dst), "with_head=true"])
         == 0
     )
     with torch.no_grad():
@@ -75,7 +77,7 @@ def test_onnx_with_classifier_outputs_logits(run: dict, tmp_path: Path) -> None:
 
 def test_torchscript_accepts_other_batches_and_sizes(run: dict, tmp_path: Path) -> None:
     dst = tmp_path / "backbone.pt"
-    assert cli_main(["export", str(run["folder"]), str(dst), "--format", "torchscript"]) == 0
+    assert cli_main(["export", str(run["folder"]), str(dst), "format=torchscript"]) == 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.load(str(dst))
@@ -86,7 +88,7 @@ def test_torchscript_accepts_other_batches_and_sizes(run: dict, tmp_path: Path) 
 
 def test_safetensors_keeps_the_backbone_and_the_classifier_only_when_asked(run: dict, tmp_path: Path) -> None:
     assert (
-        cli_main(["export", str(run["folder"]), str(tmp_path / "b.safetensors"), "--format", "safetensors"])
+        cli_main(["export", str(run["folder"]), str(tmp_path / "b.safetensors")])
         == 0
     )
     weights = load_weights(tmp_path / "b.safetensors")
@@ -96,7 +98,7 @@ def test_safetensors_keeps_the_backbone_and_the_classifier_only_when_asked(run: 
 
     src = str(run["folder"] / "finetuned.pt")
     assert (
-        cli_main(["export", src, str(tmp_path / "c.safetensors"), "--format", "safetensors", "--with-head"])
+        cli_main(["export", src, str(tmp_path / "c.safetensors"), "with_head=true"])
         == 0
     )
     weights = load_weights(tmp_path / "c.safetensors")
@@ -107,7 +109,7 @@ def test_safetensors_keeps_the_backbone_and_the_classifier_only_when_asked(run: 
 
 def test_with_head_needs_a_classifier(run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = cli_main(
-        ["export", str(run["folder"]), str(tmp_path / "x.onnx"), "--format", "onnx", "--with-head"]
+        ["export", str(run["folder"]), str(tmp_path / "x.onnx"), "with_head=true"]
     )
     assert code == 2
     assert "holds no classifier" in capsys.readouterr().err
@@ -115,7 +117,20 @@ def test_with_head_needs_a_classifier(run: dict, tmp_path: Path, capsys: pytest.
 
 
 def test_cli_formats_match_the_exporter() -> None:
-    assert EXPORT_FORMATS == FORMATS
+    (literal, _none) = get_args(typing.get_type_hints(ExportConfig)["format"])
+    assert set(get_args(literal)) == set(EXPORT_SUFFIXES.values()) == set(FORMATS)
+
+
+def test_format_from_the_destination_suffix() -> None:
+    for dst, fmt in (("b.onnx", "onnx"), ("b.pt", "torchscript"), ("b.safetensors", "safetensors")):
+        cfg = ExportConfig(checkpoint="run", dst=dst)
+        cfg.validate()
+        assert cfg.format == fmt
+    kept = ExportConfig(checkpoint="run", dst="b.onnx", format="torchscript")
+    kept.validate()
+    assert kept.format == "torchscript"  # a format given wins over the suffix
+    with pytest.raises(ConfigError, match="cannot tell the format"):
+        ExportConfig(checkpoint="run", dst="b.bin").validate()
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # one process on purpose
@@ -132,6 +147,6 @@ def test_sharded_fsdp_run_exports_like_any_other(run: dict, tmp_path: Path) -> N
         tmp_path / "fsdp" / "checkpoints", 5, model, optimizer, queue, {"config": to_dict(cfg)}
     )
     dst = tmp_path / "fsdp.safetensors"
-    assert cli_main(["export", str(tmp_path / "fsdp"), str(dst), "--format", "safetensors"]) == 0
+    assert cli_main(["export", str(tmp_path / "fsdp"), str(dst)]) == 0
     weights = load_weights(dst)
     assert all(torch.equal(weights.backbone[k], v) for k, v in model.backbone.state_dict().items())

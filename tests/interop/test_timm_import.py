@@ -93,7 +93,7 @@ def test_timm_training_checkpoint_and_resnet(tmp_path: Path) -> None:
 
 def test_unrecognised_files_ask_for_a_format(tmp_path: Path) -> None:
     torch.save({"encoder.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="--format"):
+    with pytest.raises(CheckpointError, match="format=vissl or format=timm"):
         load_weights(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="match no known architecture"):
         load_weights(tmp_path / "other.pt", fmt="timm")

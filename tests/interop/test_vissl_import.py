@@ -223,8 +223,7 @@ def test_finetuned_classifier_with_class_names(
         "import-weights",
         str(tmp_path / "ft.torch"),
         str(tmp_path / "ft.safetensors"),
-        "--classes",
-        str(tmp_path / "classes.txt"),
+        f"classes={tmp_path / 'classes.txt'}",
     ]
     assert cli_main(argv) == 0
     assert "classifier (3 classes)" in capsys.readouterr().out
@@ -232,7 +231,7 @@ def test_finetuned_classifier_with_class_names(
     assert weights.classes == ["cat", "dog", "bird"]
     assert torch.equal(weights.classifier["weight"], clf.weight)
     (tmp_path / "two.txt").write_text("cat\ndog\n")
-    assert cli_main([*argv[:-1], str(tmp_path / "two.txt")]) == 2
+    assert cli_main([*argv[:-1], f"classes={tmp_path / 'two.txt'}"]) == 2
     assert "2 class names given for a classifier with 3 outputs" in capsys.readouterr().err
 
 
@@ -245,9 +244,9 @@ def test_unknown_keys_are_listed_never_dropped(
     torch.save(ckpt, src)
     assert cli_main(["import-weights", str(src), str(dst)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("openseer: error:") and "0.prototypes1.weight" in err and "--skip-unknown" in err
+    assert err.startswith("openseer: error:") and "0.prototypes1.weight" in err and "skip_unknown=true" in err
     assert not dst.exists()
-    assert cli_main(["import-weights", str(src), str(dst), "--skip-unknown"]) == 0
+    assert cli_main(["import-weights", str(src), str(dst), "skip_unknown=true"]) == 0
     assert "skipped 1 head key(s): 0.prototypes1.weight" in capsys.readouterr().out
     assert any("0.prototypes1.weight" in n for n in load_weights(dst).notes)  # recorded in the file too
 
