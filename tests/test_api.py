@@ -143,7 +143,7 @@ def test_predict_matches_the_classifier(run_dir: Path, tmp_path: Path, resize: s
     images = [_image(3), _image(4, (64, 30))]
     top = model.predict(images, topk=3)
     x = torch.stack([model.preprocess.image(img) for img in images])
-    assert x.shape[-2:] == (model.image_size, model.image_size)
+    assert x.shape[-2:] == (model.preprocess.size, model.preprocess.size)
     cropping = any(isinstance(t, v2.CenterCrop) for t in model.preprocess.transform().transforms)
     assert cropping == (resize == "center_crop")  # classifiers trained on whole images are fed whole images
     with torch.no_grad():
