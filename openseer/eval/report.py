@@ -155,6 +155,76 @@ def plot_cluster_sizes(sizes: list[int]) -> str:
     return png_data_uri(fig)
 
 
+# A curve has "flattened" when, over the last CURVE_TAIL of its steps, a least-squares line through the logged
+# points changes the loss by less than LOSS_TOL of its level and the validation top-1 by less than ACC_TOL.
+CURVE_TAIL = 0.1
+LOSS_TOL = 0.05
+ACC_TOL = 0.02
+
+
+def tail_change(points: list[dict], key: str, tail: float = CURVE_TAIL) -> tuple[float, float] | None:
+    """(change of ``key`` over the last ``tail`` of the steps, mean of ``key`` there), from a least-squares
+    line through the logged points in that window (the last 3 points when fewer fall in it); None when fewer
+    than 3 finite points."""
+    xs, ys = _finite(points, key)
+    if len(xs) < 3:
+        return None
+    start = xs[-1] - tail * xs[-1]
+    n = max(3, sum(x >= start for x in xs))
+    xs, ys = xs[-n:], ys[-n:]
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+    return slope * (xs[-1] - start), my
+
+
+def run_curves(run: dict) -> tuple[list[dict], list[dict]]:
+    """(loss curve, validation curve) of one low-shot run: the kept run's own, or for a network trained again
+    on the whole subset (no validation images left), the validation run at the chosen learning rate."""
+    curve = run.get("curve") or []
+    if any("val_top1" in p for p in curve):
+        return curve, curve
+    return curve, (run.get("val_curves") or {}).get(str(run.get("lr")), [])
+
+
+def not_flattened(run: dict) -> list[str]:
+    """Why the curves of a low-shot run had not flattened by its end (empty when they had, or were not kept)."""
+    curve, val = run_curves(run)
+    out = []
+    loss = tail_change(curve, "loss")
+    if loss is not None and loss[0] < -LOSS_TOL * abs(loss[1]):
+        out.append(f"loss still falling by {100 * -loss[0] / abs(loss[1]):.0f}%")
+    acc = tail_change(val, "val_top1")
+    if acc is not None and acc[0] > ACC_TOL:
+        out.append(f"validation top-1 still rising by {100 * acc[0]:.1f} points")
+    return out
+
+
+def plot_lowshot_curves(row: dict, budgets: list[str]) -> str | None:
+    """One panel per budget: each seed's training loss (solid, left axis) and validation top-1 (dashed, right
+    axis) against the step. None when the result kept no curves (older results)."""
+    cells = [row["cells"].get(b, {}).get("runs", []) for b in budgets]
+    if not any(run_curves(r)[0] or run_curves(r)[1] for runs in cells for r in runs):
+        return None
+    fig = Figure(figsize=(3.6 * len(budgets), 2.6))
+    axes = fig.subplots(1, len(budgets), squeeze=False)[0]
+    for ax, budget, runs in zip(axes, budgets, cells, strict=True):
+        twin = ax.twinx()
+        for i, r in enumerate(runs):
+            color = f"C{i % 10}"
+            curve, val = run_curves(r)
+            ax.plot(*_finite(curve, "loss"), color=color, linewidth=1, label=f"seed {r.get('seed', i)}")
+            twin.plot(*_finite(val, "val_top1"), color=color, linewidth=1, linestyle="--")
+        ax.set(title=f"{row['name']}, {budget}", xlabel="step", ylabel="loss (solid)")
+        ax.title.set_fontsize(9)
+        twin.set_ylim(0, 1)
+        twin.set_ylabel("val. top-1 (dashed)")
+        ax.grid(alpha=0.3)
+        if runs:
+            ax.legend(fontsize=7, loc="center right")
+    return png_data_uri(fig)
+
+
 # ============ page ============
 
 
@@ -228,7 +298,36 @@ def lowshot_html(result: dict) -> str:
         f"<p>Top-1 (%) on {html.escape(result.get('test', ''))}, mean ± std over seeds {result['seeds']}; "
         f"protocol for the pretrained network: {html.escape(result['protocol'])}.</p>"
     )
-    return note + _table(["method", *[f"{b} of the labels" if b.endswith("%") else b for b in budgets]], rows)
+    parts = [
+        note,
+        _table(["method", *[f"{b} of the labels" if b.endswith("%") else b for b in budgets]], rows),
+    ]
+    plots = [(row["name"], plot_lowshot_curves(row, budgets)) for row in result["rows"]]
+    if any(uri for _, uri in plots):
+        parts.append(
+            "<h3>Training curves</h3><p>Loss on the training labels (mean since the previous logged step) and "
+            "top-1 on the validation split carved from each labelled subset; a network trained again on the "
+            "whole subset after the choice of learning rate shows the validation curve of its run at that "
+            "rate.</p>"
+        )
+        parts += [_img(uri, f"training curves: {name}") for name, uri in plots if uri]
+    notes = [
+        f"{row['name']}, {b}, seed {r.get('seed')}: {'; '.join(why)}"
+        for row in result["rows"]
+        for b in budgets
+        for r in row["cells"].get(b, {}).get("runs", [])
+        if (why := not_flattened(r))
+    ]
+    if notes:
+        parts.append(
+            f"<p class='warn'>Not flattened over the last {100 * CURVE_TAIL:.0f}% of the steps (loss falling by "
+            f"more than {100 * LOSS_TOL:.0f}%, or validation top-1 rising by more than {100 * ACC_TOL:.0f} "
+            "points): a longer budget may change these figures.</p>"
+            + "<ul>"
+            + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+            + "</ul>"
+        )
+    return "".join(parts)
 
 
 def _confusion_source(results: list[dict]) -> dict | None:
@@ -336,7 +435,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1150px;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
         "th{background:#f2f2f2}img{max-width:100%}figure{display:inline-block;margin:.5em;vertical-align:top}"
-        "figcaption{font-size:.85em;max-width:420px}"
+        "figcaption{font-size:.85em;max-width:420px}.warn{color:#a33}"
         "</style></head><body>"
         f"<h1>openseer report: {html.escape(run_dir.name)}</h1><p><code>{html.escape(str(run_dir.resolve()))}</code></p>"
         + "\n".join(sections)
