@@ -155,27 +155,50 @@ def plot_cluster_sizes(sizes: list[int]) -> str:
     return png_data_uri(fig)
 
 
-# A curve has "flattened" when, over the last CURVE_TAIL of its steps, a least-squares line through the logged
-# points changes the loss by less than LOSS_TOL of its level and the validation top-1 by less than ACC_TOL.
+# A run has "flattened" when, over the last CURVE_TAIL of its steps, and over as many steps just before its
+# learning rate first drops (a step decay freezes a curve that was still falling: the drop is no plateau), a
+# least-squares line through the logged points changes the loss by less than LOSS_TOL of its level and the
+# validation top-1 by less than ACC_TOL. A loss still above STUCK of its first logged value is reported too: a
+# rate too small for the budget gives a flat curve that has learnt little.
 CURVE_TAIL = 0.1
 LOSS_TOL = 0.05
 ACC_TOL = 0.02
+STUCK = 0.8
 
 
-def tail_change(points: list[dict], key: str, tail: float = CURVE_TAIL) -> tuple[float, float] | None:
-    """(change of ``key`` over the last ``tail`` of the steps, mean of ``key`` there), from a least-squares
-    line through the logged points in that window (the last 3 points when fewer fall in it); None when fewer
-    than 3 finite points."""
+def tail_change(
+    points: list[dict], key: str, tail: float = CURVE_TAIL, end: float | None = None
+) -> tuple[float, float] | None:
+    """(change of ``key`` over the ``tail`` of the steps (as a fraction of the last step) that ends at step
+    ``end`` (default the last), mean of ``key`` there), from a least-squares line through the logged points in
+    that window (the last 3 points up to ``end`` when fewer fall in it); None when fewer than 3 finite points."""
     xs, ys = _finite(points, key)
-    if len(xs) < 3:
+    if not xs:
         return None
-    start = xs[-1] - tail * xs[-1]
-    n = max(3, sum(x >= start for x in xs))
-    xs, ys = xs[-n:], ys[-n:]
+    span = tail * xs[-1]
+    stop = xs[-1] if end is None else end
+    keep = [i for i, x in enumerate(xs) if x <= stop]
+    if len(keep) < 3:
+        return None
+    n = max(3, sum(xs[i] >= stop - span for i in keep))
+    xs, ys = [xs[i] for i in keep[-n:]], [ys[i] for i in keep[-n:]]
     mx, my = sum(xs) / n, sum(ys) / n
     var = sum((x - mx) ** 2 for x in xs)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
-    return slope * (xs[-1] - start), my
+    return slope * span, my
+
+
+def before_decay(points: list[dict]) -> float | None:
+    """The last logged step before the learning rate first falls below half its starting value (None when the
+    points log no rate or it never falls so)."""
+    rated = [p for p in points if isinstance(p.get("lr"), int | float)]
+    if not rated:
+        return None
+    first = rated[0]["lr"]
+    for prev, p in zip(rated, rated[1:], strict=False):
+        if p["lr"] < 0.5 * first:
+            return prev["step"]
+    return None
 
 
 def run_curves(run: dict) -> tuple[list[dict], list[dict]]:
@@ -188,15 +211,27 @@ def run_curves(run: dict) -> tuple[list[dict], list[dict]]:
 
 
 def not_flattened(run: dict) -> list[str]:
-    """Why the curves of a low-shot run had not flattened by its end (empty when they had, or were not kept)."""
+    """Why the curves of a low-shot run had not flattened (empty when they had, or were not kept)."""
     curve, val = run_curves(run)
     out = []
-    loss = tail_change(curve, "loss")
-    if loss is not None and loss[0] < -LOSS_TOL * abs(loss[1]):
-        out.append(f"loss still falling by {100 * -loss[0] / abs(loss[1]):.0f}%")
-    acc = tail_change(val, "val_top1")
-    if acc is not None and acc[0] > ACC_TOL:
-        out.append(f"validation top-1 still rising by {100 * acc[0]:.1f} points")
+    pct = f"{100 * CURVE_TAIL:.0f}%"
+    for points, key in ((curve, "loss"), (val, "val_top1")):
+        windows: list[tuple[float | None, str]] = [(None, f"over the last {pct} of the steps")]
+        if (decay := before_decay(points)) is not None:
+            windows.append((decay, f"over the {pct} before the learning rate decays"))
+        for end, where in windows:
+            change = tail_change(points, key, end=end)
+            if change is None:
+                continue
+            if key == "loss" and change[0] < -LOSS_TOL * abs(change[1]):
+                out.append(f"loss still falling by {100 * -change[0] / abs(change[1]):.0f}% {where}")
+            elif key == "val_top1" and change[0] > ACC_TOL:
+                out.append(f"validation top-1 still rising by {100 * change[0]:.1f} points {where}")
+    losses = _finite(curve, "loss")[1]
+    if len(losses) >= 3:
+        last = tail_change(curve, "loss")
+        if last is not None and last[1] > STUCK * losses[0]:
+            out.append(f"loss barely moved: {losses[0]:.3g} at first, {last[1]:.3g} at the end")
     return out
 
 
@@ -206,7 +241,7 @@ def plot_lowshot_curves(row: dict, budgets: list[str]) -> str | None:
     cells = [row["cells"].get(b, {}).get("runs", []) for b in budgets]
     if not any(run_curves(r)[0] or run_curves(r)[1] for runs in cells for r in runs):
         return None
-    fig = Figure(figsize=(3.6 * len(budgets), 2.6))
+    fig = Figure(figsize=(4.2 * len(budgets), 2.6), layout="constrained")  # room for the twin axes' labels
     axes = fig.subplots(1, len(budgets), squeeze=False)[0]
     for ax, budget, runs in zip(axes, budgets, cells, strict=True):
         twin = ax.twinx()
@@ -320,9 +355,11 @@ def lowshot_html(result: dict) -> str:
     ]
     if notes:
         parts.append(
-            f"<p class='warn'>Not flattened over the last {100 * CURVE_TAIL:.0f}% of the steps (loss falling by "
-            f"more than {100 * LOSS_TOL:.0f}%, or validation top-1 rising by more than {100 * ACC_TOL:.0f} "
-            "points): a longer budget may change these figures.</p>"
+            f"<p class='warn'>Runs not trained to a plateau: over the last {100 * CURVE_TAIL:.0f}% of the steps, "
+            "or as many before the learning rate decays, the loss still falling by more than "
+            f"{100 * LOSS_TOL:.0f}% or the validation top-1 rising by more than {100 * ACC_TOL:.0f} points; or "
+            f"a loss still above {100 * STUCK:.0f}% of its first value. A longer budget or another learning "
+            "rate may change these figures.</p>"
             + "<ul>"
             + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
             + "</ul>"

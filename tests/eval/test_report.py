@@ -18,6 +18,7 @@ from openseer.eval.neighbors import save_grid
 from openseer.eval.quick import evaluate_run
 from openseer.eval.report import (
     accuracy_rows,
+    before_decay,
     build_report,
     not_flattened,
     read_metrics,
@@ -46,7 +47,7 @@ def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             os.environ["OPENSEER_CACHE"] = old
     (run / "figures.json").write_text(json.dumps(figures))
-    flat = [{"step": s, "loss": 0.5 + 1 / s, "val_top1": 0.8} for s in range(10, 210, 10)]
+    flat = [{"step": s, "loss": 0.2 + 10 / s, "val_top1": 0.8} for s in range(10, 210, 10)]
     falling = [{"step": s, "loss": 3 - s / 100} for s in range(10, 210, 10)]  # 2.9 -> 1.0, no flattening
     runs = [
         {"seed": 0, "top1": 0.5, "lr": 0.1, "curve": flat},
@@ -150,16 +151,37 @@ def test_report_renders_in_headless_chromium(evaluated_run: Path, tmp_path: Path
 
 def test_curve_flattening_is_judged_on_the_last_tenth_of_the_steps() -> None:
     steps = range(10, 1010, 10)
-    flat = [{"step": s, "loss": 1.0 + 0.001 * (s % 20 == 0), "val_top1": 0.9} for s in steps]
+    flat = [{"step": s, "loss": 0.3 + 20 / s, "val_top1": 0.9} for s in steps]  # 2.3 -> 0.32, flat at the end
     assert not_flattened({"curve": flat}) == []
     # loss falling by 0.2 over the last 100 steps, around a level of 0.1 there; accuracy rising 5 points
     falling = [{"step": s, "loss": 2.0 - 0.002 * s} for s in steps]
-    assert not_flattened({"curve": falling}) == ["loss still falling by 200%"]
+    assert not_flattened({"curve": falling}) == ["loss still falling by 200% over the last 10% of the steps"]
     change, level = tail_change(falling, "loss")
     assert change == pytest.approx(-0.2, rel=1e-6) and level == pytest.approx(0.1, rel=1e-6)
-    rising = [{"step": s, "loss": 1.0, "val_top1": 0.5 + 0.0005 * s} for s in steps]
-    assert not_flattened({"curve": rising}) == ["validation top-1 still rising by 5.0 points"]
+    rising = [{**p, "val_top1": 0.5 + 0.0005 * p["step"]} for p in flat]
+    assert not_flattened({"curve": rising}) == [
+        "validation top-1 still rising by 5.0 points over the last 10% of the steps"
+    ]
     # a run retrained on the whole subset (no validation split left) is judged on its validation run
-    refit = {"curve": [{"step": s, "loss": 1.0} for s in steps], "lr": 0.1, "val_curves": {"0.1": rising}}
+    refit = {
+        "curve": [{"step": p["step"], "loss": p["loss"]} for p in flat],
+        "lr": 0.1,
+        "val_curves": {"0.1": rising},
+    }
     assert run_curves(refit)[1] is rising and len(not_flattened(refit)) == 1
     assert tail_change(flat[:2], "loss") is None and not_flattened({}) == []
+
+
+def test_a_step_decay_does_not_pass_for_a_plateau_nor_a_stuck_loss_for_convergence() -> None:
+    # falling steadily until the rate drops 10x at step 860, then frozen: flat over the last 10% only
+    frozen = [
+        {"step": s, "loss": 2.3 - 0.002 * min(s, 860), "lr": 0.1 if s <= 860 else 0.01}
+        for s in range(10, 1010, 10)
+    ]
+    assert before_decay(frozen) == 860 and before_decay([{"step": 1, "loss": 1.0}]) is None
+    assert not_flattened({"curve": frozen}) == [
+        "loss still falling by 29% over the 10% before the learning rate decays"  # 0.2 around 0.68
+    ]
+    # a rate too small for the budget: flat, but hardly below where it started (ln 10 for ten classes)
+    stuck = [{"step": s, "loss": 2.3 - 0.0002 * s} for s in range(10, 1010, 10)]
+    assert not_flattened({"curve": stuck}) == ["loss barely moved: 2.3 at first, 2.11 at the end"]
