@@ -71,6 +71,8 @@ class MultiHeadProbe(nn.Module):
         super().__init__()
         self.bn = nn.BatchNorm1d(dim, affine=False)
         self.heads = nn.ModuleList(self._head(dim, num_classes) for _ in range(heads))
+        self.history: list[dict] = []
+        """Training curve: {'step', 'loss': [per head], 'val_top1': [per head] (when scored)} per logged step."""
 
     @staticmethod
     def _head(dim: int, num_classes: int) -> nn.Linear:
@@ -91,11 +93,18 @@ class MultiHeadProbe(nn.Module):
 
 
 def train_probes(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    cfg: ProbeConfig,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    log_points: int = 50,
 ) -> MultiHeadProbe:
     """Train one head per learning rate in cfg.lrs on features (N, D) and labels (N,), cosine-decayed SGD.
 
     Every step feeds the same batch to all heads; the summed loss gives each head exactly its own gradient.
+    The probe's ``history`` logs each head's mean loss at ``log_points`` evenly spaced steps, and its top-1 on
+    ``val`` = (features (M, D), labels (M,)) when given.
     """
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
@@ -109,6 +118,8 @@ def train_probes(
     steps_per_epoch = max(1, n // bs)  # full batches only: BatchNorm needs > 1 sample
     total = cfg.epochs * steps_per_epoch
     x, y = features.float(), labels.long()
+    log_every = max(1, math.ceil(total / log_points))
+    running, count = torch.zeros(len(base)), 0  # per-head loss summed since the last logged point
     probe.train()
     step = 0
     for _ in range(cfg.epochs):
@@ -124,6 +135,24 @@ def train_probes(
             loss.backward()
             opt.step()
             step += 1
+            with torch.no_grad():
+                running += (
+                    F.cross_entropy(logits.detach().flatten(0, 1), y[idx].repeat(len(base)), reduction="none")
+                    .view(len(base), -1)
+                    .mean(dim=1)
+                )
+                count += 1
+            if step % log_every == 0 or step == total:
+                point = {"step": step, "loss": (running / count).tolist()}
+                running, count = torch.zeros(len(base)), 0
+                if val is not None:
+                    with torch.no_grad():
+                        probe.eval()
+                        point["val_top1"] = [
+                            accuracy(lg, val[1], topk=(1,))[0] for lg in probe(val[0].float())
+                        ]
+                        probe.train()
+                probe.history.append(point)
     return probe.eval()
 
 
@@ -142,6 +171,8 @@ class ProbeResult:
     lr: float
     val_top1: dict[float, float]
     """Validation top-1 of every learning rate (training top-1 when the set is too small to carve one)."""
+    curve: list[dict] = field(default_factory=list)
+    """The chosen head's training curve: {'step', 'loss', 'val_top1'} per logged step."""
 
 
 def fit_linear_probe(
@@ -157,12 +188,16 @@ def fit_linear_probe(
     if len(val_idx) == 0:
         log.warning("too few labels to carve a validation split: learning rate chosen on the training set")
         train_idx = val_idx = torch.arange(len(labels))
-    probe = train_probes(features[train_idx], labels[train_idx], num_classes, cfg)
+    val = (features[val_idx], labels[val_idx])
+    probe = train_probes(features[train_idx], labels[train_idx], num_classes, cfg, val=val)
     with torch.no_grad():
         logits = probe(features[val_idx].float())
     scores = [accuracy(lg, labels[val_idx], topk=(1,))[0] for lg in logits]
     best = max(range(len(scores)), key=lambda h: (scores[h], -h))  # ties: the smaller learning rate
-    return ProbeResult(probe.single(best), cfg.lrs[best], dict(zip(cfg.lrs, scores, strict=True)))
+    curve = [
+        {"step": p["step"], "loss": p["loss"][best], "val_top1": p["val_top1"][best]} for p in probe.history
+    ]
+    return ProbeResult(probe.single(best), cfg.lrs[best], dict(zip(cfg.lrs, scores, strict=True)), curve)
 
 
 @torch.no_grad()

@@ -159,6 +159,111 @@ def plot_cluster_sizes(sizes: list[int]) -> str:
     return png_data_uri(fig)
 
 
+# A run has "flattened" when, over the last CURVE_TAIL of its steps, and over as many steps just before its
+# learning rate first drops (a step decay freezes a curve that was still falling: the drop is no plateau), a
+# least-squares line through the logged points changes the loss by less than LOSS_TOL of its level and the
+# validation top-1 by less than ACC_TOL. A loss still above STUCK of its first logged value is reported too: a
+# rate too small for the budget gives a flat curve that has learnt little.
+CURVE_TAIL = 0.1
+LOSS_TOL = 0.05
+ACC_TOL = 0.02
+STUCK = 0.8
+
+
+def tail_change(
+    points: list[dict], key: str, tail: float = CURVE_TAIL, end: float | None = None
+) -> tuple[float, float] | None:
+    """(change of ``key`` over the ``tail`` of the steps (as a fraction of the last step) that ends at step
+    ``end`` (default the last), mean of ``key`` there), from a least-squares line through the logged points in
+    that window (the last 3 points up to ``end`` when fewer fall in it); None when fewer than 3 finite points."""
+    xs, ys = _finite(points, key)
+    if not xs:
+        return None
+    span = tail * xs[-1]
+    stop = xs[-1] if end is None else end
+    keep = [i for i, x in enumerate(xs) if x <= stop]
+    if len(keep) < 3:
+        return None
+    n = max(3, sum(xs[i] >= stop - span for i in keep))
+    xs, ys = [xs[i] for i in keep[-n:]], [ys[i] for i in keep[-n:]]
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+    return slope * span, my
+
+
+def before_decay(points: list[dict]) -> float | None:
+    """The last logged step before the learning rate first falls below half its starting value (None when the
+    points log no rate or it never falls so)."""
+    rated = [p for p in points if isinstance(p.get("lr"), int | float)]
+    if not rated:
+        return None
+    first = rated[0]["lr"]
+    for prev, p in zip(rated, rated[1:], strict=False):
+        if p["lr"] < 0.5 * first:
+            return prev["step"]
+    return None
+
+
+def run_curves(run: dict) -> tuple[list[dict], list[dict]]:
+    """(loss curve, validation curve) of one low-shot run: the kept run's own, or for a network trained again
+    on the whole subset (no validation images left), the validation run at the chosen learning rate."""
+    curve = run.get("curve") or []
+    if any("val_top1" in p for p in curve):
+        return curve, curve
+    return curve, (run.get("val_curves") or {}).get(str(run.get("lr")), [])
+
+
+def not_flattened(run: dict) -> list[str]:
+    """Why the curves of a low-shot run had not flattened (empty when they had, or were not kept)."""
+    curve, val = run_curves(run)
+    out = []
+    pct = f"{100 * CURVE_TAIL:.0f}%"
+    for points, key in ((curve, "loss"), (val, "val_top1")):
+        windows: list[tuple[float | None, str]] = [(None, f"over the last {pct} of the steps")]
+        if (decay := before_decay(points)) is not None:
+            windows.append((decay, f"over the {pct} before the learning rate decays"))
+        for end, where in windows:
+            change = tail_change(points, key, end=end)
+            if change is None:
+                continue
+            if key == "loss" and change[0] < -LOSS_TOL * abs(change[1]):
+                out.append(f"loss still falling by {100 * -change[0] / abs(change[1]):.0f}% {where}")
+            elif key == "val_top1" and change[0] > ACC_TOL:
+                out.append(f"validation top-1 still rising by {100 * change[0]:.1f} points {where}")
+    losses = _finite(curve, "loss")[1]
+    if len(losses) >= 3:
+        last = tail_change(curve, "loss")
+        if last is not None and last[1] > STUCK * losses[0]:
+            out.append(f"loss barely moved: {losses[0]:.3g} at first, {last[1]:.3g} at the end")
+    return out
+
+
+def plot_lowshot_curves(row: dict, budgets: list[str]) -> str | None:
+    """One panel per budget: each seed's training loss (solid, left axis) and validation top-1 (dashed, right
+    axis) against the step. None when the result kept no curves (older results)."""
+    cells = [row["cells"].get(b, {}).get("runs", []) for b in budgets]
+    if not any(run_curves(r)[0] or run_curves(r)[1] for runs in cells for r in runs):
+        return None
+    fig = Figure(figsize=(4.2 * len(budgets), 2.6), layout="constrained")  # room for the twin axes' labels
+    axes = fig.subplots(1, len(budgets), squeeze=False)[0]
+    for ax, budget, runs in zip(axes, budgets, cells, strict=True):
+        twin = ax.twinx()
+        for i, r in enumerate(runs):
+            color = f"C{i % 10}"
+            curve, val = run_curves(r)
+            ax.plot(*_finite(curve, "loss"), color=color, linewidth=1, label=f"seed {r.get('seed', i)}")
+            twin.plot(*_finite(val, "val_top1"), color=color, linewidth=1, linestyle="--")
+        ax.set(title=f"{row['name']}, {budget}", xlabel="step", ylabel="loss (solid)")
+        ax.title.set_fontsize(9)
+        twin.set_ylim(0, 1)
+        twin.set_ylabel("val. top-1 (dashed)")
+        ax.grid(alpha=0.3)
+        if runs:
+            ax.legend(fontsize=7, loc="center right")
+    return png_data_uri(fig)
+
+
 # ============ page ============
 
 
@@ -210,7 +315,38 @@ def lowshot_html(result: dict) -> str:
         f"<p>Top-1 (%) on {html.escape(result.get('test', ''))}, mean ± std over seeds {result['seeds']}; "
         f"protocol for the pretrained network: {html.escape(result['protocol'])}.</p>"
     )
-    return note + _table(["method", *[f"{b} of the labels" if b.endswith("%") else b for b in budgets]], rows)
+    parts = [
+        note,
+        _table(["method", *[f"{b} of the labels" if b.endswith("%") else b for b in budgets]], rows),
+    ]
+    plots = [(row["name"], plot_lowshot_curves(row, budgets)) for row in result["rows"]]
+    if any(uri for _, uri in plots):
+        parts.append(
+            "<h3>Training curves</h3><p>Loss on the training labels (mean since the previous logged step) and "
+            "top-1 on the validation split carved from each labelled subset; a network trained again on the "
+            "whole subset after the choice of learning rate shows the validation curve of its run at that "
+            "rate.</p>"
+        )
+        parts += [_img(uri, f"training curves: {name}") for name, uri in plots if uri]
+    notes = [
+        f"{row['name']}, {b}, seed {r.get('seed')}: {'; '.join(why)}"
+        for row in result["rows"]
+        for b in budgets
+        for r in row["cells"].get(b, {}).get("runs", [])
+        if (why := not_flattened(r))
+    ]
+    if notes:
+        parts.append(
+            f"<p class='warn'>Runs not trained to a plateau: over the last {100 * CURVE_TAIL:.0f}% of the steps, "
+            "or as many before the learning rate decays, the loss still falling by more than "
+            f"{100 * LOSS_TOL:.0f}% or the validation top-1 rising by more than {100 * ACC_TOL:.0f} points; or "
+            f"a loss still above {100 * STUCK:.0f}% of its first value. A longer budget or another learning "
+            "rate may change these figures.</p>"
+            + "<ul>"
+            + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+            + "</ul>"
+        )
+    return "".join(parts)
 
 
 def _confusion_source(results: list[dict]) -> dict | None:
@@ -333,7 +469,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1150px;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
         "th{background:#f2f2f2}img{max-width:100%}figure{display:inline-block;margin:.5em;vertical-align:top}"
-        "figcaption{font-size:.85em;max-width:420px}"
+        "figcaption{font-size:.85em;max-width:420px}.warn{color:#a33}"
         "</style></head><body>"
         f"<h1>openseer report: {html.escape(run_dir.name)}</h1><p><code>{html.escape(str(run_dir.resolve()))}</code></p>"
         + "\n".join(sections)

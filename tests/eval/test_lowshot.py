@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from openseer.eval.data import EvalData
 
 from openseer.cli import main as cli_main
 from openseer.config import from_dict
@@ -52,7 +54,7 @@ def test_linear_protocol_against_both_baselines(fresh_run, tmp_path: Path) -> No
             "per_class": [2],
             "seeds": [0, 1],
             "probe": {"epochs": 3, "lrs": [0.1]},
-            "scratch": {"epochs": 1, "batch_size": 6, "lr": 0.1},
+            "scratch": {"steps": 3, "batch_size": 6, "lr": 0.1, "lr_factors": [0.3, 1.0], "log_points": 3},
             "features": {"workers": 0, "progress": False},
         },
     )
@@ -66,6 +68,19 @@ def test_linear_protocol_against_both_baselines(fresh_run, tmp_path: Path) -> No
         assert cell["top1_std"] >= 0
     assert json.loads((run / "eval" / "lowshot.json").read_text())["budgets"] == ["2/class"]
     assert "self-supervised, linear probe" in format_lowshot(result)
+    # every run keeps how it was trained: the learning rate chosen on validation and the training curve
+    probe_run, scratch_run = (
+        result["rows"][1]["cells"]["2/class"]["runs"][0],
+        result["rows"][2]["cells"]["2/class"]["runs"][0],
+    )
+    assert probe_run["lr"] == 0.1 and set(probe_run["val_top1"]) == {"0.1"}
+    assert probe_run["curve"][-1]["step"] == 3 and {"loss", "val_top1"} <= set(probe_run["curve"][-1])
+    assert scratch_run["steps"] == 3 and scratch_run["refit"] and scratch_run["lr"] in (0.03, 0.1)
+    assert [p["step"] for p in scratch_run["curve"]] == [1, 2, 3] and set(scratch_run["val_curves"]) == {
+        "0.03",
+        "0.1",
+    }
+    assert all("val_top1" in p for p in scratch_run["val_curves"]["0.1"])
 
 
 def test_finetune_protocol_from_the_command_line(fresh_run, tmp_path: Path, capsys) -> None:
@@ -85,3 +100,44 @@ def test_finetune_protocol_from_the_command_line(fresh_run, tmp_path: Path, caps
     assert "self-supervised, fine-tuned" in out and "2/class" in out
     result = json.loads((run / "eval" / "lowshot.json").read_text())
     assert result["protocol"] == "finetune" and result["seeds"] == [3]
+
+
+def stripes(per_class: int, seed: int, size: int = 16) -> EvalData:
+    """Two classes of noisy grey stripes, horizontal (0) or vertical (1), of random period and phase: the
+    orientation is the only cue (no colour, no brightness), and a horizontal flip keeps it."""
+    g = torch.Generator().manual_seed(seed)
+    n = 2 * per_class
+    targets = torch.arange(2).repeat_interleave(per_class)
+    period = torch.randint(3, 7, (n, 1, 1), generator=g).float()
+    phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
+    coord = torch.arange(size).float()
+    rows = torch.sin(2 * math.pi * coord.view(1, size, 1) / period + phase).expand(n, size, size)
+    cols = torch.sin(2 * math.pi * coord.view(1, 1, size) / period + phase).expand(n, size, size)
+    noise = 0.3 * torch.randn(n, size, size, generator=g)
+    pattern = torch.where(targets.view(n, 1, 1) == 0, rows, cols) + noise
+    images = ((pattern.clamp(-2, 2) + 2) * 63.75).to(torch.uint8).unsqueeze(1).expand(n, 3, size, size)
+    return EvalData(f"stripes-{seed}", targets, ["horizontal", "vertical"], images=images.contiguous())
+
+
+@pytest.mark.slow
+def test_supervised_from_scratch_beats_chance_on_a_tiny_labelled_set(fresh_run, tmp_path: Path) -> None:
+    """Trained for a budget of steps with its learning rate chosen on validation, the from-scratch baseline
+    learns a task a network at random initialisation cannot solve by chance: 16 labelled images per class."""
+    run, _ = fresh_run
+    cfg = from_dict(
+        LowShotConfig,
+        {
+            "checkpoint": str(run),
+            "fractions": [],
+            "per_class": [16],
+            "seeds": [0],
+            "baselines": ["supervised"],
+            "probe": {"epochs": 5},
+            "scratch": {"steps": 50, "batch_size": 16, "lr": 1.0, "crop_scale": [0.35, 1.0]},
+            "features": {"workers": 0, "progress": False},
+        },
+    )
+    result = run_lowshot(cfg, data=(stripes(16, seed=0), stripes(50, seed=1)))
+    cell = result["rows"][1]["cells"]["16/class"]
+    assert cell["top1_mean"] >= 0.8, cell  # chance is 0.5
+    assert cell["runs"][0]["steps"] == 50

@@ -16,7 +16,15 @@ from openseer.cli import main as cli_main
 from openseer.eval.linear import ProbeConfig
 from openseer.eval.neighbors import save_grid
 from openseer.eval.pretraining import evaluate_pretraining
-from openseer.eval.report import accuracy_rows, build_report, read_metrics
+from openseer.eval.report import (
+    accuracy_rows,
+    before_decay,
+    build_report,
+    not_flattened,
+    read_metrics,
+    run_curves,
+    tail_change,
+)
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -40,7 +48,13 @@ def evaluated_run(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             os.environ["OPENSEER_CACHE"] = old
     (run / "figures.json").write_text(json.dumps(figures))
-    cell = {"top1_mean": 0.5, "top1_std": 0.1, "top5_mean": 0.9, "top5_std": 0.0, "runs": []}
+    flat = [{"step": s, "loss": 0.2 + 10 / s, "val_top1": 0.8} for s in range(10, 210, 10)]
+    falling = [{"step": s, "loss": 3 - s / 100} for s in range(10, 210, 10)]  # 2.9 -> 1.0, no flattening
+    runs = [
+        {"seed": 0, "top1": 0.5, "lr": 0.1, "curve": flat},
+        {"seed": 1, "top1": 0.5, "lr": 0.1, "curve": falling, "val_curves": {"0.1": flat}},
+    ]
+    cell = {"top1_mean": 0.5, "top1_std": 0.1, "top5_mean": 0.9, "top5_std": 0.0, "runs": runs}
     lowshot = {
         "kind": "lowshot",
         "protocol": "linear",
@@ -102,6 +116,11 @@ def test_report_is_one_self_contained_page(evaluated_run: Path) -> None:
     sources = re.findall(r"<img src='([^']*)'", page)
     assert len(sources) >= 5 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "supervised from scratch" in page and "50.00 ± 10.00" in page
+    # one plot of training curves per low-shot method, and the runs whose loss was still falling named
+    assert "<h3>Training curves</h3>" in page and len(sources) >= 7
+    assert page.count("alt='training curves:") == 2
+    assert "supervised from scratch, 10%, seed 1: loss still falling by" in page
+    assert "seed 0: loss" not in page
     assert "http://" not in page and "https://" not in page  # nothing fetched from anywhere
 
 
@@ -136,7 +155,7 @@ def test_report_renders_in_headless_chromium(evaluated_run: Path, tmp_path: Path
              f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert len(re.findall(r"<img src=\"data:image/png;base64,", dom.stdout)) >= 5
+    assert len(re.findall(r"<img src=\"data:image/png;base64,", dom.stdout)) >= 7
     shot = tmp_path / "shot.png"
     run = subprocess.run(
         [*flags, f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri()],
@@ -149,3 +168,41 @@ def test_report_renders_in_headless_chromium(evaluated_run: Path, tmp_path: Path
         pixels = np.asarray(img.convert("L"), dtype=np.float32)
     assert pixels.shape == (2000, 1200) and pixels.std() > 10  # text, plots and grids, not a blank page
     assert len(np.unique(pixels)) > 50
+
+
+def test_curve_flattening_is_judged_on_the_last_tenth_of_the_steps() -> None:
+    steps = range(10, 1010, 10)
+    flat = [{"step": s, "loss": 0.3 + 20 / s, "val_top1": 0.9} for s in steps]  # 2.3 -> 0.32, flat at the end
+    assert not_flattened({"curve": flat}) == []
+    # loss falling by 0.2 over the last 100 steps, around a level of 0.1 there; accuracy rising 5 points
+    falling = [{"step": s, "loss": 2.0 - 0.002 * s} for s in steps]
+    assert not_flattened({"curve": falling}) == ["loss still falling by 200% over the last 10% of the steps"]
+    change, level = tail_change(falling, "loss")
+    assert change == pytest.approx(-0.2, rel=1e-6) and level == pytest.approx(0.1, rel=1e-6)
+    rising = [{**p, "val_top1": 0.5 + 0.0005 * p["step"]} for p in flat]
+    assert not_flattened({"curve": rising}) == [
+        "validation top-1 still rising by 5.0 points over the last 10% of the steps"
+    ]
+    # a run retrained on the whole subset (no validation split left) is judged on its validation run
+    refit = {
+        "curve": [{"step": p["step"], "loss": p["loss"]} for p in flat],
+        "lr": 0.1,
+        "val_curves": {"0.1": rising},
+    }
+    assert run_curves(refit)[1] is rising and len(not_flattened(refit)) == 1
+    assert tail_change(flat[:2], "loss") is None and not_flattened({}) == []
+
+
+def test_a_step_decay_does_not_pass_for_a_plateau_nor_a_stuck_loss_for_convergence() -> None:
+    # falling steadily until the rate drops 10x at step 860, then frozen: flat over the last 10% only
+    frozen = [
+        {"step": s, "loss": 2.3 - 0.002 * min(s, 860), "lr": 0.1 if s <= 860 else 0.01}
+        for s in range(10, 1010, 10)
+    ]
+    assert before_decay(frozen) == 860 and before_decay([{"step": 1, "loss": 1.0}]) is None
+    assert not_flattened({"curve": frozen}) == [
+        "loss still falling by 29% over the 10% before the learning rate decays"  # 0.2 around 0.68
+    ]
+    # a rate too small for the budget: flat, but hardly below where it started (ln 10 for ten classes)
+    stuck = [{"step": s, "loss": 2.3 - 0.0002 * s} for s in range(10, 1010, 10)]
+    assert not_flattened({"curve": stuck}) == ["loss barely moved: 2.3 at first, 2.11 at the end"]
