@@ -18,9 +18,9 @@ import time
 
 from _common import cifar10_folder  # the sibling module (its folder is on sys.path when run)
 
+from openseer.api import pretrain  # trains, then the one end-of-run evaluation
 from openseer.config import load_config
 from openseer.train.config import PretrainConfig
-from openseer.train.pretrain import pretrain
 
 
 def main() -> None:
@@ -50,13 +50,14 @@ def main() -> None:
     result = pretrain(cfg)
     wall = time.perf_counter() - started
     rate = result.images_seen / max(result.train_seconds, 1e-9)
+    ev = result.evaluation
     print(
         f"data={args.data} preset={args.preset} train_minutes={result.train_seconds / 60:.2f} "
         f"wall_minutes={wall / 60:.2f} steps={result.steps} images={result.images_seen} imgs_per_s={rate:.1f} "
-        f"final_loss={result.final_loss:.4f} knn_top5_pretrained={result.knn_top5:.4f} "
-        f"knn_top5_random={result.knn_top5_random:.4f}"
+        f"final_loss={result.final_loss:.4f} knn_top5_pretrained={ev['knn_top5']:.4f} "
+        f"knn_top5_random={ev['knn_top5_random']:.4f} linear_top1={ev['linear_top1']:.4f}"
     )
-    print(f"knn_top1_pretrained={result.knn_top1:.4f} knn_top1_random={result.knn_top1_random:.4f}")
+    print(f"knn_top1_pretrained={ev['knn_top1']:.4f} knn_top1_random={ev['knn_top1_random']:.4f}")
 
 
 if __name__ == "__main__":

@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 from _common import cifar10_folder, machine, matmul_peak_gflops  # the sibling module (on sys.path when run)
 
+from openseer.api import pretrain  # trains, then the one end-of-run evaluation
 from openseer.config import load_config
 from openseer.train.autotune import RUN_FILE
 from openseer.train.config import PretrainConfig
 from openseer.train.data import prepare_data
-from openseer.train.pretrain import pretrain
 
 
 def subset_folder(root: Path, per_class: int) -> Path:
@@ -69,7 +69,7 @@ def openseer_run(source: str, minutes: float, out: Path, overrides: list[str]) -
             "run.seed=0",
             f"run.budget_minutes={minutes}",
             f"run.out_dir={run_dir}",
-            "run.knn_at_end=true",
+            "run.evaluate=true",
             "run.progress=false",
             *overrides,
         ],
@@ -80,9 +80,9 @@ def openseer_run(source: str, minutes: float, out: Path, overrides: list[str]) -
     choice = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).exists() else {}
     record = {
         "minutes": minutes,
-        "knn_top1": result.knn_top1,
-        "knn_top5": result.knn_top5,
-        "knn_top1_random": result.knn_top1_random,
+        "knn_top1": result.evaluation["knn_top1"],
+        "knn_top5": result.evaluation["knn_top5"],
+        "knn_top1_random": result.evaluation["knn_top1_random"],
         "steps": result.steps,
         "images_seen": result.images_seen,
         "train_seconds": result.train_seconds,

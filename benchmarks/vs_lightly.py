@@ -42,13 +42,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from openseer.api import pretrain  # trains, then the one end-of-run evaluation
 from openseer.config import load_config
 from openseer.eval.pretraining import knn_score
 from openseer.models.backbone import build_backbone, feature_dim
 from openseer.optim.lars import LARS, param_groups
 from openseer.train.config import PretrainConfig
 from openseer.train.data import PretrainData, TensorBatches, prepare_data
-from openseer.train.pretrain import pretrain
 
 try:
     from lightly.loss import SwaVLoss
@@ -254,7 +254,7 @@ def openseer_knn(args: argparse.Namespace, source: str) -> float:
         same = (cfg.data.source, cfg.data.holdout, cfg.run.seed, cfg.run.budget_minutes)
         if same != (source, 0.1, 0, args.minutes):
             raise SystemExit(f"{run} was not a {args.minutes}-minute run on {source} (got {same})")
-        return json.loads((run / "summary.json").read_text())["knn_top1"]
+        return json.loads((run / "eval" / "pretraining-knn.json").read_text())["top1"]
     overrides = [
         f"data.source={source}",
         f"run.budget_minutes={args.minutes}",
@@ -263,7 +263,7 @@ def openseer_knn(args: argparse.Namespace, source: str) -> float:
         "run.progress=false",
         *args.overrides,
     ]
-    return pretrain(load_config(PretrainConfig, ["cpu"], overrides)).knn_top1
+    return pretrain(load_config(PretrainConfig, ["cpu"], overrides)).evaluation["knn_top1"]
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from openseer.train.checkpoint import latest_checkpoint, load_checkpoint
 
+from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint
 from openseer.testing import free_port, rank_env, tiny_overrides
 
 
@@ -27,7 +27,7 @@ def _overrides(out: Path, strategy: str, max_steps: int) -> list[str]:
         swav__queue_length=16,  # 8 per process: full after 2 steps, in use from the 3rd
         swav__queue_start_epoch=0,
         parallel__strategy=strategy,
-        run__knn_at_end=False,
+        run__evaluate=False,
         run__max_steps=max_steps,
         run__checkpoint_every=1,
         run__dist_timeout_s=60,

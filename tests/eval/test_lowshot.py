@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from openseer.eval.data import EvalData
 
 from openseer.cli import main as cli_main
 from openseer.config import from_dict
+from openseer.data.labelled import EvalData
 from openseer.eval.lowshot import LowShotConfig, format_lowshot, label_subsets, mean_std, run_lowshot
 from openseer.testing import FAST_EVAL
 

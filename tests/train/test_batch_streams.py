@@ -136,7 +136,7 @@ def _command(shards: Path, out: Path, records: Path, *extra: str) -> list[str]:
         optim__epochs=2,
         run__seed=5,
         run__threads=1,
-        run__knn_at_end=False,
+        run__evaluate=False,
         run__checkpoint_every=1,
         run__keep_checkpoints=2,
     )
@@ -158,7 +158,7 @@ def _records(path: Path) -> dict[int, list[int]]:
 
 @pytest.mark.slow
 def test_shard_run_killed_and_resumed_sees_the_images_of_an_uninterrupted_run(tmp_path: Path) -> None:
-    from openseer.train.checkpoint import latest_checkpoint, load_checkpoint
+    from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint
 
     shards = write_shards(tmp_path / "shards")
     total = 2 * ShardBatches(resolve_shards(str(shards)), BATCH, CROPS, PLAIN, seed=0).steps_per_epoch
