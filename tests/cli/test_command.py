@@ -203,7 +203,7 @@ def test_real_commands_help_shows_their_own_defaults(capsys: pytest.CaptureFixtu
         (["knn", "-h"], "  k: int = 200\n"),
         (["knn", "-h"], "  features.bn_recalibrate: bool = true\n"),
         (["clusters", "-h"], "  features.bn_recalibrate: bool = false\n"),  # ClustersConfig's own default
-        (["lowshot", "-h"], "  scratch.lr: float = 0.1\n"),
+        (["lowshot", "-h"], "  scratch.lr: float = 0.4\n"),  # LowShotConfig.scratch, not RecipeConfig's 0.0125
         (["pretrain", "-h"], "  optim.base_lr: float = 0.3\n"),
         (["pretrain", "-h"], "  crops[i].size: int\n      Output side of these crops in pixels."),
     ]:
