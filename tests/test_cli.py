@@ -14,6 +14,7 @@ import openseer
 from openseer.cli import EXIT_OUT_OF_MEMORY, EXIT_USER_ERROR, is_out_of_memory
 from openseer.cli import main as cli_main
 from openseer.fileio.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from openseer.testing import FAST_EVAL
 
 TINY = [
     "model.arch=regnety_200mf",
@@ -29,12 +30,6 @@ TINY = [
     "run.tensorboard=false",
     "run.evaluate=false",
 ]
-FAST = ["--workers", "0", "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
 
 
 def _error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -72,7 +67,7 @@ def test_folder_without_images(tmp_path: Path, capsys: pytest.CaptureFixture[str
     message = _error(capsys)
     assert message.startswith(f"openseer: error: no images found under {tmp_path / 'empty'}")
     assert ".jpg" in message and ".png" in message  # what it looked for
-    assert cli_main(["embed", str(tmp_path / "run"), "--data", str(tmp_path / "empty"), *FAST]) == 2
+    assert cli_main(["embed", str(tmp_path / "run"), "--data", str(tmp_path / "empty"), *FAST_EVAL]) == 2
 
 
 # ============ config ============
@@ -153,6 +148,7 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(monkeypatch: pytes
 # ============ disk full ============
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -189,10 +185,7 @@ def mislabelled_run(tmp_path: Path) -> tuple[Path, Path]:
     images = _images(tmp_path / "imgs")
     run = tmp_path / "run"
     assert (
-        cli_main(
-            ["pretrain", *TINY, f"data.source={images}", f"run.out_dir={run}", "run.max_steps=0"]
-        )
-        == 0
+        cli_main(["pretrain", *TINY, f"data.source={images}", f"run.out_dir={run}", "run.max_steps=0"]) == 0
     )
     state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     state["config"]["model"]["arch"] = "regnety_400mf"
@@ -201,12 +194,13 @@ def mislabelled_run(tmp_path: Path) -> tuple[Path, Path]:
     return other, images
 
 
+@pytest.mark.slow
 def test_embed_with_a_checkpoint_of_another_architecture(
     mislabelled_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     run, images = mislabelled_run
     capsys.readouterr()
-    assert cli_main(["embed", str(run), "--data", str(images), *FAST]) == 2
+    assert cli_main(["embed", str(run), "--data", str(images), *FAST_EVAL]) == 2
     message = _error(capsys)
     assert "does not fit" in message
     for part in ("missing (", "unexpected (", "mismatched ("):
@@ -214,6 +208,7 @@ def test_embed_with_a_checkpoint_of_another_architecture(
     assert "s1.b1.conv2.conv.weight: file (24, 8, 3, 3) vs model (48, 8, 3, 3)" in message
 
 
+@pytest.mark.slow
 def test_load_and_import_weights_list_the_keys_that_do_not_fit(
     mislabelled_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,11 +16,6 @@ from openseer.models import SwAVHead
 from openseer.testing import FAST_EVAL
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
-
-
 def test_assignment_sizes_and_confidence() -> None:
     scores = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.8, 0.0, 0.1], [0.5, 0.4, 0.0]])
     cluster, confidence = assign(scores)
@@ -42,6 +37,7 @@ def test_prototype_scores_are_cosines() -> None:
     assert torch.allclose(scores, expected, atol=1e-5) and scores.abs().max() <= 1 + 1e-5
 
 
+@pytest.mark.slow
 def test_clusters_command_writes_grids_json_and_gallery(fresh_run, tmp_path: Path) -> None:
     run, folder = fresh_run
     argv = ["clusters", str(run), "--data", str(folder), "--top", "3", "--per-cluster", "4", *FAST_EVAL]

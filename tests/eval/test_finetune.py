@@ -16,14 +16,8 @@ from openseer.data.labelled import EvalData, load_data
 from openseer.eval.finetune import RecipeConfig, new_classifier, plan, step_lr, train_classifier
 from openseer.eval.predict import evaluate_classifier, load_classifier
 from openseer.fileio.checkpoint import list_checkpoints, load_checkpoint
+from openseer.testing import FAST_EVAL
 from openseer.weights import load_weights
-
-NO_PROGRESS = ["--workers", "0", "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
 
 
 def test_step_decay_at_milestones() -> None:
@@ -39,6 +33,7 @@ def test_seer_recipe_defaults_and_plan() -> None:
     assert plan(10, RecipeConfig(epochs=2)) == (10, 1, 2)  # the batch is capped at the set
 
 
+@pytest.mark.slow
 def test_in_memory_finetune_learns_and_is_exactly_resumable(tiny_run, tmp_path: Path) -> None:
     run, folder = tiny_run
     files = load_data(str(folder)).subset(torch.arange(36).view(3, 12)[:, :8].flatten())  # 8 per class
@@ -68,9 +63,10 @@ def test_in_memory_finetune_learns_and_is_exactly_resumable(tiny_run, tmp_path: 
         assert torch.equal(resumed.state_dict()[key], value), key
 
 
+@pytest.mark.slow
 def test_finetune_command_keeps_class_names_and_checks_them_on_resume(fresh_run, tmp_path, capsys) -> None:
     run, folder = fresh_run
-    argv = ["finetune", str(run), "--train", str(folder), "--epochs", "1", "--batch-size", "9", *NO_PROGRESS]
+    argv = ["finetune", str(run), "--train", str(folder), "--epochs", "1", "--batch-size", "9", *FAST_EVAL]
     assert cli_main(argv) == 0
     result = json.loads((run / "eval" / "finetune.json").read_text())
     assert result["steps"] == 3 and result["model"] == "pretrained" and result["n_test"] == 9
@@ -83,10 +79,11 @@ def test_finetune_command_keeps_class_names_and_checks_them_on_resume(fresh_run,
         for i in range(3):
             (other / name / f"{i}.png").write_bytes((folder / "class0" / f"{i}.png").read_bytes())
     capsys.readouterr()
-    assert cli_main(["finetune", str(run), "--train", str(other), "--resume", *NO_PROGRESS]) == 2
+    assert cli_main(["finetune", str(run), "--train", str(other), "--resume", *FAST_EVAL]) == 2
     assert "differ from those of the checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_supervised_from_scratch_writes_its_own_result(fresh_run, tmp_path) -> None:
     run, folder = fresh_run
     argv = [
@@ -100,12 +97,13 @@ def test_supervised_from_scratch_writes_its_own_result(fresh_run, tmp_path) -> N
         "27",
         "--from-scratch",
     ]
-    assert cli_main([*argv, *NO_PROGRESS]) == 0
+    assert cli_main([*argv, *FAST_EVAL]) == 0
     result = json.loads((run / "eval" / "finetune-scratch.json").read_text())
     assert result["model"] == "supervised" and result["steps"] == 1
     assert (run / "finetune-scratch" / "checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_evaluating_a_classifier_on_unknown_classes_is_refused(tiny_run) -> None:
     run, folder = tiny_run
     weights = load_weights(run)
