@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-from openseer.testing import WeightSource, cache_env, make_image_folder, tiny_overrides
+if TYPE_CHECKING:  # imported where used: the xdist controller loads this file too, and never needs torch
+    import torch
+
+    from openseer.testing import WeightSource
 
 # fixtures that run a pretraining: tiny_run, and weight_source, which asks for one of the source_* fixtures (all
 # built from tiny_run) by name at run time; pytest's closure of a test's fixtures includes those they ask for
@@ -27,6 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # an xdist worker (`pytest -n N` on N cores) computes with one thread: N workers of the default one thread
     # per core each would oversubscribe the cores, and oneDNN's spinning threads then slow every test down
     if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
         torch.set_num_threads(1)
 
 
@@ -53,6 +58,7 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _pretrain(folder: Path, out: Path, **changes: object) -> Path:
     from openseer.config import load_config
+    from openseer.testing import tiny_overrides
     from openseer.train.config import PretrainConfig
     from openseer.train.pretrain import pretrain
 
@@ -63,6 +69,8 @@ def _pretrain(folder: Path, out: Path, **changes: object) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(run folder, image folder) of a 2-step pretraining on 36 images of 3 classes; shared, do not modify."""
+    from openseer.testing import cache_env, make_image_folder
+
     root = tmp_path_factory.mktemp("tiny")
     folder = make_image_folder(root / "imgs")
     with cache_env(root / "cache"):  # session fixtures outlive the autouse cache_dir of the test asking
@@ -96,6 +104,8 @@ def _head_of(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def tiny_state(tiny_run: tuple[Path, Path]) -> dict[str, torch.Tensor]:
     """The tiny run's model tensors, read with plain torch.load (not openseer's loader): the reference every
     file built from the run must give back."""
+    import torch
+
     from openseer.fileio.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(tiny_run[0] / "checkpoints")
@@ -108,6 +118,7 @@ def tiny_linear(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFa
     """The output folder of a linear probe on the tiny run (``RUN/linear``: checkpoints/ckpt-*.pt)."""
     from openseer.eval.embed import FeatureConfig
     from openseer.eval.linear import LinearConfig, ProbeConfig, run_linear
+    from openseer.testing import cache_env
 
     run, folder = tiny_run
     root = tmp_path_factory.mktemp("linear")
@@ -128,6 +139,7 @@ def tiny_linear(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFa
 def tiny_finetune(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ckpt-*.pt written by a 1-epoch fine-tuning of the tiny run."""
     from openseer.eval.finetune import FinetuneConfig, RecipeConfig, run_finetune
+    from openseer.testing import cache_env
 
     run, folder = tiny_run
     root = tmp_path_factory.mktemp("finetune")
@@ -155,12 +167,15 @@ def tiny_classifier_weights(tiny_linear: Path):  # noqa: ANN201 - openseer.weigh
 
 @pytest.fixture(scope="session")
 def source_run(tiny_run: tuple[Path, Path], tiny_state: dict, tiny_linear: Path) -> WeightSource:
+    from openseer.testing import WeightSource
+
     return WeightSource("run", tiny_run[0], _backbone_of(tiny_state), True, tiny_linear, CLASS_NAMES)
 
 
 @pytest.fixture(scope="session")
 def source_ckpt(tiny_run: tuple[Path, Path], tiny_state: dict, tiny_finetune: Path) -> WeightSource:
     from openseer.fileio.checkpoint import latest_checkpoint
+    from openseer.testing import WeightSource
 
     ckpt = latest_checkpoint(tiny_run[0] / "checkpoints")
     return WeightSource("ckpt", ckpt, _backbone_of(tiny_state), True, tiny_finetune, CLASS_NAMES)
@@ -171,8 +186,10 @@ def source_fsdp(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFa
     """A 2-step pretraining with parallel.strategy=fsdp in one process, which writes its checkpoints sharded
     (``checkpoints/dcp-*``) as an FSDP job of any size does; the reference tensors come from torch's own
     DCP -> torch.save converter."""
+    import torch
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+    from openseer.testing import WeightSource, cache_env
     from openseer.train.sharded_checkpoint import latest_sharded
 
     root = tmp_path_factory.mktemp("fsdp")
@@ -194,6 +211,9 @@ def source_vissl(
     tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN001
 ) -> WeightSource:
     """The tiny run's trunk and SwAV head in VISSL's layout (as SEER's released files), and a fine-tuned one."""
+    import torch
+
+    from openseer.testing import WeightSource
     from openseer.weights.vissl import to_vissl_checkpoint
 
     root = tmp_path_factory.mktemp("vissl")
@@ -212,8 +232,10 @@ def source_timm(
     tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN001
 ) -> WeightSource:
     """The tiny run's backbone as a timm Hub ``model.safetensors``, and a fine-tuned ``pytorch_model.bin``."""
+    import torch
     from safetensors.torch import save_file
 
+    from openseer.testing import WeightSource
     from openseer.weights.timm_weights import to_timm
 
     root = tmp_path_factory.mktemp("timm")
@@ -229,6 +251,7 @@ def source_timm(
 @pytest.fixture(scope="session")
 def source_imported(source_vissl: WeightSource, tmp_path_factory: pytest.TempPathFactory) -> WeightSource:
     """What ``openseer import-weights`` writes: the VISSL file above, and its fine-tuned one with class names."""
+    from openseer.testing import WeightSource
     from openseer.weights import load_weights, save_weights
 
     root = tmp_path_factory.mktemp("imported")
@@ -246,6 +269,7 @@ def source_exported(
 ) -> WeightSource:
     """What ``openseer export --format safetensors`` writes: the run's backbone, and a classifier with its head."""
     from openseer.interop.export import export
+    from openseer.testing import WeightSource
     from openseer.weights import load_weights
 
     root = tmp_path_factory.mktemp("exported")
