@@ -13,10 +13,11 @@ import torch
 
 from openseer import testing
 from openseer.config import load_config
+from openseer.models import build_model
 from openseer.train import autotune as at
 from openseer.train.config import PretrainConfig
 from openseer.train.data import TensorBatches
-from openseer.train.pretrain import build_model, objective
+from openseer.train.pretrain import objective
 
 FP32, BF16 = at.Candidate("fp32", False), at.Candidate("bf16", False)
 FP32_C = at.Candidate("fp32", True)
@@ -189,7 +190,7 @@ def _tiny(tmp_path: Path, **changes: object) -> PretrainConfig:
 
 def _setup(cfg: PretrainConfig):
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg.model)
     images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
     batches = TensorBatches(images, cfg.optim.batch_size, cfg.crops, cfg.augment, seed=0)
     return model, batches
@@ -291,7 +292,7 @@ def test_bf16_autocast_keeps_channels_last_through_the_casts(tmp_path: Path):
     from torch import nn
 
     cfg = _tiny(tmp_path)
-    model = build_model(cfg).to(memory_format=torch.channels_last)
+    model = build_model(cfg.model).to(memory_format=torch.channels_last)
     seen = []
 
     def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
