@@ -40,7 +40,7 @@ def test_config_layers_and_errors() -> None:
     )
     # a key inside a section keeps the section's other defaults (here the from-scratch learning rate)
     low = load_config(LowShotConfig, [], ["checkpoint=x", "scratch.epochs=2"])
-    assert low.scratch.lr == 0.1 and low.scratch.epochs == 2.0
+    assert low.scratch.lr == 0.4 and low.scratch.epochs == 2.0
     with pytest.raises(ValueError, match="did you mean 'temperature'"):
         load_config(KnnConfig, [], ["checkpoint=x", "temprature=0.5"])
 
