@@ -1,14 +1,21 @@
 """What the test suite and the benchmarks share: a pretraining small enough to finish in seconds on a CPU, a
-tiny classifier config, BatchNorm randomisation, and the environment of a local multi-process run."""
+tiny classifier config, BatchNorm randomisation, the environment of a local multi-process run, and the record of
+one kind of weights file (:class:`WeightSource`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from openseer.data.multicrop import AugmentSpec, CropSpec
+from openseer.data.preprocess import Resize
 
 TINY_PRETRAIN: dict[str, object] = {
     "data.cache_size": 16,
@@ -41,8 +48,44 @@ TINY_PRETRAIN: dict[str, object] = {
 FAST_EVAL = ["features.workers=0", "features.progress=false"]
 
 
-def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 20) -> Path:
-    """Class-coloured noisy squares (PNG) in an ImageFolder tree: class c is mostly channel c."""
+@dataclass(frozen=True)
+class WeightSource:
+    """One kind of weights file a command takes, as the tests build it (tests/conftest.py ``source_*``).
+
+    ``path``: what a command is given; ``backbone``: the backbone tensors (timm names) it must yield, read without
+    openseer's loader; ``has_head``: holds the SwAV projection and prototypes (``clusters`` needs them);
+    ``classifier``: a file or folder of the same kind holding a classifier (``predict``), None where this kind
+    never holds one; ``classes``: that classifier's class names.
+    """
+
+    kind: str
+    path: Path
+    backbone: dict[str, torch.Tensor]
+    has_head: bool
+    classifier: Path | None
+    classes: list[str] | None
+
+
+@contextlib.contextmanager
+def cache_env(folder: Path) -> Iterator[None]:
+    """OPENSEER_CACHE set to ``folder`` inside the block and put back after it (for fixtures wider than one
+    test, which the per-test cache fixture does not cover)."""
+    old = os.environ.get("OPENSEER_CACHE")
+    os.environ["OPENSEER_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("OPENSEER_CACHE", None)
+        else:
+            os.environ["OPENSEER_CACHE"] = old
+
+
+def make_image_folder(
+    root: Path, classes: int = 3, per_class: int = 12, size: int = 20, formats: Sequence[str] = ("png",)
+) -> Path:
+    """Class-coloured noisy squares in an ImageFolder tree: class c is mostly channel c; image i of a class is
+    saved in ``formats[i % len(formats)]`` (``("jpg", "png")`` mixes lossy and lossless files)."""
     from PIL import Image
 
     gen = torch.Generator().manual_seed(0)
@@ -53,9 +96,36 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: i
         for i in range(per_class):
             img = (base + 0.3 * torch.rand(3, size, size, generator=gen)).clamp(0, 1)
             Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(
-                root / f"class{c}" / f"{i}.png"
+                root / f"class{c}" / f"{i}.{formats[i % len(formats)]}"
             )
     return root
+
+
+# Index-coded images: flat colours whose red and green channels encode the image's index (uint8 tensors and PNG
+# keep them exact), augmented with crops and flips only, so the index behind every crop reads back from its pixels.
+INDEX_CROPS = [CropSpec(6, 2, (0.5, 1.0)), CropSpec(4, 1, (0.2, 0.5))]
+INDEX_AUGMENT = AugmentSpec(
+    color_p=0.0, grayscale_p=0.0, blur_p=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+)
+
+
+def index_images(n: int, side: int = 8) -> torch.Tensor:
+    """uint8 (n, 3, side, side): image i is the flat colour (i % 256, i // 256, 7)."""
+    ids = torch.arange(n)
+    rgb = torch.stack([ids % 256, ids // 256, torch.full_like(ids, 7)], dim=1).to(torch.uint8)
+    return rgb[:, :, None, None].expand(n, 3, side, side).contiguous()
+
+
+def crop_indices(crops: torch.Tensor) -> list[int]:
+    """The image index behind each crop of a batch (B, 3, H, W) of index-coded images (see index_images)."""
+    rgb = (crops.float() * 255).round().long()
+    assert (rgb == rgb[:, :, :1, :1]).all(), "not flat crops of index-coded images"
+    return (rgb[:, 0, 0, 0] + 256 * rgb[:, 1, 0, 0]).tolist()
+
+
+def random_inputs(n: int = 1, size: int = 64, seed: int = 7) -> torch.Tensor:
+    """Normalised-looking float inputs (n, 3, size, size) drawn from N(0, 1) with ``seed``."""
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def assert_same_features(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-3) -> None:
@@ -94,6 +164,22 @@ def tiny_classifier_config():  # noqa: ANN201 - PretrainConfig, imported lazily
             "crops": [{"size": 16, "count": 2, "scale": [0.3, 1.0]}],
         },
     )
+
+
+def tiny_classifier(
+    classes: Sequence[str], resize: Resize = "center_crop", head_bn: bool = True, seed: int = 0
+):  # noqa: ANN201 - openseer.eval.predict.Classifier, imported lazily
+    """A classifier of 16-px images (RegNetY-200MF, small stem, :func:`tiny_classifier_config`) drawn with
+    ``seed``, its head's weights spread (std 0.5) so that the classes get distinct probabilities; eval mode."""
+    from openseer.eval.predict import Classifier, build_head
+    from openseer.models import build_backbone
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = build_backbone("regnety_200mf", stem="small")
+        head = build_head(backbone.num_features, len(classes), bn=head_bn)
+        nn.init.normal_(head[1].weight, std=0.5)
+    return Classifier(backbone, head, list(classes), tiny_classifier_config(), resize).eval()
 
 
 def randomize_batchnorm(module: nn.Module, seed: int) -> nn.Module:

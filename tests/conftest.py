@@ -1,16 +1,52 @@
 """Fixtures shared by the whole suite: an isolated cache folder for every test, a tiny labelled image folder and
-a 2-step pretraining run on it (made once per test process). The config keys that keep evaluation commands fast
-are openseer.testing.FAST_EVAL."""
+a 2-step pretraining run on it (made once per test process), and every kind of weights file a command takes,
+built from that run (tests/test_weights_matrix.py runs every command on each).
+
+Tests that need the pretraining (``tiny_run`` and everything built from it) are slow by definition: the
+collection hook below refuses one that is not marked ``@pytest.mark.slow``, so that ``pytest -m "not slow"``
+never pays for a pretraining.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from openseer.testing import make_image_folder, tiny_overrides
+if TYPE_CHECKING:  # imported where used: the xdist controller loads this file too, and never needs torch
+    import torch
+
+    from openseer.testing import WeightSource
+
+# fixtures that run a pretraining: tiny_run, and weight_source, which asks for one of the source_* fixtures (all
+# built from tiny_run) by name at run time; pytest's closure of a test's fixtures includes those they ask for
+PRETRAINING_FIXTURES = frozenset({"tiny_run", "weight_source"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # an xdist worker (`pytest -n N` on N cores) computes with one thread: N workers of the default one thread
+    # per core each would oversubscribe the cores, and oneDNN's spinning threads then slow every test down
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if PRETRAINING_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use the pretraining fixtures but are not marked @pytest.mark.slow: "
+            + ", ".join(unmarked)
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -20,25 +56,25 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(run folder, image folder) of a 2-step pretraining on 36 images of 3 classes; shared, do not modify."""
+def _pretrain(folder: Path, out: Path, **changes: object) -> Path:
     from openseer.config import load_config
+    from openseer.testing import tiny_overrides
     from openseer.train.config import PretrainConfig
     from openseer.train.pretrain import pretrain
 
+    pretrain(load_config(PretrainConfig, [], tiny_overrides(folder, out, **changes)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(run folder, image folder) of a 2-step pretraining on 36 images of 3 classes; shared, do not modify."""
+    from openseer.testing import cache_env, make_image_folder
+
     root = tmp_path_factory.mktemp("tiny")
     folder = make_image_folder(root / "imgs")
-    old = os.environ.get("OPENSEER_CACHE")
-    os.environ["OPENSEER_CACHE"] = str(root / "cache")
-    try:
-        overrides = tiny_overrides(folder, root / "run", run__max_steps=2, run__evaluate=False)
-        pretrain(load_config(PretrainConfig, [], overrides))
-    finally:
-        if old is None:
-            os.environ.pop("OPENSEER_CACHE", None)
-        else:
-            os.environ["OPENSEER_CACHE"] = old
+    with cache_env(root / "cache"):  # session fixtures outlive the autouse cache_dir of the test asking
+        _pretrain(folder, root / "run", run__max_steps=2, run__evaluate=False)
     return root / "run", folder
 
 
@@ -49,3 +85,203 @@ def fresh_run(tiny_run: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     return copy, folder
+
+
+# ============ every kind of weights file, built once per test process from the tiny run ============
+
+CLASS_NAMES = ["class0", "class1", "class2"]  # the classes of make_image_folder's tree
+
+
+def _backbone_of(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("backbone."): v for k, v in model_state.items() if k.startswith("backbone.")}
+
+
+def _head_of(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("head."): v for k, v in model_state.items() if k.startswith("head.")}
+
+
+@pytest.fixture(scope="session")
+def tiny_state(tiny_run: tuple[Path, Path]) -> dict[str, torch.Tensor]:
+    """The tiny run's model tensors, read with plain torch.load (not openseer's loader): the reference every
+    file built from the run must give back."""
+    import torch
+
+    from openseer.fileio.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(tiny_run[0] / "checkpoints")
+    assert ckpt is not None
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="session")
+def tiny_linear(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of a linear probe on the tiny run (``RUN/linear``: checkpoints/ckpt-*.pt)."""
+    from openseer.eval.embed import FeatureConfig
+    from openseer.eval.linear import LinearConfig, ProbeConfig, run_linear
+    from openseer.testing import cache_env
+
+    run, folder = tiny_run
+    root = tmp_path_factory.mktemp("linear")
+    cfg = LinearConfig(
+        checkpoint=str(run),
+        train=str(folder),
+        probe=ProbeConfig(lrs=[0.1], epochs=2),
+        features=FeatureConfig(workers=0, progress=False),
+        out_dir=str(root / "linear"),
+        results=str(root / "eval"),
+    )
+    with cache_env(root / "cache"):
+        run_linear(cfg)
+    return root / "linear"
+
+
+@pytest.fixture(scope="session")
+def tiny_finetune(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ckpt-*.pt written by a 1-epoch fine-tuning of the tiny run."""
+    from openseer.eval.finetune import FinetuneConfig, RecipeConfig, run_finetune
+    from openseer.testing import cache_env
+
+    run, folder = tiny_run
+    root = tmp_path_factory.mktemp("finetune")
+    cfg = FinetuneConfig(
+        checkpoint=str(run),
+        train=str(folder),
+        recipe=RecipeConfig(epochs=1, batch_size=9),
+        out_dir=str(root / "finetune"),
+        results=str(root / "eval"),
+        device="cpu",
+        workers=0,
+        progress=False,
+    )
+    with cache_env(root / "cache"):
+        return Path(run_finetune(cfg)["classifier"])
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_weights(tiny_linear: Path):  # noqa: ANN201 - openseer.weights.Weights
+    """The linear probe's backbone and classifier (BatchNorm folded), to write into foreign layouts."""
+    from openseer.weights import load_weights
+
+    return load_weights(tiny_linear)
+
+
+@pytest.fixture(scope="session")
+def source_run(tiny_run: tuple[Path, Path], tiny_state: dict, tiny_linear: Path) -> WeightSource:
+    from openseer.testing import WeightSource
+
+    return WeightSource("run", tiny_run[0], _backbone_of(tiny_state), True, tiny_linear, CLASS_NAMES)
+
+
+@pytest.fixture(scope="session")
+def source_ckpt(tiny_run: tuple[Path, Path], tiny_state: dict, tiny_finetune: Path) -> WeightSource:
+    from openseer.fileio.checkpoint import latest_checkpoint
+    from openseer.testing import WeightSource
+
+    ckpt = latest_checkpoint(tiny_run[0] / "checkpoints")
+    return WeightSource("ckpt", ckpt, _backbone_of(tiny_state), True, tiny_finetune, CLASS_NAMES)
+
+
+@pytest.fixture(scope="session")
+def source_fsdp(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> WeightSource:
+    """A 2-step pretraining with parallel.strategy=fsdp in one process, which writes its checkpoints sharded
+    (``checkpoints/dcp-*``) as an FSDP job of any size does; the reference tensors come from torch's own
+    DCP -> torch.save converter."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from openseer.testing import WeightSource, cache_env
+    from openseer.train.sharded_checkpoint import latest_sharded
+
+    root = tmp_path_factory.mktemp("fsdp")
+    with cache_env(root / "cache"):
+        run = _pretrain(
+            tiny_run[1], root / "run", run__max_steps=2, run__evaluate=False, parallel__strategy="fsdp"
+        )
+    sharded = latest_sharded(run / "checkpoints")
+    assert sharded is not None, "the FSDP run wrote no dcp-* checkpoint"
+    dcp_to_torch_save(sharded, root / "gathered.pt")
+    state = torch.load(root / "gathered.pt", weights_only=False)["model"]  # our own file, not a download
+    return WeightSource("fsdp", run, _backbone_of(state), True, None, None)
+
+
+@pytest.fixture(scope="session")
+def source_vissl(
+    tiny_state: dict,
+    tiny_classifier_weights,
+    tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN001
+) -> WeightSource:
+    """The tiny run's trunk and SwAV head in VISSL's layout (as SEER's released files), and a fine-tuned one."""
+    import torch
+
+    from openseer.testing import WeightSource
+    from openseer.weights.vissl import to_vissl_checkpoint
+
+    root = tmp_path_factory.mktemp("vissl")
+    path = root / "model_final_checkpoint_phase1.torch"
+    torch.save(to_vissl_checkpoint(_backbone_of(tiny_state), _head_of(tiny_state)), path)
+    clf = tiny_classifier_weights
+    finetuned = root / "model_finetuned_in3_phase0.torch"
+    torch.save(to_vissl_checkpoint(clf.backbone, classifier=clf.classifier), finetuned)
+    return WeightSource("vissl", path, _backbone_of(tiny_state), True, finetuned, ["0", "1", "2"])
+
+
+@pytest.fixture(scope="session")
+def source_timm(
+    tiny_state: dict,
+    tiny_classifier_weights,
+    tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN001
+) -> WeightSource:
+    """The tiny run's backbone as a timm Hub ``model.safetensors``, and a fine-tuned ``pytorch_model.bin``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from openseer.testing import WeightSource
+    from openseer.weights.timm_weights import to_timm
+
+    root = tmp_path_factory.mktemp("timm")
+    backbone = _backbone_of(tiny_state)
+    save_file({k: v.contiguous() for k, v in to_timm(backbone).items()}, str(root / "model.safetensors"))
+    clf = tiny_classifier_weights
+    torch.save(to_timm(clf.backbone, clf.classifier), root / "pytorch_model.bin")
+    return WeightSource(
+        "timm", root / "model.safetensors", backbone, False, root / "pytorch_model.bin", ["0", "1", "2"]
+    )
+
+
+@pytest.fixture(scope="session")
+def source_imported(source_vissl: WeightSource, tmp_path_factory: pytest.TempPathFactory) -> WeightSource:
+    """What ``openseer import-weights`` writes: the VISSL file above, and its fine-tuned one with class names."""
+    from openseer.testing import WeightSource
+    from openseer.weights import load_weights, save_weights
+
+    root = tmp_path_factory.mktemp("imported")
+    path, _ = save_weights(load_weights(source_vissl.path), root / "seer.safetensors")
+    assert source_vissl.classifier is not None
+    finetuned, _ = save_weights(
+        load_weights(source_vissl.classifier, classes=CLASS_NAMES), root / "seer-finetuned.safetensors"
+    )
+    return WeightSource("imported", path, source_vissl.backbone, True, finetuned, CLASS_NAMES)
+
+
+@pytest.fixture(scope="session")
+def source_exported(
+    tiny_run: tuple[Path, Path], tiny_state: dict, tiny_linear: Path, tmp_path_factory: pytest.TempPathFactory
+) -> WeightSource:
+    """What ``openseer export --format safetensors`` writes: the run's backbone, and a classifier with its head."""
+    from openseer.interop.export import export
+    from openseer.testing import WeightSource
+    from openseer.weights import load_weights
+
+    root = tmp_path_factory.mktemp("exported")
+    (path, _) = export(load_weights(tiny_run[0]), root / "backbone.safetensors", "safetensors")
+    (classifier, _) = export(
+        load_weights(tiny_linear), root / "classifier.safetensors", "safetensors", with_head=True
+    )
+    return WeightSource("exported", path, _backbone_of(tiny_state), False, classifier, CLASS_NAMES)
+
+
+@pytest.fixture
+def weight_source(request: pytest.FixtureRequest) -> WeightSource:
+    """The source named by the test's parameter (``@pytest.mark.parametrize("weight_source", KINDS,
+    indirect=True)``); each is built on first use only."""
+    return request.getfixturevalue(f"source_{request.param}")

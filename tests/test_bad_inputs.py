@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -17,10 +16,9 @@ from openseer.cli import main as cli_main
 from openseer.data.bad_corpus import BOMB_SIDE, CorpusEntry, write_bad_corpus
 from openseer.data.folders import list_images
 from openseer.data.images import BadImageError, load_rgb
-from openseer.eval.predict import Classifier, build_head, save_classifier
+from openseer.eval.predict import save_classifier
 from openseer.fileio.checkpoint import latest_checkpoint
-from openseer.models import build_backbone
-from openseer.testing import FAST_EVAL, tiny_classifier_config, tiny_overrides
+from openseer.testing import FAST_EVAL, tiny_classifier, tiny_overrides
 
 
 def _locked(path: object) -> bool:
@@ -55,11 +53,6 @@ def unprivileged(monkeypatch: pytest.MonkeyPatch) -> None:
 def corpus(tmp_path: Path, unprivileged: None) -> tuple[Path, list[CorpusEntry]]:
     folder = tmp_path / "corpus"
     return folder, write_bad_corpus(folder)
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
 
 
 def _files(entries: list[CorpusEntry]) -> list[CorpusEntry]:
@@ -133,6 +126,7 @@ def _pretrain_overrides(source: Path, out: Path, cache_size: int | None, batch: 
     [(16, 7), (None, 4)],  # one epoch draws every file: 14 usable of 20 files (streaming: every file)
     ids=["cached-tensors", "streaming"],
 )
+@pytest.mark.slow
 def test_pretraining_uses_every_good_image_and_lists_every_bad_one(
     corpus: tuple[Path, list[CorpusEntry]],
     tmp_path: Path,
@@ -161,12 +155,11 @@ def test_pretraining_uses_every_good_image_and_lists_every_bad_one(
 
 def _checkpoint_without_training(source: Path, out: Path) -> Path:
     """A pretraining run folder with the step-0 checkpoint of the tiny model."""
-    assert (
-        cli_main(["pretrain", *_pretrain_overrides(source, out, 16, 7), "run.max_steps=0"]) == 0
-    )
+    assert cli_main(["pretrain", *_pretrain_overrides(source, out, 16, 7), "run.max_steps=0"]) == 0
     return out
 
 
+@pytest.mark.slow
 def test_embed_reports_every_unreadable_file(
     corpus: tuple[Path, list[CorpusEntry]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -186,11 +179,9 @@ def test_embed_reports_every_unreadable_file(
 
 
 def _classifier(folder: Path, classes: list[str]) -> Path:
-    pcfg = tiny_classifier_config()
-    torch.manual_seed(0)
-    backbone = build_backbone("regnety_200mf", stem="small")
-    clf = Classifier(backbone, build_head(backbone.num_features, len(classes), bn=False), classes, pcfg)
-    save_classifier(clf.eval(), folder / "checkpoints", protocol="linear", source=None)
+    save_classifier(
+        tiny_classifier(classes, head_bn=False), folder / "checkpoints", protocol="linear", source=None
+    )
     return folder
 
 

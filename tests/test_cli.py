@@ -32,11 +32,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
-
-
 def _error(capsys: pytest.CaptureFixture[str]) -> str:
     """The last line written to stderr (log lines come before it)."""
     err = capsys.readouterr().err.strip()
@@ -153,6 +148,7 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(monkeypatch: pytes
 # ============ disk full ============
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -189,10 +185,7 @@ def mislabelled_run(tmp_path: Path) -> tuple[Path, Path]:
     images = _images(tmp_path / "imgs")
     run = tmp_path / "run"
     assert (
-        cli_main(
-            ["pretrain", *TINY, f"data.source={images}", f"run.out_dir={run}", "run.max_steps=0"]
-        )
-        == 0
+        cli_main(["pretrain", *TINY, f"data.source={images}", f"run.out_dir={run}", "run.max_steps=0"]) == 0
     )
     state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     state["config"]["model"]["arch"] = "regnety_400mf"
@@ -201,6 +194,7 @@ def mislabelled_run(tmp_path: Path) -> tuple[Path, Path]:
     return other, images
 
 
+@pytest.mark.slow
 def test_embed_with_a_checkpoint_of_another_architecture(
     mislabelled_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -214,6 +208,7 @@ def test_embed_with_a_checkpoint_of_another_architecture(
     assert "s1.b1.conv2.conv.weight: file (24, 8, 3, 3) vs model (48, 8, 3, 3)" in message
 
 
+@pytest.mark.slow
 def test_load_and_import_weights_list_the_keys_that_do_not_fit(
     mislabelled_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -69,6 +69,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sinkhorn_over_two_processes_equals_one_process_on_the_global_batch(tmp_path):
     """Equipartition is over the *global* batch: 2 gloo ranks with 12 + 12 samples give the codes one process
     computes on all 24."""

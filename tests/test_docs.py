@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
 import re
 import shlex
@@ -98,6 +100,21 @@ def test_python_snippets_compile_and_links_resolve(page: Path) -> None:
         assert (page.parent / target).exists(), f"{page.name} links to a missing page {target}"
 
 
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_python_snippets_import_names_that_exist(page: Path) -> None:
+    """Every ``from openseer... import name`` / ``import openseer...`` of a page's Python blocks resolves."""
+    for block in _blocks(page, ("python",)):
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("openseer"):
+                module = importlib.import_module(node.module)
+                missing = [a.name for a in node.names if not hasattr(module, a.name)]
+                assert not missing, f"{page.name}: {node.module} has no {', '.join(missing)}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("openseer"):
+                        importlib.import_module(alias.name)
+
+
 # What docs/scaling.md's status table says is implemented, and where the code that does it lives. If one of
 # these disappears, the page is no longer true: update the table (and this list).
 IMPLEMENTED = {
@@ -117,3 +134,61 @@ def test_scaling_status_matches_the_code(feature: str) -> None:
     code = (ROOT / file).read_text() if (ROOT / file).exists() else ""
     assert "implemented" in rows[0] and "not implemented" not in rows[0]
     assert symbol in code, f"docs/scaling.md says {feature} is implemented, but {file} has no {symbol}"
+
+
+# ============ docs/weights.md's table: every command x every weight source ============
+
+TABLE_HEADING = "## Every command x every weight source"
+CELL = re.compile(r"^(yes|refused: ([^`]+?)) `(test_\w+\[\w+\])`$")
+
+
+def _matrix() -> ModuleType:
+    """tests/test_weights_matrix.py, whose parametrisation the table must follow."""
+    spec = importlib.util.spec_from_file_location(
+        "weights_matrix_for_docs", ROOT / "tests" / "test_weights_matrix.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _table(text: str, heading: str) -> list[list[str]]:
+    """The cells of the first Markdown table after ``heading`` (header row first, separator dropped)."""
+    after = text.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(after) if line.startswith("|"))
+    rows = []
+    for line in after[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return [rows[0], *rows[2:]]
+
+
+def test_weights_table_names_the_test_behind_every_cell() -> None:
+    matrix = _matrix()
+    header, *rows = _table((DOCS / "weights.md").read_text(), TABLE_HEADING)
+    commands = [cell.strip("`").removeprefix("openseer.") for cell in header[1:]]
+    assert commands == list(matrix.COMMANDS), "the table's columns are not the matrix's commands"
+    kinds = [re.search(r"\(`(\w+)`\)$", row[0]).group(1) for row in rows]  # type: ignore[union-attr]
+    assert kinds == list(matrix.SOURCES), "the table's rows are not the matrix's kinds of weights"
+    for kind, row in zip(kinds, rows, strict=True):
+        for command, cell in zip(commands, row[1:], strict=True):
+            found = CELL.match(cell)
+            assert found, (
+                f"docs/weights.md, {kind} x {command}: '{cell}' is not 'yes `test`' or 'refused: why `test`'"
+            )
+            assert found.group(3) == f"test_{command}[{kind}]", f"{kind} x {command} names {found.group(3)}"
+            refused = matrix.REFUSED.get((command, kind))
+            if refused is None:
+                assert found.group(1) == "yes", f"{kind} x {command}: the test expects it to work"
+            else:
+                assert found.group(2) and refused.startswith(found.group(2)), f"{kind} x {command}: {refused}"
+    # and every cell's test exists, parametrised over exactly these kinds
+    tests = sorted(name for name in vars(matrix) if name.startswith("test_"))
+    assert tests == sorted(f"test_{c}" for c in commands)
+    for name in tests:
+        marks = [m for m in getattr(matrix, name).pytestmark if m.name == "parametrize"]
+        assert [(m.args[0], tuple(m.args[1])) for m in marks] == [("weight_source", tuple(matrix.SOURCES))], (
+            name
+        )

@@ -14,23 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from PIL import Image
 
 from openseer import distributed
-from openseer.testing import free_port, tiny_overrides
+from openseer.testing import free_port, make_image_folder, tiny_overrides
 
 TIMEOUT_S = 10
-
-
-def make_folder(root: Path, classes: int = 2, per_class: int = 12, size: int = 20) -> Path:
-    gen = torch.Generator().manual_seed(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            arr = (torch.rand(size, size, 3, generator=gen) * 255).to(torch.uint8).numpy()
-            Image.fromarray(arr).save(root / f"class{c}" / f"{i}.png")
-    return root
 
 
 def overrides(source: Path, out: Path, **extra: object) -> list[str]:
@@ -40,7 +28,7 @@ def overrides(source: Path, out: Path, **extra: object) -> list[str]:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_folder(tmp_path_factory.mktemp("imgs"))
+    return make_image_folder(tmp_path_factory.mktemp("imgs"), classes=2)
 
 
 # ============ environment ============
@@ -74,6 +62,7 @@ def test_slurm_variables_fill_torchruns() -> None:
 # ============ torchrun + FSDP, resumed by one process ============
 
 
+@pytest.mark.slow
 def test_torchrun_fsdp_run_resumes_in_one_process(
     folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -120,6 +109,7 @@ def test_torchrun_fsdp_run_resumes_in_one_process(
 
 
 @pytest.mark.parametrize("fate", ["exit", "hang"])
+@pytest.mark.slow
 def test_dead_rank_ends_the_other_with_a_clear_error(folder: Path, tmp_path: Path, fate: str) -> None:
     """Rank 1 exits abruptly (or hangs) at step 3; rank 0, blocked in a collective, must stop with an explanation
     within the collective timeout. Launched with SLURM's variables only (no torchrun), which also checks their

@@ -141,6 +141,7 @@ def _assert_same(got: dict, want: dict) -> None:
         torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
+@pytest.mark.slow
 def test_ddp_step_on_two_ranks_equals_one_process_on_the_union_batch(
     two_ranks: Path, reference: dict
 ) -> None:
@@ -151,12 +152,14 @@ def test_ddp_step_on_two_ranks_equals_one_process_on_the_union_batch(
     assert any(not torch.equal(start[n], p) for n, p in reference["params"].items())  # the step did move
 
 
+@pytest.mark.slow
 def test_fsdp_step_equals_ddp_step(two_ranks: Path) -> None:
     result = torch.load(two_ranks / "result.pt")
     _assert_same(result["fsdp"]["grads"], result["ddp"]["grads"])
     _assert_same(result["fsdp"]["params"], result["ddp"]["params"])
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_from_two_ranks_loads_in_one_process(two_ranks: Path) -> None:
     from openseer.train.sharded_checkpoint import latest_sharded, load_sharded
 
@@ -174,6 +177,7 @@ def test_sharded_checkpoint_from_two_ranks_loads_in_one_process(two_ranks: Path)
         torch.testing.assert_close(momentum, saved["momentum"][name], atol=0, rtol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_sync_bn_groups_on_two_ranks(two_ranks: Path) -> None:
     result = torch.load(two_ranks / "result.pt")
     count, sizes = result["sync_bn"]
@@ -181,6 +185,7 @@ def test_sync_bn_groups_on_two_ranks(two_ranks: Path) -> None:
     assert result["sync_bn_cpu_refused"]
 
 
+@pytest.mark.slow
 def test_fsdp_bf16_step_keeps_norms_in_float32(two_ranks: Path) -> None:
     result = torch.load(two_ranks / "result.pt")["bf16"]
     assert result["bn"] == {torch.float32}

@@ -11,25 +11,10 @@ import threading
 import pytest
 import torch
 
-from openseer.data.multicrop import AugmentSpec, CropSpec
+from openseer.testing import INDEX_AUGMENT, INDEX_CROPS, crop_indices, index_images
 from openseer.train.data import TensorBatches, _EpochBatchSampler
 
 N, BATCH, WORLD = 40, 4, 2
-PLAIN = AugmentSpec(color_p=0.0, grayscale_p=0.0, blur_p=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-CROPS = [CropSpec(6, 2, (0.5, 1.0)), CropSpec(4, 1, (0.2, 0.5))]
-
-
-def flat_images(n: int) -> torch.Tensor:
-    ids = torch.arange(n)
-    rgb = torch.stack([ids % 256, ids // 256, torch.full_like(ids, 7)], dim=1).to(torch.uint8)
-    return rgb[:, :, None, None].expand(n, 3, 8, 8).contiguous()
-
-
-def ids_of(crop: torch.Tensor) -> list[int]:
-    """The image index behind each crop of a batch (every pixel of a crop carries it)."""
-    rgb = (crop.float() * 255).round().long()
-    assert (rgb == rgb[:, :, :1, :1]).all()  # flat crops: the colour is intact
-    return (rgb[:, 0, 0, 0] + 256 * rgb[:, 1, 0, 0]).tolist()
 
 
 def test_sampler_slices_are_disjoint_and_cover_the_epoch() -> None:
@@ -57,10 +42,10 @@ def test_epochs_draw_different_orders() -> None:
 
 def _stream(rank: int) -> TensorBatches:
     return TensorBatches(
-        flat_images(N),
+        index_images(N),
         BATCH,
-        CROPS,
-        PLAIN,
+        INDEX_CROPS,
+        INDEX_AUGMENT,
         seed=5,
         rank=rank,
         world_size=WORLD,
@@ -74,7 +59,7 @@ def test_tensor_batches_of_two_ranks_are_disjoint_and_cover_the_epoch() -> None:
     for rank in range(WORLD):
         ids = []
         for crops in _stream(rank).epoch(0):
-            per_crop = [ids_of(c) for c in crops]
+            per_crop = [crop_indices(c) for c in crops]
             assert all(p == per_crop[0] for p in per_crop)  # every crop of a row comes from the same image
             ids += per_crop[0]
         seen.append(ids)
@@ -94,7 +79,14 @@ def test_tensor_batches_resume_mid_epoch_on_the_same_crops() -> None:
 def test_prefetching_thread_gives_the_same_batches_as_the_inline_stream() -> None:
     def stream(prefetch: int | None) -> TensorBatches:
         return TensorBatches(
-            flat_images(N), BATCH, CROPS, PLAIN, seed=5, world_size=1, channels_last=False, prefetch=prefetch
+            index_images(N),
+            BATCH,
+            INDEX_CROPS,
+            INDEX_AUGMENT,
+            seed=5,
+            world_size=1,
+            channels_last=False,
+            prefetch=prefetch,
         )
 
     assert stream(None).prefetch == 0  # on a CPU the crops are made in line, between steps
@@ -106,7 +98,9 @@ def test_prefetching_thread_gives_the_same_batches_as_the_inline_stream() -> Non
 
 
 def test_prefetching_thread_stops_when_the_consumer_does() -> None:
-    batches = TensorBatches(flat_images(N), BATCH, CROPS, PLAIN, seed=5, channels_last=False, prefetch=1)
+    batches = TensorBatches(
+        index_images(N), BATCH, INDEX_CROPS, INDEX_AUGMENT, seed=5, channels_last=False, prefetch=1
+    )
     it = batches.epoch(0)
     next(it)
     it.close()  # the generator's finally joins the thread

@@ -18,7 +18,6 @@ from PIL import Image
 
 from openseer.cli import main as cli_main
 from openseer.data.folders import DataError
-from openseer.data.multicrop import AugmentSpec, CropSpec
 from openseer.data.shards import (
     ShardBatches,
     ShardList,
@@ -27,18 +26,11 @@ from openseer.data.shards import (
     resolve_shards,
     round_robin_resume,
 )
+from openseer.testing import INDEX_AUGMENT, INDEX_CROPS, crop_indices
 from openseer.train.config import DataConfig
 from openseer.train.data import prepare_data
 
 N, PER_SHARD, BATCH = 32, 8, 4
-PLAIN = AugmentSpec(color_p=0.0, grayscale_p=0.0, blur_p=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-CROPS = [CropSpec(6, 2, (0.5, 1.0)), CropSpec(4, 1, (0.2, 0.5))]
-
-
-def ids_of(crop: torch.Tensor) -> list[int]:
-    rgb = (crop.float() * 255).round().long()
-    assert (rgb == rgb[:, :, :1, :1]).all()
-    return (rgb[:, 0, 0, 0] + 256 * rgb[:, 1, 0, 0]).tolist()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +50,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def stream(shards: ShardList, rank: int = 0, world: int = 1, workers: int = 0) -> ShardBatches:
     return ShardBatches(
-        shards, BATCH, CROPS, PLAIN, seed=1, rank=rank, world_size=world, workers=workers, channels_last=False,
+        shards, BATCH, INDEX_CROPS, INDEX_AUGMENT, seed=1, rank=rank, world_size=world, workers=workers, channels_last=False,
         shuffle_buffer=5,
     )  # fmt: skip
 
@@ -66,7 +58,7 @@ def stream(shards: ShardList, rank: int = 0, world: int = 1, workers: int = 0) -
 def epoch_ids(batches: ShardBatches, epoch: int, start: int = 0) -> list[list[int]]:
     out = []
     for crops in batches.epoch(epoch, start):
-        per_crop = [ids_of(c) for c in crops]
+        per_crop = [crop_indices(c) for c in crops]
         assert all(p == per_crop[0] for p in per_crop)  # the crops of a row come from one image
         out.append(per_crop[0])
     return out
@@ -128,6 +120,7 @@ def test_round_robin_resume() -> None:
     assert round_robin_resume([1, 3, 2], 5) == ([1, 2, 2], 1)
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_neither_repeats_nor_skips_with_workers(shards: Path) -> None:
     """3 shards of 8 on 2 workers: one worker holds 4 batches, the other 2, so the DataLoader's round-robin runs
     out of one worker mid-epoch; resuming before and after that point must continue on the very same crops."""
@@ -142,6 +135,7 @@ def test_resume_mid_epoch_neither_repeats_nor_skips_with_workers(shards: Path) -
             assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
+@pytest.mark.slow
 def test_pretrain_streams_from_shards(shards: Path, tmp_path: Path) -> None:
     from openseer.config import load_config
     from openseer.train.config import PretrainConfig

@@ -1,8 +1,5 @@
-"""Data specs, feature extraction, the feature cache and `openseer embed`.
-
-Also home of the helpers the other evaluation tests import: a tiny ImageFolder and a 2-step pretraining run on
-it (made once per process, copied for tests that write into it).
-"""
+"""Data specs, feature extraction, the feature cache and `openseer embed` (its features against a reference
+computed without openseer's loader, embedder or preprocessing)."""
 
 from __future__ import annotations
 
@@ -12,15 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from safetensors.torch import load_file
 
 from openseer.cli import main as cli_main
 from openseer.data.folders import DataError, split_per_class
 from openseer.data.labelled import EvalData, align_classes, load_data, train_test_data
 from openseer.data.preprocess import Preprocess
-from openseer.eval.embed import Embedder, FeatureConfig, weights_digest
-from openseer.testing import FAST_EVAL, make_image_folder
-from openseer.weights import load_weights
+from openseer.eval.embed import EmbedConfig, Embedder, FeatureConfig, run_embed, weights_digest
+from openseer.fileio.checkpoint import latest_checkpoint
+from openseer.models import build_backbone
+from openseer.testing import FAST_EVAL, assert_same_features, make_image_folder
 
 # ============ data specs ============
 
@@ -78,8 +78,6 @@ def test_default_test_split_is_pretrainings_holdout(tmp_path: Path) -> None:
 
 
 def _embedder(cfg: FeatureConfig | None = None, seed: int = 0) -> Embedder:
-    from openseer.models import build_backbone
-
     torch.manual_seed(seed)
     return Embedder(
         build_backbone("regnety_200mf", stem="small"), Preprocess(16, (0.5,) * 3, (0.25,) * 3), cfg
@@ -132,23 +130,38 @@ def test_random_init_features_are_told_apart_after_bn_recalibration(tmp_path: Pa
 # ============ the embed command ============
 
 
+@pytest.mark.slow
 def test_embed_command_writes_safetensors_json_and_npy(tiny_run, tmp_path: Path) -> None:
     run, folder = tiny_run
     out = tmp_path / "feats.npy"
-    assert cli_main(["embed", str(run), f"data={folder}", f"out={out}", *FAST_EVAL]) == 0
+    features = FeatureConfig(workers=0, progress=False, bn_recalibrate=False)
+    run_embed(EmbedConfig(checkpoint=str(run), data=str(folder), out=str(out), features=features))
     tensors = load_file(tmp_path / "feats.safetensors")
     index = json.loads((tmp_path / "feats.json").read_text())
     assert tensors["features"].shape == (36, 368) and tensors["labels"].shape == (36,)
     assert index["classes"] == ["class0", "class1", "class2"] and len(index["items"]) == 36
     assert index["items"][0].endswith("class0/0.png")
     assert np.allclose(np.load(out), tensors["features"].numpy())
-    # the same network from a loaded checkpoint gives the same features (eval mode, recalibrated on the set)
-    emb = Embedder.from_weights(load_weights(run), FeatureConfig(workers=0, progress=False))
-    data = load_data(str(folder))
-    emb.prepare(data)
-    assert torch.allclose(emb(data).features, tensors["features"], atol=1e-5)
+    # the reference, without openseer's loader, embedder or preprocessing: the checkpoint's backbone tensors in a
+    # freshly built trunk, on the files resized as documented (shorter side to 16 / 0.875 = 18 px, centre 16 px,
+    # the ImageNet mean and std of the run's config)
+    state = torch.load(latest_checkpoint(run / "checkpoints"), weights_only=True)["model"]
+    backbone = build_backbone("regnety_200mf", stem="small")
+    backbone.load_state_dict(
+        {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    )
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    images = []
+    for item in index["items"]:
+        x = TF.to_dtype(TF.to_image(Image.open(item).convert("RGB")), torch.float32, scale=True)
+        x = TF.center_crop(TF.resize(x, [18], antialias=True), [16, 16])
+        images.append(TF.normalize(x, mean, std))
+    with torch.no_grad():
+        expected = backbone.eval()(torch.stack(images))
+    assert_same_features(tensors["features"], expected)
 
 
+@pytest.mark.slow
 def test_embed_errors_exit_2(tiny_run, tmp_path: Path, capsys) -> None:
     run, _ = tiny_run
     assert cli_main(["embed", str(run), f"data={tmp_path / 'nothing'}", *FAST_EVAL]) == 2

@@ -19,12 +19,6 @@ from openseer.testing import FAST_EVAL
 COMMANDS = ["embed", "knn", "linear", "finetune", "lowshot", "predict", "neighbors", "clusters", "report"]
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def test_every_command_is_registered_with_help(capsys) -> None:
     help_text = build_parser().format_help()
     for name in COMMANDS:
@@ -59,6 +53,7 @@ def test_user_errors_exit_2(tmp_path: Path, capsys) -> None:
     assert "no such file or folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_knn_then_linear_share_cached_features(fresh_run, tmp_path: Path, capsys, cache_dir: Path) -> None:
     run, folder = fresh_run
     assert cli_main(["knn", str(run), f"train={folder}", "k=5", "--json", *FAST_EVAL]) == 0

@@ -29,6 +29,7 @@ from openseer.eval.finetune import (
 )
 from openseer.eval.predict import evaluate_classifier, load_classifier
 from openseer.fileio.checkpoint import list_checkpoints, load_checkpoint
+from openseer.testing import FAST_EVAL
 from openseer.weights import load_weights
 
 NO_PROGRESS = ["workers=0", "progress=false"]
@@ -67,6 +68,7 @@ def in_memory(folder: Path, per_class: int) -> EvalData:
     return EvalData("mem", files.targets, files.classes, images=images)
 
 
+@pytest.mark.slow
 def test_step_budget_is_honoured_whatever_the_subset_size(tiny_run) -> None:
     run, folder = tiny_run
     weights = load_weights(run)
@@ -97,6 +99,7 @@ def test_pick_lr_takes_the_best_validation_score() -> None:
     assert pick_lr([0.1, 0.01], lambda lr: (0.8, -0.5))[0] == 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refit", [True, False])
 def test_fit_classifier_chooses_on_validation_then_refits_or_keeps(
     tiny_run, monkeypatch, refit: bool
@@ -136,6 +139,7 @@ def test_fit_classifier_chooses_on_validation_then_refits_or_keeps(
         assert len(calls) == 3 and clf is made[1]
 
 
+@pytest.mark.slow
 def test_in_memory_finetune_learns_and_is_exactly_resumable(tiny_run, tmp_path: Path) -> None:
     run, folder = tiny_run
     data = in_memory(folder, 8)  # 8 per class
@@ -165,6 +169,7 @@ def test_in_memory_finetune_learns_and_is_exactly_resumable(tiny_run, tmp_path: 
     assert [p["loss"] for p in again["history"]] == pytest.approx([p["loss"] for p in stats["history"]])
 
 
+@pytest.mark.slow
 def test_finetune_command_keeps_class_names_and_checks_them_on_resume(fresh_run, tmp_path, capsys) -> None:
     run, folder = fresh_run
     argv = ["finetune", str(run), f"train={folder}", "recipe.epochs=1", "recipe.batch_size=9", *NO_PROGRESS]
@@ -188,6 +193,7 @@ def test_finetune_command_keeps_class_names_and_checks_them_on_resume(fresh_run,
     assert "differ from those of the checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_supervised_from_scratch_writes_its_own_result(fresh_run, tmp_path) -> None:
     run, folder = fresh_run
     argv = [
@@ -198,12 +204,13 @@ def test_supervised_from_scratch_writes_its_own_result(fresh_run, tmp_path) -> N
         "recipe.batch_size=27",
         "init=random",
     ]
-    assert cli_main([*argv, *NO_PROGRESS]) == 0
+    assert cli_main([*argv, *FAST_EVAL]) == 0
     result = json.loads((run / "eval" / "finetune-scratch.json").read_text())
     assert result["model"] == "supervised" and result["steps"] == 1
     assert (run / "finetune-scratch" / "checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_evaluating_a_classifier_on_unknown_classes_is_refused(tiny_run) -> None:
     run, folder = tiny_run
     weights = load_weights(run)

@@ -22,11 +22,6 @@ from openseer.fileio.checkpoint import load_checkpoint, resolve_checkpoint
 from openseer.testing import FAST_EVAL
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
-
-
 def separable(
     n_per_class: int, seed: int, classes: int = 4, dim: int = 32
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +76,7 @@ def test_multihead_bn_has_no_parameters() -> None:
     assert sum(p.numel() for p in probe.bn.parameters()) == 0 and len(probe.heads) == 4
 
 
+@pytest.mark.slow
 def test_linear_command_writes_result_and_a_classifier(fresh_run, tmp_path: Path) -> None:
     run, folder = fresh_run
     argv = ["linear", str(run), f"train={folder}", "probe.epochs=5", "probe.lrs=[0.01,0.1]", *FAST_EVAL]

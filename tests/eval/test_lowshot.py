@@ -16,11 +16,6 @@ from openseer.eval.lowshot import LowShotConfig, format_lowshot, label_subsets, 
 from openseer.testing import FAST_EVAL
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
-
-
 def test_subsets_are_balanced_and_deterministic_per_seed() -> None:
     targets = torch.arange(5).repeat_interleave(200)[
         torch.randperm(1000, generator=torch.Generator().manual_seed(0))
@@ -43,6 +38,7 @@ def test_mean_std() -> None:
     assert m == pytest.approx(0.4) and s == pytest.approx(0.2)
 
 
+@pytest.mark.slow
 def test_linear_protocol_against_both_baselines(fresh_run, tmp_path: Path) -> None:
     run, folder = fresh_run
     cfg = from_dict(
@@ -83,6 +79,7 @@ def test_linear_protocol_against_both_baselines(fresh_run, tmp_path: Path) -> No
     assert all("val_top1" in p for p in scratch_run["val_curves"]["0.1"])
 
 
+@pytest.mark.slow
 def test_finetune_protocol_from_the_command_line(fresh_run, tmp_path: Path, capsys) -> None:
     run, folder = fresh_run
     argv = [

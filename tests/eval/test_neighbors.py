@@ -14,12 +14,6 @@ from openseer.eval.neighbors import nearest
 from openseer.testing import FAST_EVAL
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def test_nearest_ranks_by_cosine_not_length() -> None:
     index = torch.tensor([[1.0, 0.0], [10.0, 1.0], [0.0, 1.0], [-1.0, 0.0]])
     scores, rows = nearest(torch.tensor([[2.0, 0.0], [0.0, 0.5]]), index, k=3)
@@ -28,6 +22,7 @@ def test_nearest_ranks_by_cosine_not_length() -> None:
     assert nearest(torch.ones(1, 2), index, k=10)[1].shape == (1, 4)
 
 
+@pytest.mark.slow
 def test_neighbors_command_finds_the_query_itself_first(tiny_run, tmp_path: Path, capsys, cache_dir) -> None:
     run, folder = tiny_run
     query = folder / "class1" / "3.png"

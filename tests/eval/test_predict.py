@@ -10,29 +10,23 @@ import pytest
 import torch
 from PIL import Image
 
+from openseer import testing
 from openseer.cli import main as cli_main
 from openseer.eval.predict import (
     Classifier,
-    build_head,
     load_classifier,
     predict,
     predict_proba,
     save_classifier,
 )
 from openseer.fileio.checkpoint import CheckpointError
-from openseer.models import build_backbone
-from openseer.testing import make_image_folder, tiny_classifier_config
+from openseer.testing import make_image_folder
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
 
 
 def tiny_classifier(resize: str = "center_crop") -> Classifier:
-    pcfg = tiny_classifier_config()
-    torch.manual_seed(0)
-    backbone = build_backbone("regnety_200mf", stem="small")
-    head = build_head(backbone.num_features, len(CLASSES), bn=True)
-    torch.nn.init.normal_(head[1].weight, std=0.5)  # spread the logits so that ranks are distinct
-    return Classifier(backbone, head, CLASSES, pcfg, resize).eval()
+    return testing.tiny_classifier(CLASSES, resize)
 
 
 def random_images(n: int, size: int = 24) -> list[Image.Image]:
@@ -76,6 +70,7 @@ def test_checkpoint_round_trip_keeps_names_and_outputs(tmp_path: Path) -> None:
     assert path.exists()
 
 
+@pytest.mark.slow
 def test_pretraining_checkpoint_is_not_a_classifier(tiny_run) -> None:
     run, _ = tiny_run
     with pytest.raises(CheckpointError, match="holds no classifier"):

@@ -25,6 +25,7 @@ from openseer.eval.report import (
     run_curves,
     tail_change,
 )
+from openseer.testing import cache_env
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -33,20 +34,11 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 def evaluated_run(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the tiny run after its end-of-pretraining evaluation, plus hand-written low-shot and cluster
     results."""
-    import os
-
     tmp = tmp_path_factory.mktemp("report")
-    old = os.environ.get("OPENSEER_CACHE")
-    os.environ["OPENSEER_CACHE"] = str(tmp / "cache")
-    try:
-        run = tmp / "run"
-        shutil.copytree(tiny_run[0], run)
+    run = tmp / "run"
+    shutil.copytree(tiny_run[0], run)
+    with cache_env(tmp / "cache"):
         figures = evaluate_pretraining(run, device="cpu", probe=ProbeConfig(epochs=5))
-    finally:
-        if old is None:
-            os.environ.pop("OPENSEER_CACHE", None)
-        else:
-            os.environ["OPENSEER_CACHE"] = old
     (run / "figures.json").write_text(json.dumps(figures))
     flat = [{"step": s, "loss": 0.2 + 10 / s, "val_top1": 0.8} for s in range(10, 210, 10)]
     falling = [{"step": s, "loss": 3 - s / 100} for s in range(10, 210, 10)]  # 2.9 -> 1.0, no flattening
@@ -90,6 +82,7 @@ def evaluated_run(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_end_of_pretraining_evaluation_scores_the_held_out_split_once(evaluated_run: Path) -> None:
     figures = json.loads((evaluated_run / "figures.json").read_text())
     for key in ("knn_top1", "knn_top5", "knn_top1_random", "knn_top5_random", "linear_top1", "linear_top5"):
@@ -109,6 +102,7 @@ def test_end_of_pretraining_evaluation_scores_the_held_out_split_once(evaluated_
     assert page.count("kNN (end of pretraining)") == 2  # pretrained and random init, once each
 
 
+@pytest.mark.slow
 def test_report_is_one_self_contained_page(evaluated_run: Path) -> None:
     page = build_report(evaluated_run).read_text()
     for heading in ("Training", "Accuracy", "Low-shot", "Confusion matrix", "Clusters"):
@@ -148,6 +142,7 @@ def test_report_reading_is_tolerant(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium)")
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(evaluated_run: Path, tmp_path: Path) -> None:
     page = build_report(evaluated_run, tmp_path / "report.html")
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

@@ -15,7 +15,7 @@ from openseer.cli import main as cli_main
 from openseer.config import ConfigError, load_config, to_dict
 from openseer.fileio.checkpoint import save_checkpoint
 from openseer.interop.config import EXPORT_SUFFIXES, ExportConfig
-from openseer.interop.export import FORMATS, relative_error
+from openseer.interop.export import FORMATS, export, relative_error
 from openseer.models import build_model
 from openseer.testing import randomize_batchnorm
 from openseer.train.config import PretrainConfig
@@ -51,6 +51,7 @@ def _onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+@pytest.mark.slow
 def test_onnx_backbone_matches_pytorch(run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     dst = tmp_path / "backbone.onnx"
     assert cli_main(["export", str(run["folder"]), str(dst), "verify=true"]) == 0
@@ -64,6 +65,7 @@ def test_onnx_backbone_matches_pytorch(run: dict, tmp_path: Path, capsys: pytest
         assert relative_error(actual, expected[:batch]) <= 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_with_classifier_outputs_logits(run: dict, tmp_path: Path) -> None:
     dst = tmp_path / "classifier.onnx"
     assert (
@@ -75,6 +77,7 @@ def test_onnx_with_classifier_outputs_logits(run: dict, tmp_path: Path) -> None:
     assert relative_error(_onnx(dst, run["x"]), expected) <= 1e-4
 
 
+@pytest.mark.slow
 def test_torchscript_accepts_other_batches_and_sizes(run: dict, tmp_path: Path) -> None:
     dst = tmp_path / "backbone.pt"
     assert cli_main(["export", str(run["folder"]), str(dst), "format=torchscript"]) == 0
@@ -131,6 +134,41 @@ def test_format_from_the_destination_suffix() -> None:
     assert kept.format == "torchscript"  # a format given wins over the suffix
     with pytest.raises(ConfigError, match="cannot tell the format"):
         ExportConfig(checkpoint="run", dst="b.bin").validate()
+
+
+def _read_safetensors(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return len(list(f.keys()))
+
+
+def _read_torchscript(path: Path) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return len(torch.jit.load(str(path)).state_dict())
+
+
+def _read_onnx(path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(path)).graph.initializer)
+
+
+# each format's own reader, independent of openseer: what a user of the file would load it with
+READERS = {"safetensors": _read_safetensors, "torchscript": _read_torchscript, "onnx": _read_onnx}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_the_command_offers_writes_a_file_its_own_reader_loads(
+    run: dict, tmp_path: Path, fmt: str
+) -> None:
+    assert set(FORMATS) == set(READERS), "a format without a reader here: add one"
+    (path, *_) = export(load_weights(run["folder"]), tmp_path / f"backbone.{fmt}", fmt)
+    assert READERS[fmt](path) > 0
+    with pytest.raises(ConfigError, match="expected one of safetensors, torchscript, onnx"):
+        export(load_weights(run["folder"]), tmp_path / "x.bin", "pickle")  # type: ignore[arg-type]
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # one process on purpose

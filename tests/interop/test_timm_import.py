@@ -14,13 +14,9 @@ from openseer.api import PretrainedModel
 from openseer.cli import main as cli_main
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.regnet import REGNETY
-from openseer.testing import assert_same_features, randomize_batchnorm
+from openseer.testing import assert_same_features, random_inputs, randomize_batchnorm
 from openseer.weights import load_weights
 from openseer.weights.timm_weights import to_timm
-
-
-def images(n: int = 1, size: int = 64) -> torch.Tensor:
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(7))
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +27,12 @@ def regnety_320(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("timm320")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     with torch.no_grad():
-        x = images()
+        x = random_inputs()
         features = model(x)
     return {"model": model, "folder": folder, "x": x, "features": features}
 
 
+@pytest.mark.slow
 def test_timm_regnety_320_imports_with_identical_weights_and_same_features(regnety_320: dict) -> None:
     folder = regnety_320["folder"]
     assert (
@@ -86,7 +83,7 @@ def test_timm_training_checkpoint_and_resnet(tmp_path: Path) -> None:
     torch.save({"epoch": 3, "arch": "resnet18", "state_dict": model.state_dict()}, tmp_path / "last.pth.tar")
     weights = load_weights(tmp_path / "last.pth.tar", fmt="timm")
     assert weights.config.model.arch == "resnet18"
-    x = images(2)
+    x = random_inputs(2)
     with torch.no_grad():
         assert_same_features(weights.build_backbone()(x), model(x))
 

@@ -19,14 +19,9 @@ from openseer.cli import main as cli_main
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.backbone import build_backbone
 from openseer.models.head import SwAVHead
-from openseer.testing import assert_same_features, randomize_batchnorm
+from openseer.testing import assert_same_features, random_inputs, randomize_batchnorm
 from openseer.weights import load_weights
 from openseer.weights.vissl import to_vissl_checkpoint
-
-
-def images(n: int = 1, size: int = 64) -> torch.Tensor:
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(7))
-
 
 # ---------------------------------------------------------------- RegNetY-32GF, the acceptance check
 
@@ -41,11 +36,12 @@ def seer32(tmp_path_factory: pytest.TempPathFactory) -> dict:
     src = folder / "model_final_checkpoint_phase0.torch"
     torch.save(to_vissl_checkpoint(backbone.state_dict(), head.state_dict()), src)
     with torch.no_grad():
-        x = images()
+        x = random_inputs()
         expected = {"features": backbone(x), "z": head(backbone(x))[0]}
     return {"backbone": backbone, "head": head, "src": src, "folder": folder, "x": x, **expected}
 
 
+@pytest.mark.slow
 def test_seer32gf_vissl_checkpoint_imports_with_identical_weights_and_same_features(
     seer32: dict, capsys: pytest.CaptureFixture
 ) -> None:
@@ -71,6 +67,7 @@ def test_seer32gf_vissl_checkpoint_imports_with_identical_weights_and_same_featu
     assert_same_features(z, seer32["z"])
 
 
+@pytest.mark.slow
 def test_seer32gf_import_refuses_the_wrong_architecture(seer32: dict) -> None:
     with pytest.raises(CheckpointError, match="mismatched") as err:
         load_weights(seer32["src"], arch="regnety_64gf")
@@ -155,7 +152,7 @@ def test_vissl_names_fit_a_classyvision_layout_and_compute_the_same(small: dict)
     trunk = ckpt["classy_state_dict"]["base_model"]["model"]["trunk"]
     reference = ClassyRegNet(small["backbone"])
     reference.load_state_dict(trunk, strict=True)  # every name and shape must match ClassyVision's layout
-    x = images(2)
+    x = random_inputs(2)
     with torch.no_grad():
         torch.testing.assert_close(reference.eval()(x), small["backbone"](x), rtol=1e-5, atol=1e-5)
     assert "_feature_blocks.res2.block1-0.f.se.excitation.2.bias" in trunk
@@ -184,7 +181,7 @@ def _roundtrip(state: dict, tmp_path: Path, **kwargs: object):  # noqa: ANN202
 
 
 def _same_backbone(weights, backbone: nn.Module) -> None:  # noqa: ANN001
-    x = images(2)
+    x = random_inputs(2)
     with torch.no_grad():
         assert_same_features(weights.build_backbone()(x), backbone(x))
 

@@ -49,10 +49,15 @@ def test_normalize_after_an_optimiser_step():
 
 def test_embeddings_are_unit_norm_and_scores_are_cosines():
     head = _head().eval()
-    z, scores = head(torch.randn(7, 8) * 50)
+    x = torch.randn(7, 8) * 50
+    z, scores = head(x)
     assert z.shape == (7, 4) and scores.shape == (7, 10)
     torch.testing.assert_close(z.norm(dim=1), torch.ones(7))
-    torch.testing.assert_close(scores, z @ head.prototypes.weight.t())
+    # cosine of each projection with each prototype, by torch's own formula (the rows are unit at init)
+    cosines = nn.functional.cosine_similarity(
+        head.projection(x)[:, None], head.prototypes.weight[None], dim=-1
+    )
+    torch.testing.assert_close(scores, cosines)
     assert scores.abs().max() <= 1 + 1e-5
 
 

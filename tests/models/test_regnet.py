@@ -17,6 +17,18 @@ SEER_PUBLISHED = {
     "regnety_10b": 9.3e9,
 }
 
+# pycls MODEL_ZOO.md (facebookresearch/pycls), RegNetY table: parameters in millions of the ImageNet model, i.e.
+# trunk plus a 1000-way linear classifier, rounded to 0.1M.
+PYCLS_PARAMS_M = {
+    "regnety_200mf": 3.2,
+    "regnety_400mf": 4.3,
+    "regnety_800mf": 6.3,
+    "regnety_1.6gf": 11.2,
+    "regnety_3.2gf": 19.4,
+    "regnety_16gf": 83.6,
+    "regnety_32gf": 145.0,
+}
+
 # pycls model zoo: stage widths and depths.
 PYCLS_STAGES = {
     "regnety_200mf": ([24, 56, 152, 368], [1, 1, 4, 7]),
@@ -58,14 +70,22 @@ def _hand_stages(p):
     return stages
 
 
-def test_published_seer_sizes_are_the_ones_in_the_module():
-    assert SEER_TRUNK_PARAMS == SEER_PUBLISHED
-
-
 @pytest.mark.parametrize("name", list(SEER_PUBLISHED))
 def test_seer_trunk_parameter_counts(name):
     count = trunk_parameter_count(name)  # meta device: the 10B model costs no memory
     assert abs(count / SEER_PUBLISHED[name] - 1) < 0.005, (name, count)
+    # the module's own table (quoted in its docstring) must be true of the trunks it builds
+    assert abs(count / SEER_TRUNK_PARAMS[name] - 1) < 0.005, (name, count)
+
+
+@pytest.mark.parametrize("name", list(PYCLS_PARAMS_M))
+def test_parameter_counts_match_the_pycls_model_zoo(name):
+    """The REGNETY table's (depth, w0, wa, wm, group width) generate networks of the published sizes: trunk plus
+    a 1000-way classifier on its D features, within the table's rounding."""
+    with torch.device("meta"):
+        trunk = build_regnety(name)
+    total = trunk_parameter_count(name) + trunk.num_features * 1000 + 1000
+    assert abs(total / 1e6 - PYCLS_PARAMS_M[name]) <= 0.05 + 1e-9, (name, total)
 
 
 def test_regnety_200mf_matches_pycls():

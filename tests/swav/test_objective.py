@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openseer.swav import EmbeddingQueue, sinkhorn, swav_loss, swav_objective
+from openseer.swav import EmbeddingQueue, swav_objective
+from openseer.swav.sinkhorn import sinkhorn_reference
 
 B, D, K, CROPS = 8, 16, 5, 3
 
@@ -19,13 +21,24 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, nn.Linear]:
     return z, prototypes(z), prototypes
 
 
+def _swapped_loss(scores: torch.Tensor, codes: list[torch.Tensor], assign: list[int], tau: float) -> float:
+    """Eq. 1-2 written out in float64: each assignment crop's codes predicted by every other crop."""
+    log_p = torch.log_softmax(scores.double() / tau, dim=1).view(CROPS, B, -1)
+    total = 0.0
+    for q, a in zip(codes, assign, strict=True):
+        others = [v for v in range(CROPS) if v != a]
+        total += sum(float(-(q.double() * log_p[v]).sum(1).mean()) for v in others) / len(others)
+    return total / len(assign)
+
+
 def test_without_a_queue_it_is_sinkhorn_codes_then_the_swapped_loss() -> None:
+    """Against independent references: the textbook float64 Sinkhorn and the loss written out."""
     z, scores, prototypes = _batch()
     loss, codes = swav_objective(z, scores, prototypes, CROPS, [0, 1], 0.1, 0.05, 3)
-    want_codes = [sinkhorn(scores[i * B : (i + 1) * B].detach(), 0.05, 3) for i in (0, 1)]
+    want_codes = [sinkhorn_reference(scores[i * B : (i + 1) * B].detach(), 0.05, 3) for i in (0, 1)]
     for got, want in zip(codes, want_codes, strict=True):
-        torch.testing.assert_close(got, want)
-    torch.testing.assert_close(loss, swav_loss(scores, want_codes, CROPS, [0, 1], 0.1))
+        torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-4)
+    assert loss.item() == pytest.approx(_swapped_loss(scores.detach(), want_codes, [0, 1], 0.1), rel=1e-5)
 
 
 def test_a_full_queue_joins_the_codes_and_receives_the_batch() -> None:
@@ -38,7 +51,8 @@ def test_a_full_queue_joins_the_codes_and_receives_the_batch() -> None:
     for i, crop in enumerate((0, 1)):
         with torch.no_grad():
             joint = torch.cat([prototypes(old[i]), scores[crop * B : (crop + 1) * B]])
-        torch.testing.assert_close(codes[i], sinkhorn(joint, 0.05, 3)[-B:])  # only the batch's rows kept
+        want = sinkhorn_reference(joint, 0.05, 3)[-B:]  # only the batch's rows kept
+        torch.testing.assert_close(codes[i].double(), want, atol=1e-6, rtol=1e-4)
         torch.testing.assert_close(queue.embeddings[i, :B], z[crop * B : (crop + 1) * B])  # newest first
         torch.testing.assert_close(queue.embeddings[i, B:], old[i, :B])
     alone, _ = swav_objective(z, scores, prototypes, CROPS, [0, 1], 0.1, 0.05, 3)

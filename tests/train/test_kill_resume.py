@@ -14,25 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint
-from openseer.testing import tiny_overrides
+from openseer.testing import make_image_folder, tiny_overrides
 
 STEPS = 12  # 36 training images, batch 8: 4 steps per epoch, 3 epochs
-
-
-def _folder(root: Path) -> Path:
-    gen = torch.Generator().manual_seed(0)
-    for c in range(3):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(16):
-            img = torch.rand(3, 20, 20, generator=gen) * 0.3
-            img[c] += 0.6
-            Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(
-                root / f"class{c}" / f"{i}.png"
-            )
-    return root
 
 
 def _command(source: Path, out: Path, *extra: str) -> list[str]:
@@ -85,7 +71,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_identical_weights(tmp_path: 
     rng = random.Random(20250611)
     kill_after = rng.randint(1, STEPS - 4)
     print(f"killing the run once step {kill_after} is logged (of {STEPS})")
-    source = _folder(tmp_path / "imgs")
+    source = make_image_folder(tmp_path / "imgs", per_class=16)
     env = {**os.environ, "OPENSEER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
 

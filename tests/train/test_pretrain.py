@@ -9,43 +9,20 @@ import pytest
 import torch
 from PIL import Image
 
-from openseer import testing
 from openseer.cli import main as cli_main
 from openseer.config import load_config
 from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint
+from openseer.testing import make_image_folder, tiny_overrides
 from openseer.train.config import PretrainConfig
 from openseer.train.pretrain import pretrain
 
 
-def make_folder(root: Path, classes: int = 3, per_class: int = 16, size: int = 20) -> Path:
-    """Class-coloured noisy squares as JPEG/PNG files in an ImageFolder tree."""
-    gen = torch.Generator().manual_seed(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        base = torch.zeros(3, size, size)
-        base[c % 3] = 0.8
-        for i in range(per_class):
-            img = (base + 0.3 * torch.rand(3, size, size, generator=gen)).clamp(0, 1)
-            arr = (img.permute(1, 2, 0).numpy() * 255).astype("uint8")
-            ext = "png" if i % 2 else "jpg"
-            Image.fromarray(arr).save(root / f"class{c}" / f"{i}.{ext}")
-    return root
-
-
-def tiny_overrides(source: Path, out: Path, **extra: object) -> list[str]:
-    return testing.tiny_overrides(source, out, **extra)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_folder(tmp_path_factory.mktemp("imgs"))
+    return make_image_folder(tmp_path_factory.mktemp("imgs"), per_class=16, formats=("jpg", "png"))
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
-
-
+@pytest.mark.slow
 def test_short_run_writes_checkpoint_metrics_and_scores(folder: Path, tmp_path: Path) -> None:
     cfg = load_config(PretrainConfig, [], tiny_overrides(folder, tmp_path / "run", run__max_steps=2))
     result = pretrain(cfg)
@@ -60,6 +37,7 @@ def test_short_run_writes_checkpoint_metrics_and_scores(folder: Path, tmp_path: 
     assert summary["steps"] == 2
 
 
+@pytest.mark.slow
 def test_prototypes_frozen_then_trained(folder: Path, tmp_path: Path) -> None:
     def prototypes_after(steps: int, freeze: int) -> torch.Tensor:
         out = tmp_path / f"run{steps}-{freeze}"
@@ -82,6 +60,7 @@ def test_prototypes_frozen_then_trained(folder: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("cache_size", [16, None])
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_weights(
     folder: Path, tmp_path: Path, cache_size: int | None
 ) -> None:
@@ -108,9 +87,10 @@ def test_interrupted_run_resumes_to_identical_weights(
     assert torch.equal(a["queue"]["embeddings"], b["queue"]["embeddings"])
 
 
+@pytest.mark.slow
 def test_streaming_path_skips_and_counts_bad_files(folder: Path, tmp_path: Path) -> None:
     dirty = tmp_path / "dirty"
-    make_folder(dirty)
+    make_image_folder(dirty, per_class=16, formats=("jpg", "png"))
     (dirty / "class0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (dirty / "class1" / "empty.png").write_bytes(b"")
     cfg = load_config(
@@ -146,6 +126,7 @@ def test_cli_print_config_resolves_preset_and_overrides(capsys: pytest.CaptureFi
     assert "regnety_256gf" in out and "batch_size: 4" in out and "prototypes: 16000" in out
 
 
+@pytest.mark.slow
 def test_a_batch_of_only_unreadable_files_is_a_skipped_step(tmp_path: Path) -> None:
     """2 good and 6 empty files, batch 2: at least two batches hold no readable image; the epoch still has its 4
     steps (the empty ones skipped), so step numbers stay those of the batches and resuming stays exact."""
@@ -183,6 +164,7 @@ def _nan_loss_from(monkeypatch: pytest.MonkeyPatch, first: int, last: float = fl
     monkeypatch.setattr(loop, "swav_objective", swav_objective)
 
 
+@pytest.mark.slow
 def test_a_non_finite_step_is_skipped_and_counted(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,6 +197,7 @@ def test_a_non_finite_step_is_skipped_and_counted(
             assert torch.equal(after["optimizer"]["state"][i][name], buffer), (i, name)
 
 
+@pytest.mark.slow
 def test_cli_stops_a_non_finite_streak_with_advice(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
