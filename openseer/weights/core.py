@@ -59,7 +59,7 @@ class Weights:
     @property
     def run_dir(self) -> Path:
         """Where results about these weights go: the run folder of a checkpoint, else the file's folder."""
-        path = Path(self.source.split(" (")[0]).expanduser()
+        path = Path(self.source).expanduser()
         if path.is_dir():
             return path.parent if path.name == "checkpoints" else path
         return run_dir_of(path)

@@ -175,7 +175,8 @@ def _read_sharded(path: Path, source: str) -> Weights:
             dcp.load({"model": state}, checkpoint_id=path)
     except Exception as err:  # DCP reports missing keys and damaged files with assorted exception types
         raise CheckpointError(f"cannot read the sharded checkpoint {path}: {err}") from err
-    return _from_openseer(config, {k: v for k, v in state.items()}, None, f"{source} ({path.name})")
+    weights = _from_openseer(config, dict(state), None, source)
+    return replace(weights, notes=[f"read the sharded checkpoint {path.name}"])
 
 
 CLASSIFIER_KIND = "openseer-classifier"  # the "kind" of a classifier checkpoint (write_classifier)
