@@ -100,4 +100,4 @@ if __name__ == "__main__":
     from openseer.cli import main
 
     _record_queues(sys.argv[1], Path(sys.argv[2]))
-    sys.exit(main(["pretrain", "--no-eval", *sys.argv[3:]]))
+    sys.exit(main(["pretrain", *sys.argv[3:], "run.evaluate=false"]))

@@ -29,7 +29,6 @@ from openseer.eval.finetune import (
 )
 from openseer.eval.predict import evaluate_classifier, load_classifier
 from openseer.fileio.checkpoint import list_checkpoints, load_checkpoint
-from openseer.testing import FAST_EVAL
 from openseer.weights import load_weights
 
 NO_PROGRESS = ["workers=0", "progress=false"]
@@ -204,7 +203,7 @@ def test_supervised_from_scratch_writes_its_own_result(fresh_run, tmp_path) -> N
         "recipe.batch_size=27",
         "init=random",
     ]
-    assert cli_main([*argv, *FAST_EVAL]) == 0
+    assert cli_main([*argv, *NO_PROGRESS]) == 0
     result = json.loads((run / "eval" / "finetune-scratch.json").read_text())
     assert result["model"] == "supervised" and result["steps"] == 1
     assert (run / "finetune-scratch" / "checkpoints").is_dir()

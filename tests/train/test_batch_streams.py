@@ -224,4 +224,4 @@ if __name__ == "__main__":
     from openseer.cli import main
 
     _record_batches(Path(sys.argv[1]))
-    sys.exit(main(["pretrain", "--no-eval", *sys.argv[2:]]))
+    sys.exit(main(["pretrain", *sys.argv[2:], "run.evaluate=false"]))
