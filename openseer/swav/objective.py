@@ -25,6 +25,7 @@ def swav_objective(
     epsilon: float,
     sinkhorn_iters: int,
     queue: EmbeddingQueue | None = None,
+    stack_queue: bool | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Loss and codes for one multi-crop batch.
 
@@ -33,13 +34,21 @@ def swav_objective(
     queue's embeddings against the current prototypes stacked in front once the queue is full (only the
     batch's rows are kept); the batch's embeddings then enter the queue. Returns (loss, codes per assignment
     crop (B, K)).
+
+    ``stack_queue``: whether the queue's scores are stacked in; None: when this process's queue is full. With
+    several processes the caller decides once for all of them (:func:`openseer.train.pretrain.objective` waits
+    until every queue is full), because scoring the queue under FSDP gathers the prototypes, a collective.
     """
+    if stack_queue is None:
+        stack_queue = queue is not None and queue.full
+    if stack_queue and (queue is None or not queue.full):
+        raise ValueError("stack_queue=True needs a full queue")
     batch = scores.shape[0] // n_crops
     codes = []
     with torch.no_grad():
         for i, crop_id in enumerate(crops_for_assign):
             out = scores[batch * crop_id : batch * (crop_id + 1)].detach()
-            if queue is not None and queue.full:
+            if stack_queue:
                 out = torch.cat([prototypes(queue.embeddings[i]), out])
             codes.append(sinkhorn(out, epsilon, sinkhorn_iters)[-batch:])
             if queue is not None:

@@ -72,7 +72,13 @@ def objective(
     scores: torch.Tensor,
     queue: EmbeddingQueue | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The run's SwAV objective (codes, then swapped prediction) with its settings; the benchmarks time it too."""
+    """The run's SwAV objective (codes, then swapped prediction) with its settings; the benchmarks time it too.
+
+    The queue is stacked in once every process's queue is full, decided alike on all of them: their queues can
+    fill at different steps (a batch cut short by unreadable files), and under FSDP scoring the queue gathers the
+    prototypes, a collective that one process alone would wait in for ever.
+    """
+    stack = queue is not None and not distributed.any_process(not queue.full, z.device)
     return swav_objective(
         z,
         scores,
@@ -83,6 +89,7 @@ def objective(
         cfg.swav.epsilon,
         cfg.swav.sinkhorn_iters,
         queue,
+        stack_queue=stack,
     )
 
 
@@ -182,9 +189,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     budget_s = cfg.run.budget_minutes * 60 if cfg.run.budget_minutes is not None else math.inf
     budgeted = math.isfinite(budget_s)
     total_steps = _BUDGET_GRID if budgeted else max(1, round(cfg.optim.epochs * steps_per_epoch))
-    queue = EmbeddingQueue(
-        len(cfg.swav.crops_for_assign), cfg.swav.queue_length // world, cfg.model.out_dim, device
-    )
+    # main_swav's sizing: rounded down to whole global batches, then split over the processes
+    local_queue = cfg.swav.local_queue_length(cfg.optim.batch_size, world)
+    queue = EmbeddingQueue(len(cfg.swav.crops_for_assign), local_queue, cfg.model.out_dim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.precision == "fp16")
     autocast = fast.autocast
 

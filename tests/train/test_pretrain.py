@@ -13,7 +13,7 @@ from openseer.cli import main as cli_main
 from openseer.config import load_config
 from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint
 from openseer.testing import make_image_folder, tiny_overrides
-from openseer.train.config import PretrainConfig
+from openseer.train.config import PretrainConfig, SwAVConfig
 from openseer.train.pretrain import pretrain
 
 
@@ -57,6 +57,16 @@ def test_prototypes_frozen_then_trained(folder: Path, tmp_path: Path) -> None:
     torch.testing.assert_close(frozen, initial)
     assert not torch.allclose(trained, initial)
     torch.testing.assert_close(trained.norm(dim=1), torch.ones(trained.shape[0]), atol=1e-2, rtol=0)
+
+
+@pytest.mark.slow
+def test_the_loop_sizes_its_queue_as_main_swav(folder: Path, tmp_path: Path) -> None:
+    """A 20-entry queue at a global batch of 8 holds 16 rows: two whole batches (main_swav rounds down)."""
+    out = tmp_path / "run"
+    overrides = tiny_overrides(folder, out, run__max_steps=1, swav__queue_length=20, run__evaluate=False)
+    pretrain(load_config(PretrainConfig, [], overrides))
+    queue = load_checkpoint(latest_checkpoint(out / "checkpoints"))["queue"]["embeddings"]
+    assert queue.shape[2] == SwAVConfig(queue_length=20).local_queue_length(8, 1) == 16
 
 
 @pytest.mark.parametrize("cache_size", [16, None])
