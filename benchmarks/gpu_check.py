@@ -14,8 +14,9 @@ finish before the deadline is skipped and says so):
    checkpointing per stage; also checks that the prototypes are gathered in float32 and the scores are float32.
 4. ``compile``: the RegNetY-8GF step with ``torch.compile`` of the model (``run.compile``): compile time (first
    step) and images/s after it.
-5. ``rehearsal``: the real pretraining loop (``openseer.train.pretrain``) for 200 steps of the ``cpu`` preset on
-   the GPU (built-in data, bf16): steps done, final loss, images/s.
+5. ``rehearsal``: the real pretraining loop (``openseer.train.pretrain``) for 200 steps of the ``seer-rg256gf``
+   preset with only its sizes scaled down (``openseer/presets/rehearsal.py``: RegNetY-200MF, 2x32 + 4x14
+   crops) on the GPU (built-in data, bf16): steps done, final loss, images/s.
 
 Without a CUDA GPU it prints one explanatory line and a last line ``gpu=none``, and exits 0, so that CI and
 laptops can run it. ``--cpu-smoke`` runs every section but compile on the CPU at toy sizes (tests use it).
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import socket
@@ -46,6 +48,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling _common, also when imported by tests
+
+PRESET = "seer-rg256gf"  # the recipe the rehearsal section runs, scaled down
 
 KEYS = (
     "gpu",
@@ -249,28 +253,30 @@ def section_compile(check: Check, device: torch.device, args: argparse.Namespace
 
 
 def section_rehearsal(check: Check, device: torch.device, args: argparse.Namespace) -> None:
+    from openseer.data.builtin import load_builtin
+    from openseer.presets.rehearsal import rehearsal_overrides
     from openseer.train.pretrain import pretrain
 
+    batch = 32 if args.cpu_smoke else 64
+    n_train = len(load_builtin("train").images)  # Debian's 60,000 or the shipped slice
+    # SEER's recipe with only its sizes scaled down (openseer/presets/rehearsal.py), in bf16, on the built-in data
+    scaled = rehearsal_overrides(PRESET, args.rehearsal_steps, 1, n_train, batch_size=batch, bf16=True)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("OPENSEER_CACHE", str(Path(tmp) / "cache"))
-        overrides = [
+        overrides = [f"{key}={json.dumps(value)}" for key, value in scaled.items()] + [
+            "data.source=builtin",
             f"run.device={device.type}",
-            "run.precision=bf16",
-            f"run.max_steps={args.rehearsal_steps}",
             f"run.out_dir={Path(tmp) / 'run'}",
-            "run.evaluate=false",
             "run.progress=false",
             "run.tensorboard=false",
             "run.log_every=50",
             "run.checkpoint_every=100000",
         ]
-        if args.cpu_smoke:
-            overrides += ["optim.batch_size=32"]
-        result = pretrain(_config("cpu", overrides))
+        result = pretrain(_config(PRESET, overrides))
     rate = result.images_seen / max(result.train_seconds, 1e-9)
     check.values.update(rehearsal_steps=result.steps, rehearsal_loss=result.final_loss, rehearsal_img_s=rate)
     print(
-        f"[rehearsal] cpu preset on {device.type}, bf16: {result.steps} steps, final loss "
+        f"[rehearsal] {PRESET} scaled down on {device.type}, bf16: {result.steps} steps, final loss "
         f"{result.final_loss:.3f}, {rate:.0f} img/s, {result.nonfinite_steps} non-finite steps",
         flush=True,
     )

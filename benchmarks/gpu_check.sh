@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One check of a lent CUDA GPU in under 8 minutes: bf16 matrix peak, the SwAV step of RegNetY-8GF and -32GF at
 # SEER's crops (img/s, MFU), FSDP2 + bf16 + activation checkpointing in one process, torch.compile of the step,
-# and a 200-step rehearsal of the cpu preset (benchmarks/gpu_check.py says what each section does).
+# and a 200-step rehearsal of the seer-rg256gf preset scaled down (benchmarks/gpu_check.py says what each section does).
 #
 #   bash benchmarks/gpu_check.sh [gpu_check.py options]     # e.g. --batch 32
 #

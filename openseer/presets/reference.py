@@ -81,14 +81,14 @@ def _scaled_lr(per_256: float) -> Callable[[PretrainConfig, Reference], float]:
     return lambda cfg, ref: per_256 * _global_batch(cfg, ref) / 256
 
 
-def _planned_steps(cfg: PretrainConfig, ref: Reference) -> int:
+def planned_steps(cfg: PretrainConfig, ref: Reference) -> int:
     return max(1, round(cfg.optim.epochs * (ref.images_per_epoch // _global_batch(cfg, ref))))
 
 
-def _warmup_steps(cfg: PretrainConfig, ref: Reference) -> int:
+def warmup_steps_of(cfg: PretrainConfig, ref: Reference) -> int:
     from openseer.optim.schedules import warmup_length
 
-    o, planned = cfg.optim, _planned_steps(cfg, ref)
+    o, planned = cfg.optim, planned_steps(cfg, ref)
     steps_per_epoch = ref.images_per_epoch // _global_batch(cfg, ref)
     return warmup_length(
         planned, planned, o.warmup_fraction, o.warmup_steps, o.warmup_epochs, steps_per_epoch
@@ -200,9 +200,9 @@ QUANTITIES: dict[str, Quantity] = {
     "peak_lr": Quantity("Peak lr", lambda c, r: _scaled_lr(c.optim.base_lr)(c, r)),
     "start_lr": Quantity("Warm-up start lr", lambda c, r: _scaled_lr(c.optim.start_lr)(c, r)),
     "final_lr": Quantity("Final lr (end of the cosine)", lambda c, r: _scaled_lr(c.optim.final_lr)(c, r)),
-    "warmup_steps": Quantity("Warm-up steps", _warmup_steps),
+    "warmup_steps": Quantity("Warm-up steps", warmup_steps_of),
     "warmup_share": Quantity(
-        "Warm-up share of the run", lambda c, r: _warmup_steps(c, r) / _planned_steps(c, r)
+        "Warm-up share of the run", lambda c, r: warmup_steps_of(c, r) / planned_steps(c, r)
     ),
     "epochs": Quantity("Epochs", lambda c, r: c.optim.epochs),
     "weight_decay": Quantity("Weight decay", lambda c, r: c.optim.weight_decay),

@@ -483,7 +483,7 @@ def choose_fast_paths(
     )
     if out_dir is not None and distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / RUN_FILE).write_text(json.dumps(asdict(decision), indent=2))
+        atomic_write_text(out_dir / RUN_FILE, json.dumps(asdict(decision), indent=2))
     return FastPaths(forward, autocast_for(device, decision.precision), decision)
 
 

@@ -363,6 +363,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     )
     if writer is not None:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}
+        summary.update(fast.decision.summary())  # precision and compile as used, and why (autotune.json: all)
         writer.write(step, {f"final/{k}": v for k, v in summary.items() if isinstance(v, int | float)})
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
         writer.close()

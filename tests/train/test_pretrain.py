@@ -35,6 +35,7 @@ def test_short_run_writes_checkpoint_metrics_and_scores(folder: Path, tmp_path: 
     assert result.evaluation is None  # scoring is the caller's: the loop trains and saves
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2
+    assert summary["precision"] in ("fp32", "bf16") and isinstance(summary["compile"], bool)  # as the run used them
 
 
 @pytest.mark.slow
