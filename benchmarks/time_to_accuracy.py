@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from _common import cifar10_folder, machine, matmul_peak_gflops  # the sibling m
 
 from openseer.api import pretrain  # trains, then the one end-of-run evaluation
 from openseer.config import load_config
+from openseer.fileio.atomic import atomic_write_text
 from openseer.train.autotune import RUN_FILE
 from openseer.train.config import PretrainConfig
 from openseer.train.data import prepare_data
@@ -176,6 +178,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "peak_gflops": peaks,
+        "load_average": os.getloadavg()[0],  # other jobs on the machine slow every figure down
         "data": source,
         "overrides": args.overrides,
         "openseer": [],
@@ -183,7 +186,7 @@ def main() -> None:
     }
 
     def save() -> None:  # after every run, so an interrupted sweep keeps what it measured
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2))
 
     for m in minutes:
         results["openseer"].append(openseer_run(source, m, out, args.overrides))
@@ -192,7 +195,7 @@ def main() -> None:
         results["lightly"].append(lightly_run(source, m))
         save()
     png = out / "time_to_accuracy.png"
-    plot(results, png, f"{hardware}, {cores} cores (machine shared with other jobs)")
+    plot(results, png, f"{hardware}, {cores} cores, load average {results['load_average']:.1f} at start")
     print(f"results: {out / 'results.json'}, plot: {png}")
     runs = results["openseer"]
     rate = sum(r["images_seen"] for r in runs) / max(sum(r["train_seconds"] for r in runs), 1e-9)

@@ -19,7 +19,8 @@ SIZES = {
     "crops",  # sides (counts and scales are other rows)
     "trunk",
     "conv_init",  # the trunk's own (swav-rn50's ResNet-50 becomes a RegNetY)
-    "head",  # widths (depth and BatchNorm are other rows)
+    "head",  # widths (depth is another row)
+    "head_bn",  # SEER's head without BatchNorm collapses at this size (see openseer/presets/rehearsal.py)
     "prototypes",
     "queue",
     "freeze",
