@@ -33,6 +33,7 @@ from openseer.config import load_config
 from openseer.eval.clusters import ClustersConfig, run_clusters
 from openseer.eval.embed import FeatureConfig
 from openseer.eval.pretraining import evaluate_pretraining
+from openseer.eval.report import read_metrics
 from openseer.presets.rehearsal import rehearsal_overrides
 from openseer.testing import free_port, rank_env
 from openseer.train.autotune import device_native_bf16
@@ -40,18 +41,6 @@ from openseer.train.config import PretrainConfig
 from openseer.train.data import prepare_data
 
 WORLD = 2
-
-
-def _records(metrics: Path) -> list[dict]:
-    if not metrics.exists():
-        return []
-    out = []
-    for line in metrics.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line being written
-            continue
-    return out
 
 
 def _launch(preset: str, overrides: dict, resume: bool, log: Path) -> list[subprocess.Popen]:
@@ -130,14 +119,14 @@ def main() -> None:
     kill_at = round(args.kill_at * args.steps)
     first = _launch(args.preset, overrides, resume=False, log=out / "rehearsal-first.log")
     while all(p.poll() is None for p in first):
-        if any(r["step"] >= kill_at for r in _records(out / "metrics.jsonl")):
+        if any(r["step"] >= kill_at for r in read_metrics(out / "metrics.jsonl")):
             for p in first:
                 os.kill(p.pid, signal.SIGKILL)
             break
         time.sleep(0.2)
     for p in first:
         p.wait()
-    killed_after = max((r["step"] for r in _records(out / "metrics.jsonl")), default=0)
+    killed_after = max((r["step"] for r in read_metrics(out / "metrics.jsonl")), default=0)
     print(f"killed at step {killed_after} of {args.steps} (rc {[p.returncode for p in first]})", flush=True)
 
     # ============ resume to the end ============
@@ -164,7 +153,7 @@ def main() -> None:
             features=FeatureConfig(bn_recalibrate=False, workers=0, progress=False),
         )
     )
-    records = [r for r in _records(out / "metrics.jsonl") if "loss" in r]
+    records = read_metrics(out / "metrics.jsonl")  # the logged steps
     early = [r["loss"] for r in records[:3]]
     late = [r["loss"] for r in records[-3:]]
     print(
