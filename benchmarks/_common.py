@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import tarfile
@@ -13,10 +12,10 @@ from pathlib import Path
 import torch
 
 from openseer.data.cache import default_cache_dir
+from openseer.hardware import hardware_name, usable_cores
 from openseer.models import build_model
 from openseer.train.autotune import (
     autocast_for,
-    hardware_name,
     persist_compile_caches,
     training_step,
     trial_optimizer,
@@ -43,9 +42,7 @@ def cifar10_folder(tar_path: Path = CIFAR_TAR) -> Path:
 
 def machine(device: torch.device) -> tuple[str, int]:
     """(processor or GPU model, CPU cores this process may use), to print with every figure."""
-    return hardware_name(device), len(os.sched_getaffinity(0)) if hasattr(
-        os, "sched_getaffinity"
-    ) else os.cpu_count()
+    return hardware_name(device), usable_cores()
 
 
 def synchronize(device: torch.device) -> None:

@@ -34,9 +34,9 @@ from openseer.eval.clusters import ClustersConfig, run_clusters
 from openseer.eval.embed import FeatureConfig
 from openseer.eval.pretraining import evaluate_pretraining
 from openseer.eval.report import read_metrics
+from openseer.hardware import device_native_bf16
 from openseer.presets.rehearsal import rehearsal_overrides
 from openseer.testing import free_port, rank_env
-from openseer.train.autotune import device_native_bf16
 from openseer.train.config import PretrainConfig
 from openseer.train.data import prepare_data
 

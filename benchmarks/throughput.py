@@ -49,6 +49,7 @@ from _common import (  # the sibling module (its folder is on sys.path when run)
 from torch.utils.flop_counter import FlopCounterMode
 
 from openseer.config import load_config
+from openseer.hardware import device_native_bf16
 from openseer.models import build_model
 from openseer.train import autotune as at
 from openseer.train.config import PretrainConfig
@@ -224,7 +225,7 @@ def main() -> None:
         return
     device = torch.device(args.device)
     hardware, cores = machine(device)
-    native = at.device_native_bf16(device)
+    native = device_native_bf16(device)
     print(
         f"cpu={hardware} cores={cores} threads={torch.get_num_threads()} native_bf16={native} device={device}"
     )

@@ -138,7 +138,8 @@ def tiny_linear(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="session")
 def tiny_finetune(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ckpt-*.pt written by a 1-epoch fine-tuning of the tiny run."""
-    from openseer.eval.finetune import FinetuneConfig, RecipeConfig, run_finetune
+    from openseer.eval.finetune import FinetuneConfig, run_finetune
+    from openseer.eval.recipe import RecipeConfig
     from openseer.testing import cache_env
 
     run, folder = tiny_run

@@ -21,12 +21,13 @@ import torch
 import openseer
 from openseer.eval.clusters import ClustersConfig, run_clusters
 from openseer.eval.embed import EmbedConfig, FeatureConfig, run_embed
-from openseer.eval.finetune import FinetuneConfig, RecipeConfig, run_finetune
+from openseer.eval.finetune import FinetuneConfig, run_finetune
 from openseer.eval.knn import KnnConfig, run_knn
 from openseer.eval.linear import LinearConfig, ProbeConfig, run_linear
 from openseer.eval.lowshot import LowShotConfig, run_lowshot
 from openseer.eval.neighbors import NeighborsConfig, run_neighbors
 from openseer.eval.predict import PredictConfig, run_predict
+from openseer.eval.recipe import RecipeConfig
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.interop.export import export
 from openseer.testing import WeightSource, assert_same_features

@@ -34,9 +34,10 @@ from openseer.data.folders import subset_per_class
 from openseer.data.labelled import EvalData
 from openseer.distributed import resolve_device
 from openseer.eval.embed import Embedder, FeatureConfig, Features
-from openseer.eval.finetune import RecipeConfig, fit_classifier, new_classifier
+from openseer.eval.finetune import fit_classifier, new_classifier
 from openseer.eval.linear import ProbeConfig, ProbeResult, fit_linear_probe, score_head, write_result
 from openseer.eval.predict import Classifier, evaluate_classifier
+from openseer.eval.recipe import RecipeConfig
 from openseer.eval.split import SplitConfig, split_data
 from openseer.weights import load_weights
 

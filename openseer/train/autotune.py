@@ -20,8 +20,9 @@ same weights agrees within ``LOSS_RTOL``); the weights, BatchNorm statistics and
 The SwAV codes (Sinkhorn) and the loss stay fp32 in every case: only the forward pass runs under autocast, and
 ``openseer.swav`` upcasts the prototype scores before using them.
 
-The decision is pure (:func:`choose`, :func:`should_try_compile`, :func:`native_bf16`, :func:`cache_key`) and
-tested without timing; :func:`measure` and :func:`choose_fast_paths` are the thin timing part.
+The decision is pure (:func:`choose`, :func:`should_try_compile`, :func:`cache_key`; the CPU's facts come from
+``openseer.hardware``) and tested without timing; :func:`measure` and :func:`choose_fast_paths` are the thin
+timing part.
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ import json
 import logging
 import math
 import os
-import platform
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from openseer.data.cache import default_cache_dir
 
 # the package's atomic file write (temp file in the same folder, fsync, os.replace)
 from openseer.fileio.atomic import atomic_write_text
+from openseer.hardware import device_native_bf16, hardware_name
 from openseer.optim import LARS, param_groups
 from openseer.train.config import PretrainConfig
 
@@ -153,23 +154,6 @@ class Decision:
         return out
 
 
-def cpu_flags(cpuinfo: str) -> set[str]:
-    """The feature flags of the first processor in /proc/cpuinfo's text ('flags' on x86, 'Features' on Arm)."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            return set(value.split())
-    return set()
-
-
-def native_bf16(flags: Iterable[str], machine: str) -> bool:
-    """Whether a CPU with these feature flags computes bf16 products in hardware (else oneDNN emulates them)."""
-    flags = set(flags)
-    if machine.lower() in ("x86_64", "amd64", "i386", "i686"):
-        return bool(flags & {"avx512_bf16", "amx_bf16"})
-    return "bf16" in flags  # aarch64: FEAT_BF16
-
-
 def should_try_compile(
     horizon_s: float, expected_compile_s: float, max_fraction: float = MAX_COMPILE_FRACTION
 ) -> bool:
@@ -224,18 +208,6 @@ def choose(
     if best is ref and len(trials) > 1:
         verdict += f" (nothing {margin:.0%} faster that learns alike)"
     return best.candidate, f"{verdict}; step speed vs {ref.candidate.name}: " + (", ".join(notes) or "none")
-
-
-def hardware_name(device: torch.device, cpuinfo: str | None = None) -> str:
-    """The processor model ('AMD EPYC', 'Intel(R) Xeon(R) Platinum 8480+') or the GPU's name."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    text = cpuinfo if cpuinfo is not None else _read_cpuinfo()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("model name", "cpu model", "hardware"):
-            return value.strip()
-    return platform.processor() or platform.machine() or "unknown cpu"
 
 
 def step_signature(cfg: PretrainConfig, device: torch.device, threads: int) -> dict[str, Any]:
@@ -302,20 +274,6 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_DTYPES[precision])
-
-
-def _read_cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def device_native_bf16(device: torch.device) -> bool:
-    """bf16 computed in hardware by this device (CPU flags; CUDA compute capability 8.0 or newer)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 8
-    return native_bf16(cpu_flags(_read_cpuinfo()), platform.machine())
 
 
 # ============ timing ============
@@ -445,7 +403,7 @@ class FastPaths:
 
 
 def _planned_steps(cfg: PretrainConfig, steps_per_epoch: int) -> int:
-    steps = max(1, round(cfg.optim.epochs * steps_per_epoch))
+    steps = cfg.optim.planned_steps(steps_per_epoch)
     return min(steps, cfg.run.max_steps) if cfg.run.max_steps is not None else steps
 
 

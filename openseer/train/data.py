@@ -158,6 +158,18 @@ class BatchStream(Protocol):
     def epoch(self, epoch: int, start: int = 0) -> Iterator[list[torch.Tensor]]: ...
 
 
+def full_global_batches(n_images: int, batch_size: int, world_size: int) -> int:
+    """Steps in an epoch of ``n_images``: whole global batches only (the last partial one is dropped; every
+    epoch reshuffles); a clear error when there is not even one."""
+    steps = n_images // (batch_size * world_size)
+    if steps == 0:
+        raise DataError(
+            f"{n_images} images cannot fill one global batch of {batch_size * world_size}; "
+            "lower optim.batch_size or add images"
+        )
+    return steps
+
+
 class TensorBatches:
     """Batched multi-crop over a uint8 tensor.
 
@@ -184,12 +196,7 @@ class TensorBatches:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device, self.channels_last = torch.device(device), channels_last
         self.prefetch = prefetch if prefetch is not None else (2 if self.device.type == "cuda" else 0)
-        self.steps_per_epoch = len(images) // (batch_size * world_size)
-        if self.steps_per_epoch == 0:
-            raise DataError(
-                f"{len(images)} images cannot fill one global batch of {batch_size * world_size}; "
-                "lower optim.batch_size or add images"
-            )
+        self.steps_per_epoch = full_global_batches(len(images), batch_size, world_size)
         self.skipped = SkipLog()
 
     def _make(self, perm: torch.Tensor, epoch: int, step: int) -> list[torch.Tensor]:
@@ -306,12 +313,7 @@ class LoaderBatches:
         )
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.workers, self.device, self.channels_last = workers, torch.device(device), channels_last
-        self.steps_per_epoch = len(paths) // (batch_size * world_size)
-        if self.steps_per_epoch == 0:
-            raise DataError(
-                f"{len(paths)} images cannot fill one global batch of {batch_size * world_size}; "
-                "lower optim.batch_size or add images"
-            )
+        self.steps_per_epoch = full_global_batches(len(paths), batch_size, world_size)
         self.skipped = SkipLog()
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[list[torch.Tensor]]:

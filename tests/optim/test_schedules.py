@@ -127,7 +127,7 @@ def test_every_preset_warms_up_for_the_same_share_bounded_or_budgeted(preset):
     cfg = load_config(PretrainConfig, [preset])
     o = cfg.optim
     spe = _steps_per_epoch(preset, o.batch_size)
-    planned = max(1, round(o.epochs * spe))
+    planned = o.planned_steps(spe)
     args = (o.warmup_fraction, o.warmup_steps, o.warmup_epochs, spe)
     bounded = warmup_length(planned, planned, *args)
     budgeted = warmup_length(GRID, planned, *args)

@@ -13,6 +13,7 @@ import torch
 
 from openseer import testing
 from openseer.config import load_config
+from openseer.hardware import hardware_name
 from openseer.models import build_model
 from openseer.train import autotune as at
 from openseer.train.config import PretrainConfig
@@ -21,39 +22,11 @@ from openseer.train.pretrain import objective
 
 FP32, BF16 = at.Candidate("fp32", False), at.Candidate("bf16", False)
 FP32_C = at.Candidate("fp32", True)
-X86_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma f16c\n"
-X86_BF16 = "processor\t: 0\nflags\t\t: avx2 avx512f avx512bw avx512_bf16\n"
-X86_AMX = "processor\t: 0\nflags\t\t: avx2 avx512f amx_tile amx_bf16 amx_int8\n"
-ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU part\t: 0xd40\n"
 
 
 def _trial(cand: at.Candidate, step_s: float, losses=(4.6, 4.4, 4.2, 4.0), warmup_s=None) -> at.Trial:
     warm = 2 if cand.compiled else 1
     return at.Trial(cand, step_s, warmup_s if warmup_s is not None else warm * step_s, warm, list(losses))
-
-
-# ============ hardware ============
-
-
-@pytest.mark.parametrize(
-    ("text", "machine", "native"),
-    [
-        (X86_AVX2, "x86_64", False),  # Zen 3: no AVX-512, oneDNN emulates bf16
-        (X86_BF16, "x86_64", True),
-        (X86_AMX, "x86_64", True),
-        (ARM_BF16, "aarch64", True),
-        ("Features\t: fp asimd\n", "aarch64", False),
-        ("", "x86_64", False),
-    ],
-)
-def test_native_bf16_from_cpu_flags(text, machine, native):
-    assert at.native_bf16(at.cpu_flags(text), machine) is native
-
-
-def test_cpu_flags_and_model_name_parsed():
-    assert {"avx2", "f16c"} <= at.cpu_flags(X86_AVX2)
-    assert at.hardware_name(torch.device("cpu"), X86_AVX2) == "AMD EPYC"
-    assert at.hardware_name(torch.device("cpu"), "") != ""  # falls back to the platform's name
 
 
 # ============ decisions ============
@@ -269,7 +242,7 @@ def test_a_measured_compile_is_expected_warm_next_time(tmp_path: Path, monkeypat
     cfg = _tiny(tmp_path, run__compile="auto", run__budget_minutes=minutes)
     model, batches = _setup(cfg)
     cpu = torch.device("cpu")
-    key = at.cache_key(at.hardware_name(cpu), at.step_signature(cfg, cpu, torch.get_num_threads()))
+    key = at.cache_key(hardware_name(cpu), at.step_signature(cfg, cpu, torch.get_num_threads()))
     cache = tmp_path / "cache.json"
     at.write_cache(cache, key, {"trials": [_trial(FP32, 1.0).to_dict()], "compile_s": 100.0})
     asked: list[at.Candidate] = []

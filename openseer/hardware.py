@@ -1,0 +1,67 @@
+"""What this machine is: the processor or GPU model, the CPU's feature flags, whether it computes bf16 natively,
+and how many cores this process may use.
+
+Printed beside every measured figure (benchmarks, run summaries) and read by ``openseer.train.autotune`` to
+decide which fast paths to try. The parsing is pure (it takes /proc/cpuinfo's text) and tested on samples from
+the processors this project has run on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+
+def read_cpuinfo() -> str:
+    """/proc/cpuinfo's text ('' where there is none: macOS, Windows)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags of the first processor in /proc/cpuinfo's text ('flags' on x86, 'Features' on Arm)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return set(value.split())
+    return set()
+
+
+def native_bf16(flags: Iterable[str], machine: str) -> bool:
+    """Whether a CPU with these feature flags computes bf16 products in hardware (else oneDNN emulates them)."""
+    flags = set(flags)
+    if machine.lower() in ("x86_64", "amd64", "i386", "i686"):
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return "bf16" in flags  # aarch64: FEAT_BF16
+
+
+def hardware_name(device: torch.device, cpuinfo: str | None = None) -> str:
+    """The processor model ('AMD EPYC', 'Intel(R) Xeon(R) Platinum 8480+') or the GPU's name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    text = cpuinfo if cpuinfo is not None else read_cpuinfo()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("model name", "cpu model", "hardware"):
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def device_native_bf16(device: torch.device) -> bool:
+    """bf16 computed in hardware by this device (CPU flags; CUDA compute capability 8.0 or newer)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    return native_bf16(cpu_flags(read_cpuinfo()), platform.machine())
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one, else all of them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -1,0 +1,40 @@
+"""The machine's facts parsed from /proc/cpuinfo samples of the processors this project has run on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from openseer import hardware as hw
+
+X86_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma f16c\n"
+X86_BF16 = "processor\t: 0\nflags\t\t: avx2 avx512f avx512bw avx512_bf16\n"
+X86_AMX = "processor\t: 0\nflags\t\t: avx2 avx512f amx_tile amx_bf16 amx_int8\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU part\t: 0xd40\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "machine", "native"),
+    [
+        (X86_AVX2, "x86_64", False),  # Zen 3: no AVX-512, oneDNN emulates bf16
+        (X86_BF16, "x86_64", True),
+        (X86_AMX, "x86_64", True),
+        (ARM_BF16, "aarch64", True),
+        ("Features\t: fp asimd\n", "aarch64", False),
+        ("", "x86_64", False),
+    ],
+)
+def test_native_bf16_from_cpu_flags(text, machine, native):
+    assert hw.native_bf16(hw.cpu_flags(text), machine) is native
+
+
+def test_cpu_flags_and_model_name_parsed():
+    assert {"avx2", "f16c"} <= hw.cpu_flags(X86_AVX2)
+    assert hw.hardware_name(torch.device("cpu"), X86_AVX2) == "AMD EPYC"
+    assert hw.hardware_name(torch.device("cpu"), "") != ""  # falls back to the platform's name
+
+
+def test_usable_cores_is_at_least_one_and_at_most_the_machine() -> None:
+    assert 1 <= hw.usable_cores() <= (os.cpu_count() or 1)
