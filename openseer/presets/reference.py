@@ -82,7 +82,7 @@ def _scaled_lr(per_256: float) -> Callable[[PretrainConfig, Reference], float]:
 
 
 def planned_steps(cfg: PretrainConfig, ref: Reference) -> int:
-    return max(1, round(cfg.optim.epochs * (ref.images_per_epoch // _global_batch(cfg, ref))))
+    return cfg.optim.planned_steps(ref.images_per_epoch // _global_batch(cfg, ref))
 
 
 def warmup_steps_of(cfg: PretrainConfig, ref: Reference) -> int:
@@ -178,6 +178,14 @@ def _color(cfg: PretrainConfig, ref: Reference) -> str:
 QUANTITIES: dict[str, Quantity] = {
     "crops": Quantity(
         "Multi-crop (count x side)", lambda c, r: " + ".join(f"{x.count}x{x.size}" for x in c.crops)
+    ),
+    "crop_schedule": Quantity(
+        "Crop sides over the run",
+        lambda c, r: (
+            "fixed"
+            if c.progressive.start_scale >= 1
+            else f"{_num(c.progressive.start_scale)}x growing to 1x over {_num(c.progressive.until)} of the run"
+        ),
     ),
     "crop_scales": Quantity(
         "Crop scales (area fraction)",
@@ -275,6 +283,11 @@ REFERENCES: tuple[Reference, ...] = (
         images_per_epoch=1_281_167,  # ImageNet-1k train
         rows=(
             Row("crops", "2x224 + 6x96", f"{SWAV_400}:28-29"),
+            Row(
+                "crop_schedule",
+                "fixed",
+                f"{SWAV} src/multicropdataset.py:42-54,59 (built once at size_crops, used every epoch)",
+            ),
             Row("crop_scales", "0.14-1 / 0.05-0.14", f"{SWAV_400}:30-31"),
             Row("trunk", "ResNet-50", f"{SWAV_400}:48"),
             Row("head", "2048-2048-128", f"{SWAV} main_swav.py:65,107; src/resnet50.py:205-210"),
@@ -344,6 +357,12 @@ REFERENCES: tuple[Reference, ...] = (
                 "2x224 + 4x96",
                 f"{SEER_PAPER}; {VISSL} configs/config/pretrain/swav/transforms/"
                 "multicrop_6crop_2x224_4x96.yaml:8-9",
+            ),
+            Row(
+                "crop_schedule",
+                "fixed",
+                f"{VISSL} configs/config/pretrain/swav/transforms/multicrop_6crop_2x224_4x96.yaml:8-9 "
+                "(the same crops for the whole run)",
             ),
             Row(
                 "crop_scales",
@@ -455,6 +474,7 @@ REFERENCES: tuple[Reference, ...] = (
         images_per_epoch=1_000_000_000,
         rows=(
             Row("crops", "2x160 + 4x96", f"{VISSL_10B}:11-12"),
+            Row("crop_schedule", "fixed", f"{VISSL_10B}:11-12 (the same crops for the whole run)"),
             Row("crop_scales", "0.14-1 / 0.05-0.14", f"{VISSL_10B}:13"),
             Row(
                 "trunk",

@@ -96,6 +96,11 @@ class OptimConfig:
     references adapt and decay every tensor (swav: LARC over SGD on all parameters; VISSL: regularize_bn and
     regularize_bias true), so false is the faithful setting."""
 
+    def planned_steps(self, steps_per_epoch: int) -> int:
+        """The optimiser steps of the run these settings describe: ``epochs`` of ``steps_per_epoch``, at least
+        one (what the schedule, its warm-up and the reference tables count in)."""
+        return max(1, round(self.epochs * steps_per_epoch))
+
     def validate(self) -> None:
         if self.batch_size < 2:
             raise ConfigError(f"config key 'optim.batch_size': got {self.batch_size}, expected >= 2")
@@ -178,6 +183,31 @@ class ParallelConfig:
 
 
 @dataclass
+class ProgressiveConfig:
+    """Progressive resolution (openseer.data.progressive): every crop's side grows linearly from
+    ``start_scale`` of its configured size to all of it over the first ``until`` share of the run (steps, or the
+    time budget), in multiples of ``multiple`` pixels. Off (1.0) in every preset: swav and SEER train at one
+    resolution, and the cpu preset keeps a lever only when its time-to-accuracy curve shows it helping."""
+
+    start_scale: float = 1.0
+    """Side of every crop at the start of the run, as a fraction of its configured size; 1.0: off."""
+    until: float = 0.5
+    """Share of the run after which crops are at their full size."""
+    multiple: int = 8
+    """Sides are rounded to a multiple of this many pixels (few distinct shapes: fewer recompiles)."""
+
+    def validate(self) -> None:
+        if not 0 < self.start_scale <= 1:
+            raise ConfigError(
+                f"config key 'progressive.start_scale': got {self.start_scale}, expected (0, 1]"
+            )
+        if not 0 < self.until <= 1:
+            raise ConfigError(f"config key 'progressive.until': got {self.until}, expected a share in (0, 1]")
+        if self.multiple < 1:
+            raise ConfigError(f"config key 'progressive.multiple': got {self.multiple}, expected >= 1")
+
+
+@dataclass
 class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     crops: list[CropSpec] = field(
@@ -189,6 +219,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
 
     def preprocess(self, resize: Resize = "center_crop") -> Preprocess:
         """The evaluation input of networks trained with this config: the first (global) crop's size and the

@@ -19,6 +19,7 @@ from openseer import distributed
 from openseer.config import dump_yaml, to_dict
 from openseer.data.images import SkipLog
 from openseer.data.multicrop import n_crops
+from openseer.data.progressive import progressive_side, resize_crops
 from openseer.data.shards import ShardBatches
 from openseer.fileio.atomic import atomic_write_text
 from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -48,6 +49,8 @@ class PretrainResult:
     final_loss: float
     skipped_images: int = 0
     nonfinite_steps: int = 0
+    first_step_seconds: float | None = None
+    """The first step this process ran, in seconds (a compilation left to it is in there, and in the budget)."""
     evaluation: dict | None = None
     """Filled by the caller that scores the run (openseer.eval.pretraining), not by the loop."""
 
@@ -172,8 +175,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
 
     def warmup_for(total: int) -> int:  # on the schedule's scale: steps, or cells of a time budget
         o = cfg.optim
-        planned = max(1, round(o.epochs * steps_per_epoch))
-        return warmup_length(total, planned, o.warmup_fraction, o.warmup_steps, o.warmup_epochs, steps_per_epoch)
+        planned = o.planned_steps(steps_per_epoch)
+        return warmup_length(
+            total, planned, o.warmup_fraction, o.warmup_steps, o.warmup_epochs, steps_per_epoch
+        )
 
     def make_schedule(total: int) -> torch.Tensor:
         return cosine_schedule(
@@ -188,7 +193,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     # ends exactly when the budget does, whatever the speed of the machine (and of its neighbours).
     budget_s = cfg.run.budget_minutes * 60 if cfg.run.budget_minutes is not None else math.inf
     budgeted = math.isfinite(budget_s)
-    total_steps = _BUDGET_GRID if budgeted else max(1, round(cfg.optim.epochs * steps_per_epoch))
+    total_steps = _BUDGET_GRID if budgeted else cfg.optim.planned_steps(steps_per_epoch)
     # main_swav's sizing: rounded down to whole global batches, then split over the processes
     local_queue = cfg.swav.local_queue_length(cfg.optim.batch_size, world)
     queue = EmbeddingQueue(len(cfg.swav.crops_for_assign), local_queue, cfg.model.out_dim, device)
@@ -258,6 +263,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         bar = ProgressBar(total_steps, step, budget_s if budgeted else None, train_seconds)
     stop_at = cfg.run.max_steps if cfg.run.max_steps is not None else math.inf
     loss_value, batches_iter, epoch = float("nan"), None, -1
+    first_step_s: float | None = None
     window_start, window_images = time.perf_counter(), 0
     step_start = time.perf_counter()
     last_step = math.inf if budgeted else total_steps
@@ -276,6 +282,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
                 save(step)
             continue
         bs = crops[0].shape[0]
+        if cfg.progressive.start_scale < 1.0:  # smaller crops early in the run (openseer.data.progressive)
+            share, p = (train_seconds / budget_s if budgeted else step / total_steps), cfg.progressive
+            sides = [progressive_side(c.shape[-1], share, p.start_scale, p.until, p.multiple) for c in crops]
+            crops = resize_crops(crops, sides)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         model.head.normalize_prototypes()
@@ -310,6 +320,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         images_seen += bs * world
         window_images += bs * world
         now = time.perf_counter()
+        if first_step_s is None:  # includes a compilation left to the first step (autotune's cached choice)
+            first_step_s = now - step_start
         train_seconds += now - step_start
         step_start = now
 
@@ -326,6 +338,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
                 "loss": loss_value,
                 "lr": optimizer.param_groups[0]["lr"],
                 "imgs_per_s": rate,
+                "crop_side": crops[0].shape[-1],
                 "epoch": step / steps_per_epoch,
                 **health,
             }
@@ -360,6 +373,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         final_loss=loss_value,
         skipped_images=len(skipped),
         nonfinite_steps=nonfinite,
+        first_step_seconds=first_step_s,
     )
     if writer is not None:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}

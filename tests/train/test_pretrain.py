@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from openseer.cli import main as cli_main
-from openseer.config import load_config
+from openseer.config import ConfigError, load_config
 from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint
 from openseer.testing import make_image_folder, tiny_overrides
 from openseer.train.config import PretrainConfig, SwAVConfig
@@ -35,6 +36,7 @@ def test_short_run_writes_checkpoint_metrics_and_scores(folder: Path, tmp_path: 
     assert result.evaluation is None  # scoring is the caller's: the loop trains and saves
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2
+    assert 0 < summary["first_step_seconds"] <= summary["train_seconds"]  # the first step is timed on its own
     assert summary["precision"] in ("fp32", "bf16") and isinstance(summary["compile"], bool)  # as the run used them
 
 
@@ -238,3 +240,29 @@ def test_cli_stops_a_non_finite_streak_with_advice(
         assert cause in message
     assert f"the last good checkpoint is {run / 'checkpoints' / 'ckpt-00000002.pt'}" in message
     assert "--resume" in message
+
+
+@pytest.mark.slow
+def test_progressive_resolution_grows_the_crops_over_the_run(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    overrides = tiny_overrides(
+        folder,
+        out,
+        run__max_steps=4,
+        run__evaluate=False,
+        progressive__start_scale=0.5,
+        progressive__until=1.0,
+        progressive__multiple=4,
+    )
+    assert pretrain(load_config(PretrainConfig, [], overrides)).steps == 4
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    sides = [line["crop_side"] for line in lines if "crop_side" in line]
+    # the 16-px crops start at half their side and grow (a 1-epoch run of at least 4 steps is past half of it)
+    assert len(sides) == 4 and sides[0] == 8 and sides == sorted(sides) and 12 <= sides[-1] <= 16
+    assert all(math.isfinite(line["loss"]) for line in lines if "loss" in line)
+
+
+@pytest.mark.parametrize("bad", ["progressive.start_scale=0", "progressive.until=1.5", "progressive.multiple=0"])
+def test_progressive_settings_name_the_bad_key(bad: str) -> None:
+    with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
+        load_config(PretrainConfig, [], [bad])
