@@ -187,7 +187,7 @@ class ProgressiveConfig:
     """Progressive resolution (openseer.data.progressive): every crop's side grows linearly from
     ``start_scale`` of its configured size to all of it over the first ``until`` share of the run (steps, or the
     time budget), in multiples of ``multiple`` pixels. Off (1.0) in every preset: swav and SEER train at one
-    resolution, and the cpu preset keeps a lever only when its time-to-accuracy curve shows it helping."""
+    resolution, and on the cpu preset 0.5 over the first half scored 0.319 against 0.342 in 5 minutes (README)."""
 
     start_scale: float = 1.0
     """Side of every crop at the start of the run, as a fraction of its configured size; 1.0: off."""
