@@ -24,13 +24,18 @@ def read_cpuinfo() -> str:
         return ""
 
 
-def cpu_flags(cpuinfo: str) -> set[str]:
-    """The feature flags of the first processor in /proc/cpuinfo's text ('flags' on x86, 'Features' on Arm)."""
+def cpuinfo_field(cpuinfo: str, names: tuple[str, ...]) -> str | None:
+    """The value of the first line of /proc/cpuinfo's text whose key is one of ``names`` (lower case)."""
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            return set(value.split())
-    return set()
+        if key.strip().lower() in names:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags of the first processor in /proc/cpuinfo's text ('flags' on x86, 'Features' on Arm)."""
+    return set((cpuinfo_field(cpuinfo, ("flags", "features")) or "").split())
 
 
 def native_bf16(flags: Iterable[str], machine: str) -> bool:
@@ -46,10 +51,9 @@ def hardware_name(device: torch.device, cpuinfo: str | None = None) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     text = cpuinfo if cpuinfo is not None else read_cpuinfo()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("model name", "cpu model", "hardware"):
-            return value.strip()
+    model = cpuinfo_field(text, ("model name", "cpu model", "hardware"))
+    if model is not None:
+        return model
     return platform.processor() or platform.machine() or "unknown cpu"
 
 

@@ -173,9 +173,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         optimizer = torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum)
     lr_scale = global_batch / 256
 
+    planned = cfg.optim.planned_steps(steps_per_epoch)  # the run the config describes (epochs of batches)
+
     def warmup_for(total: int) -> int:  # on the schedule's scale: steps, or cells of a time budget
         o = cfg.optim
-        planned = o.planned_steps(steps_per_epoch)
         return warmup_length(
             total, planned, o.warmup_fraction, o.warmup_steps, o.warmup_epochs, steps_per_epoch
         )
@@ -193,7 +194,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     # ends exactly when the budget does, whatever the speed of the machine (and of its neighbours).
     budget_s = cfg.run.budget_minutes * 60 if cfg.run.budget_minutes is not None else math.inf
     budgeted = math.isfinite(budget_s)
-    total_steps = _BUDGET_GRID if budgeted else cfg.optim.planned_steps(steps_per_epoch)
+    total_steps = _BUDGET_GRID if budgeted else planned
     # main_swav's sizing: rounded down to whole global batches, then split over the processes
     local_queue = cfg.swav.local_queue_length(cfg.optim.batch_size, world)
     queue = EmbeddingQueue(len(cfg.swav.crops_for_assign), local_queue, cfg.model.out_dim, device)
