@@ -10,17 +10,30 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from openseer.models.regnet import REGNETY, build_regnety
+from openseer.models.small_maps import use_small_map_kernels_
 
 ARCHS = (*REGNETY, "resnet50", "resnet18")
 
 
-def build_backbone(arch: str, stem: str = "imagenet", zero_init_last_bn: bool = True) -> nn.Module:
+def build_backbone(
+    arch: str, stem: str = "imagenet", zero_init_last_bn: bool = True, small_map_kernels: bool = True
+) -> nn.Module:
     """``forward(images (B,3,H,W)) -> pooled features (B, D)``; ``module.num_features == D``.
 
     ``zero_init_last_bn``: start each residual block's last BatchNorm scale at 0 (timm's default, kept here
     for callers that do not say); swav's ResNet-50 and VISSL's RegNet start it at 1 (``model.zero_init_last_bn``
     in the pretraining config).
+
+    ``small_map_kernels``: 1x1 and narrow grouped convolutions over small CPU maps take the faster kernels of
+    :mod:`openseer.models.small_maps` (the same function; only the kernel differs).
     """
+    model = _build_trunk(arch, stem, zero_init_last_bn)
+    if small_map_kernels:
+        use_small_map_kernels_(model)
+    return model
+
+
+def _build_trunk(arch: str, stem: str, zero_init_last_bn: bool) -> nn.Module:
     if arch in REGNETY:
         return build_regnety(arch, stem=stem, zero_init_last_bn=zero_init_last_bn)
     if arch in ("resnet50", "resnet18"):

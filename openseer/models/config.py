@@ -19,6 +19,10 @@ class ModelConfig:
     out_dim: int = 128
     prototypes: int = 3000
     channels_last: bool = True
+    small_map_kernels: bool = True
+    """On a CPU, 1x1 convolutions over maps of at most 8x8 run as matrix products, and grouped convolutions with
+    narrow groups over such maps in fp32 under bf16 autocast (the same function, faster kernels: see
+    `openseer.models.small_maps`). False: every convolution runs oneDNN's convolution kernel."""
     zero_init_last_bn: bool = False
     """Start each residual block's last BatchNorm scale at 0, so every block begins as the identity (timm's
     default, Goyal et al. 2017). The references do not: swav's ResNet-50 (``zero_init_residual=False``) and
