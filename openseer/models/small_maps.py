@@ -9,9 +9,12 @@ of, most of all in bf16, where its backward pass is slower than fp32's. Measured
   368->368 channels on 2x2 maps took 14.3 ms in fp32 and 30.4 ms in bf16 as a convolution, 8.9 and 3.9 ms as
   ``F.linear`` on the channels-last (N, H, W, C) view; at 16x16 maps the convolution is as fast or faster, so
   the product is used up to ``MAX_PIXELS`` per map (a strided 1x1 shortcut: on every stride-th pixel);
-* a grouped 3x3 convolution with narrow groups (RegNetY-200MF's width 8): its bf16 backward ran 11.5 ms in
-  fp32 and 25.4 ms in bf16 on 2x2 maps (368 channels), 9.9 against 14.3 at 4x4; from 16x16 on bf16 is faster.
-  Under bf16 autocast such a layer computes in fp32 (a cast of a small map costs little, and fp32 is exact).
+* a grouped 3x3 convolution with narrow groups (RegNetY-200MF's width 8): forward and backward took 11.5 ms
+  in fp32 and 25.4 ms in bf16 on 2x2 maps (368 channels), 9.9 against 14.3 at 4x4; from 16x16 on, and with
+  groups of 56 channels, bf16 is faster. Under bf16 autocast such a layer computes in fp32 (casting a small
+  map costs little, and fp32 only adds precision).
+
+No library offers these: timm builds the layers as ``nn.Conv2d`` and PyTorch hands every convolution to oneDNN.
 
 Both change only which kernel computes the same function: the modules stay ``nn.Conv2d`` subclasses with the
 same parameters, so state dicts, weight import, initialisation, DDP and FSDP see no difference. Off the CPU and
@@ -32,7 +35,8 @@ NARROW_GROUP = 8
 
 
 def _small_cpu_map(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.shape[-1] * x.shape[-2] <= MAX_PIXELS
+    # a TorchScript trace records the plain convolution: the graph then holds no branch taken for one input size
+    return not torch.jit.is_tracing() and x.device.type == "cpu" and x.shape[-1] * x.shape[-2] <= MAX_PIXELS
 
 
 class PointwiseConv2d(nn.Conv2d):
@@ -50,10 +54,13 @@ class PointwiseConv2d(nn.Conv2d):
 
 
 class NarrowGroupedConv2d(nn.Conv2d):
-    """A grouped convolution with narrow groups that computes in fp32 on small CPU maps under bf16 autocast."""
+    """A grouped convolution with narrow groups that computes in fp32 on small CPU maps under bf16 autocast.
+
+    Only where autocast is what lowers the precision: fp32 weights. Weights already in bf16 (FSDP's mixed
+    precision casts the parameters themselves) are left to compute as they are."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _small_cpu_map(x) and torch.is_autocast_enabled("cpu"):
+        if _small_cpu_map(x) and torch.is_autocast_enabled("cpu") and self.weight.dtype == torch.float32:
             with torch.autocast("cpu", enabled=False):
                 return super().forward(x.float())
         return super().forward(x)

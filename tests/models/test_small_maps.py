@@ -81,6 +81,15 @@ def test_narrow_grouped_conv_computes_in_fp32_on_small_maps_under_bf16_autocast(
     assert fast.weight.grad is not None and fast.weight.grad.dtype == torch.float32
 
 
+def test_narrow_grouped_conv_leaves_bf16_weights_alone() -> None:
+    # FSDP's mixed precision hands the layer bf16 parameters, with autocast on as well: no fp32 input then
+    _, fast = _pair(nn.Conv2d(16, 16, 3, 1, 1, groups=2, bias=False), NarrowGroupedConv2d)
+    fast.bfloat16()
+    x = torch.randn(2, 16, 4, 4, dtype=torch.bfloat16)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert fast(x).dtype == torch.bfloat16
+
+
 def test_narrow_grouped_conv_keeps_bf16_on_large_maps_and_fp32_without_autocast() -> None:
     _, fast = _pair(nn.Conv2d(16, 16, 3, 1, 1, groups=2, bias=False), NarrowGroupedConv2d)
     big = torch.randn(2, 16, 16, 16)
@@ -127,3 +136,28 @@ def test_a_trunk_with_the_kernels_computes_what_the_plain_trunk_computes() -> No
     yb.square().sum().backward()
     for (name, a), b in zip(plain.named_parameters(), fast.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_under_bf16_autocast_the_layout_stays_channels_last_and_only_narrow_groups_run_fp32() -> None:
+    trunk = build_backbone("regnety_200mf", stem="small").to(memory_format=torch.channels_last)
+    seen = []
+
+    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        x = args[0]
+        if x.shape[-1] * x.shape[-2] > 1:  # a 1x1 map (squeeze-excitation) has no layout to keep
+            seen.append((module, x.dtype, out.dtype, out.is_contiguous(memory_format=torch.channels_last)))
+
+    for m in trunk.modules():
+        if isinstance(m, nn.Conv2d | nn.BatchNorm2d):
+            m.register_forward_hook(hook)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        trunk(x)
+    assert seen and all(channels_last for *_, channels_last in seen)
+    fp32_out = [(m, dt_in) for m, dt_in, dt_out, _ in seen if dt_out == torch.float32]
+    # the narrow grouped convolutions on maps of up to 8x8, and the BatchNorm each hands its fp32 output to
+    assert fp32_out and all(
+        isinstance(m, NarrowGroupedConv2d) or (isinstance(m, nn.BatchNorm2d) and dt_in == torch.float32)
+        for m, dt_in in fp32_out
+    )
+    assert sum(isinstance(m, NarrowGroupedConv2d) for m, _ in fp32_out) == 11  # all but the two on 16x16 maps

@@ -164,8 +164,14 @@ def test_a_batch_of_only_unreadable_files_is_a_skipped_step(tmp_path: Path) -> N
 
 
 def _nan_loss_from(monkeypatch: pytest.MonkeyPatch, first: int, last: float = float("inf")) -> None:
-    """Make the loss of the loop's calls number first..last (1-based) NaN, as a diverging run would."""
+    """Make the loss of the loop's calls number first..last (1-based) NaN, as a diverging run would.
+
+    The machine is told it has no native bf16, so ``run.precision=auto`` decides without trial steps (which call
+    the objective too) on every CPU, and the count starts at the loop's first step."""
+    import openseer.train.autotune as autotune
     import openseer.train.pretrain as loop
+
+    monkeypatch.setattr(autotune, "device_native_bf16", lambda device: False)
 
     original, calls = loop.swav_objective, [0]
 
