@@ -14,12 +14,8 @@ import torch
 from openseer.data.cache import default_cache_dir
 from openseer.hardware import hardware_name, usable_cores
 from openseer.models import build_model
-from openseer.train.autotune import (
-    autocast_for,
-    persist_compile_caches,
-    training_step,
-    trial_optimizer,
-)
+from openseer.train.autotune import autocast_for, training_step, trial_optimizer
+from openseer.train.compile_cache import persist_compile_caches
 from openseer.train.config import PretrainConfig
 from openseer.train.pretrain import objective
 

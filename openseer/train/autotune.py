@@ -13,7 +13,9 @@ same weights agrees within ``LOSS_RTOL``); the weights, BatchNorm statistics and
 * compile is tried only when its expected cost (the last one measured for this machine and config, else
   ``COMPILE_PRIOR_S``) is at most ``MAX_COMPILE_FRACTION`` of the run (``run.budget_minutes``, or the planned
   steps at the measured step time): a 5-minute run does not spend 2 minutes compiling. Inductor's FX graph and
-  AOT autograd caches are kept under ``~/.cache/openseer/inductor`` so a second compile is cheaper.
+  AOT autograd caches are kept under ``~/.cache/openseer/inductor`` (not torch's /tmp default, which a reboot
+  empties) so a second compile of the same step costs a fraction of the first; where those caches do not hold
+  this step's compile (cleared, another machine) the measured cost counts in full again.
 * measurements are cached per hardware model and step-relevant config (``~/.cache/openseer/autotune.json``,
   written atomically), so later runs of the same config decide without timing again.
 
@@ -33,7 +35,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +52,7 @@ from openseer.data.cache import default_cache_dir
 from openseer.fileio.atomic import atomic_write_text
 from openseer.hardware import device_native_bf16, hardware_name
 from openseer.optim import LARS, param_groups
+from openseer.train.compile_cache import compile_cache_warm, mark_compiled, persist_compile_caches
 from openseer.train.config import PretrainConfig
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,8 @@ class Decision:
     """eager step time / compiled step time (fp32, or the fixed precision); > 1: compiled is faster."""
     compile_s: float | None = None
     """Seconds the compiled candidate's warm-up spent compiling (this run's, or the cached one)."""
+    compile_warm: bool | None = None
+    """Whether inductor's caches held this step's compile when the choice was made (None: not looked at)."""
     autotune_s: float = 0.0
     """Seconds spent choosing at start-up (trial steps and compilation), outside the loop's training time."""
     step_s: dict[str, float] = field(default_factory=dict)
@@ -152,6 +156,19 @@ class Decision:
             }
         )
         return out
+
+
+def expected_compile_s(entry: dict[str, Any] | None, warm: bool) -> float:
+    """Seconds compiling the step is expected to cost, from its cache entry: the last compile measured with
+    inductor's caches in the same state (``warm_compile_s`` when they hold this step's compile, ``compile_s``
+    when they do not); with warm caches and only a cold figure, ``WARM_COMPILE_FRACTION`` of it; with nothing
+    measured, ``COMPILE_PRIOR_S``."""
+    entry = entry or {}
+    if warm and entry.get("warm_compile_s") is not None:
+        return float(entry["warm_compile_s"])
+    if entry.get("compile_s") is None:
+        return COMPILE_PRIOR_S
+    return float(entry["compile_s"]) * (WARM_COMPILE_FRACTION if warm else 1.0)
 
 
 def should_try_compile(
@@ -233,6 +250,11 @@ def cache_key(hardware: str, signature: dict[str, Any]) -> str:
     return f"{hardware} {digest}"
 
 
+def step_key(cfg: PretrainConfig, device: torch.device) -> str:
+    """:func:`cache_key` of this run's step on this machine."""
+    return cache_key(hardware_name(device), step_signature(cfg, device, torch.get_num_threads()))
+
+
 def read_cache(path: Path) -> dict[str, Any]:
     """The cache's entries by key; an absent, unreadable or older-format file is an empty cache."""
     try:
@@ -250,23 +272,6 @@ def write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
     entries = read_cache(path)
     entries[key] = entry
     atomic_write_text(path, json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=2))
-
-
-def persist_compile_caches(root: Path | None = None) -> Path:
-    """Keep inductor's FX graph and AOT autograd caches under ``<openseer cache>/inductor`` (unless
-    ``TORCHINDUCTOR_CACHE_DIR`` is already set), so that the compile of a later run reuses this one's work.
-
-    torch's default is a folder under /tmp, which many machines empty at reboot. Call before compiling.
-    """
-    path = Path(
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((root or default_cache_dir()) / "inductor"))
-    )
-    import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fx_graph_cache = True
-    functorch_config.enable_autograd_cache = True
-    return path
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -428,6 +433,7 @@ def choose_fast_paths(
     decision.autotune_s = time.perf_counter() - started
     if decision.compile:
         persist_compile_caches()
+        mark_compiled(step_key(cfg, device))  # compiled while measuring, or at this run's first step
         forward = compiled if compiled is not None else torch.compile(train_model)
     else:
         forward = train_model
@@ -469,15 +475,15 @@ def _decide(
 
     precisions = [base_p] + (["bf16"] if want_p == "auto" and native else [])
     signature = step_signature(cfg, device, torch.get_num_threads())
-    key = cache_key(hardware, signature)
+    key = step_key(cfg, device)
     cache_path = cache_path or default_cache_dir() / CACHE_FILE
     entry = read_cache(cache_path).get(key) if cfg.run.autotune_cache else None
     cached = [Trial.from_dict(t) for t in entry["trials"]] if entry else []
-    # a compile measured earlier left its work in inductor's caches: the next one costs a fraction of it
+    # a compile of this step left its work in inductor's caches: the next one costs a fraction of a cold one;
+    # without that work (caches cleared, a new machine) a cold one again
     measured_compile = entry.get("compile_s") if entry else None
-    expected_compile = (
-        measured_compile * WARM_COMPILE_FRACTION if measured_compile is not None else COMPILE_PRIOR_S
-    )
+    warm = compile_cache_warm(key)
+    expected_compile = expected_compile_s(entry, warm)
     budget_s = cfg.run.budget_minutes * 60 if cfg.run.budget_minutes is not None else None
     planned = _planned_steps(cfg, batches.steps_per_epoch)
     base_reason = reason_compile = ""
@@ -492,7 +498,9 @@ def _decide(
         if want_p == "auto":
             reasons.append(f"no native bf16 on {hardware}")
         why = "; ".join(reasons) or "as configured"
-        return Decision(base_p, base_c, why, "fixed", hardware, native, compile_s=measured_compile), None
+        return Decision(
+            base_p, base_c, why, "fixed", hardware, native, compile_s=measured_compile, compile_warm=warm
+        ), None
 
     eager = [Candidate(p, base_c) for p in precisions]
     by_cand = {t.candidate: t for t in cached}
@@ -532,8 +540,13 @@ def _decide(
     # compiled while measuring: nothing more to pay; from the cache: the warm compile still to come
     pending = expected_compile if source == "cache" else 0.0
     best, reason = choose(trials, horizon, pending)
+    if source == "measured" and any(t.candidate.compiled for t in trials):
+        mark_compiled(key)  # compiled while measuring, whether kept or not
     compile_trials = [t for t in trials if t.candidate.compiled]
-    compile_s = compile_trials[0].compile_s if compile_trials else (entry or {}).get("compile_s")
+    costs = {k: (entry or {}).get(k) for k in ("compile_s", "warm_compile_s")}
+    if compile_trials:  # a compile measured now: cold, or from caches that held this step's compile
+        costs["warm_compile_s" if warm else "compile_s"] = compile_trials[0].compile_s
+    compile_s = compile_trials[0].compile_s if compile_trials else costs["compile_s"]
     if source == "measured":
         write_cache(
             cache_path,
@@ -542,7 +555,7 @@ def _decide(
                 "hardware": hardware,
                 "signature": signature,
                 "trials": [t.to_dict() for t in trials],
-                "compile_s": compile_s,
+                **costs,
                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
         )
@@ -556,9 +569,40 @@ def _decide(
         bf16_speedup=_ratio(trials, Candidate("fp32", base_c), Candidate("bf16", base_c)),
         compile_speedup=_ratio(trials, Candidate(base_p, False), Candidate(base_p, True)),
         compile_s=compile_s,
+        compile_warm=warm,
         step_s={t.candidate.name: t.step_s for t in trials},
     )
     return decision, compiled if best.compiled else None
+
+
+def record_first_compile(
+    cfg: PretrainConfig,
+    device: torch.device,
+    decision: Decision,
+    first_step_s: float,
+    cache_path: Path | None = None,
+) -> float | None:
+    """After the first step of a run that compiled there (its choice came from the cache): what compiling
+    cost, that step's time beyond an ordinary step's, replaces the cache entry's figure for caches in the state
+    they were in (cold, or holding this step's compile), so the next run's choice rests on this machine's
+    latest cost. Returns the seconds recorded, or None when there is nothing to record."""
+    if not (decision.compile and decision.source == "cache" and decision.compile_warm is not None):
+        return None
+    step_s = decision.step_s.get(Candidate(decision.precision, True).name)
+    cache_path = cache_path or default_cache_dir() / CACHE_FILE
+    key = step_key(cfg, device)
+    entry = read_cache(cache_path).get(key)
+    if step_s is None or entry is None:
+        return None
+    spent = max(0.0, first_step_s - step_s)
+    field_name = "warm_compile_s" if decision.compile_warm else "compile_s"
+    write_cache(cache_path, key, {**entry, field_name: spent})
+    log.info(
+        "compiling at the first step took %.1f s (%s caches); recorded for the next run's choice",
+        spent,
+        "warm" if decision.compile_warm else "cold",
+    )
+    return spent
 
 
 def _not_tried(expected_compile_s: float, horizon_s: float) -> str:

@@ -131,8 +131,9 @@ class RunConfig:
     """Intra-op CPU threads (null: the number of cores)."""
     compile: bool | Literal["auto"] = False
     """Wrap the model in torch.compile; 'auto': only when timed steps at start-up show the compiled step faster
-    and the compile time (the last one measured for this machine and config, else 120 s) is at most 10% of the
-    run (run.budget_minutes, or the planned steps). Inductor's caches persist under the openseer cache."""
+    and the compile time (the last one measured for this machine and config with inductor's caches in the same
+    state, cold or holding this step; else 120 s) is at most 10% of the run (run.budget_minutes, or the planned
+    steps) and pays back within it. Inductor's caches persist under the openseer cache."""
     autotune_cache: bool = True
     """With 'auto' precision or compile: reuse the timings an earlier run measured for this hardware model and
     configuration (<openseer cache>/autotune.json) instead of timing again; false: time again and overwrite."""

@@ -26,7 +26,7 @@ from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint, save_
 from openseer.models import SwAVModel
 from openseer.optim import LARS, cosine_schedule, param_groups, warmup_length
 from openseer.swav import EmbeddingQueue, cluster_health, swav_objective
-from openseer.train.autotune import choose_fast_paths
+from openseer.train.autotune import choose_fast_paths, record_first_compile
 from openseer.train.config import PretrainConfig
 from openseer.train.data import LoaderBatches, TensorBatches, prepare_data
 from openseer.train.monitor import CollapseMonitor, MetricsWriter, ProgressBar
@@ -323,6 +323,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
         now = time.perf_counter()
         if first_step_s is None:  # includes a compilation left to the first step (autotune's cached choice)
             first_step_s = now - step_start
+            if distributed.is_main():  # what that compilation cost, for the next run's choice
+                record_first_compile(cfg, device, fast.decision, first_step_s)
         train_seconds += now - step_start
         step_start = now
 
