@@ -475,7 +475,7 @@ def _decide(
 
     precisions = [base_p] + (["bf16"] if want_p == "auto" and native else [])
     signature = step_signature(cfg, device, torch.get_num_threads())
-    key = step_key(cfg, device)
+    key = cache_key(hardware, signature)
     cache_path = cache_path or default_cache_dir() / CACHE_FILE
     entry = read_cache(cache_path).get(key) if cfg.run.autotune_cache else None
     cached = [Trial.from_dict(t) for t in entry["trials"]] if entry else []
@@ -540,9 +540,9 @@ def _decide(
     # compiled while measuring: nothing more to pay; from the cache: the warm compile still to come
     pending = expected_compile if source == "cache" else 0.0
     best, reason = choose(trials, horizon, pending)
-    if source == "measured" and any(t.candidate.compiled for t in trials):
-        mark_compiled(key)  # compiled while measuring, whether kept or not
     compile_trials = [t for t in trials if t.candidate.compiled]
+    if source == "measured" and compile_trials:
+        mark_compiled(key)  # compiled while measuring, whether kept or not
     costs = {k: (entry or {}).get(k) for k in ("compile_s", "warm_compile_s")}
     if compile_trials:  # a compile measured now: cold, or from caches that held this step's compile
         costs["warm_compile_s" if warm else "compile_s"] = compile_trials[0].compile_s

@@ -289,10 +289,9 @@ def test_the_first_steps_compile_is_recorded_for_the_next_choice(tmp_path: Path,
     (after,) = at.read_cache(cache).values()
     assert (after["compile_s"], after["warm_compile_s"]) == ((60.0, 185.0) if warm else (185.0, None))
     assert after["trials"] == entry["trials"]
+    # compiled while choosing, or not compiled: nothing was left to the first step
     for other in (replace(decision, source="measured"), replace(decision, compile=False)):
-        assert (
-            at.record_first_compile(cfg, cpu, other, 500.0, cache) is None
-        )  # nothing left to the first step
+        assert at.record_first_compile(cfg, cpu, other, 500.0, cache) is None
     assert at.read_cache(cache) == {at.step_key(cfg, cpu): after}
 
 
