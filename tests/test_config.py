@@ -61,7 +61,8 @@ def test_swav_rn50_preset():
 
 def test_cpu_preset():
     cfg = load_config(PretrainConfig, ["cpu"])
-    assert cfg.model.arch == "regnety_200mf" and cfg.model.stem == "small" and cfg.model.prototypes == 100
+    assert cfg.model.arch == "regnety_200mf" and cfg.model.stem == "small" and cfg.model.output_stride == 8
+    assert cfg.model.prototypes == 100
     assert cfg.data.cache_size == 32 and cfg.swav.queue_length == 0 and cfg.swav.temperature == 0.15
     assert cfg.optim.trust_coefficient == 0.003
     assert [(c.size, c.count) for c in cfg.crops] == [(32, 2)]
@@ -123,7 +124,9 @@ def test_a_key_at_the_wrong_level_names_the_one_below():
 
 
 def test_positional_values_sit_between_files_and_overrides():
-    cfg = load_config(PretrainConfig, ["cpu"], ["run.seed=2"], {"data": {"source": "yes"}, "run": {"seed": 1}})
+    cfg = load_config(
+        PretrainConfig, ["cpu"], ["run.seed=2"], {"data": {"source": "yes"}, "run": {"seed": 1}}
+    )
     assert cfg.data.source == "yes" and cfg.run.seed == 2  # values are not read as YAML; overrides win
 
 
@@ -175,6 +178,16 @@ def test_semantic_checks():
         load_config(PretrainConfig, overrides=["swav.epsilon=0"])
     with pytest.raises(ConfigError, match="data.holdout"):
         load_config(PretrainConfig, overrides=["data.holdout=1.0"])
+
+
+def test_output_stride_checks_name_the_key_and_what_is_allowed():
+    assert load_config(PretrainConfig, ["cpu"], ["model.output_stride=8"]).model.output_stride == 8
+    with pytest.raises(
+        ConfigError, match=r"'model.output_stride': got 32, expected one of 2, 4, 8, 16 .*'small'"
+    ):
+        load_config(PretrainConfig, ["cpu"], ["model.output_stride=32"])
+    with pytest.raises(ConfigError, match=r"'model.output_stride': only RegNet trunks .*'resnet50'"):
+        load_config(PretrainConfig, overrides=["model.output_stride=16"])
 
 
 def test_unknown_preset_lists_the_available_ones():

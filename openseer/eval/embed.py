@@ -84,9 +84,11 @@ class Features:
     skipped: SkipLog = field(default_factory=SkipLog)
 
 
-def weights_digest(module: nn.Module) -> str:
-    """sha256 over every parameter and buffer (names, dtypes, shapes, values): the model's identity."""
-    h = hashlib.sha256()
+def model_digest(module: nn.Module) -> str:
+    """sha256 over the layers as printed (kinds, strides, groups: what the weights do not show, such as
+    ``model.output_stride``) and every parameter and buffer (names, dtypes, shapes, values): the model's
+    identity."""
+    h = hashlib.sha256(repr(module).encode())
     for name, t in sorted(module.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
@@ -127,10 +129,10 @@ class Embedder:
 
     @property
     def identity(self) -> str:
-        """What the features depend on besides the data: the weights (hashed on first use, as hashing a large
-        model takes seconds) and the BatchNorm calibration."""
+        """What the features depend on besides the data: the layers and weights (hashed on first use, as
+        hashing a large model takes seconds) and the BatchNorm calibration."""
         if self._identity is None:
-            self._identity = weights_digest(self.backbone)
+            self._identity = model_digest(self.backbone)
         return self._identity
 
     @classmethod

@@ -16,7 +16,11 @@ ARCHS = (*REGNETY, "resnet50", "resnet18")
 
 
 def build_backbone(
-    arch: str, stem: str = "imagenet", zero_init_last_bn: bool = True, small_map_kernels: bool = True
+    arch: str,
+    stem: str = "imagenet",
+    zero_init_last_bn: bool = True,
+    small_map_kernels: bool = True,
+    output_stride: int | None = None,
 ) -> nn.Module:
     """``forward(images (B,3,H,W)) -> pooled features (B, D)``; ``module.num_features == D``.
 
@@ -26,16 +30,20 @@ def build_backbone(
 
     ``small_map_kernels``: 1x1 and narrow grouped convolutions over small CPU maps take the faster kernels of
     :mod:`openseer.models.small_maps` (the same function; only the kernel differs).
+
+    ``output_stride``: a RegNet's total stride, below its stem's own (``model.output_stride``).
     """
-    model = _build_trunk(arch, stem, zero_init_last_bn)
+    model = _build_trunk(arch, stem, zero_init_last_bn, output_stride)
     if small_map_kernels:
         use_small_map_kernels_(model)
     return model
 
 
-def _build_trunk(arch: str, stem: str, zero_init_last_bn: bool) -> nn.Module:
+def _build_trunk(arch: str, stem: str, zero_init_last_bn: bool, output_stride: int | None) -> nn.Module:
     if arch in REGNETY:
-        return build_regnety(arch, stem=stem, zero_init_last_bn=zero_init_last_bn)
+        return build_regnety(arch, stem, zero_init_last_bn, output_stride)
+    if output_stride is not None:
+        raise ValueError(f"output_stride is for RegNet trunks, not {arch}")
     if arch in ("resnet50", "resnet18"):
         model = timm.create_model(arch, pretrained=False, num_classes=0, zero_init_last=zero_init_last_bn)
         if stem == "small":
@@ -92,6 +100,6 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def build_on_meta(arch: str, stem: str = "imagenet") -> nn.Module:
+def build_on_meta(arch: str, stem: str = "imagenet", output_stride: int | None = None) -> nn.Module:
     with torch.device("meta"):
-        return build_backbone(arch, stem)
+        return build_backbone(arch, stem, output_stride=output_stride)

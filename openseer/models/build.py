@@ -15,7 +15,11 @@ def build_model(cfg: ModelConfig) -> SwAVModel:
     ``cfg`` asks, on the current default device (inside ``torch.device('meta')`` nothing is allocated: see
     :func:`init_model_`)."""
     backbone = build_backbone(
-        cfg.arch, cfg.stem, zero_init_last_bn=cfg.zero_init_last_bn, small_map_kernels=cfg.small_map_kernels
+        cfg.arch,
+        cfg.stem,
+        zero_init_last_bn=cfg.zero_init_last_bn,
+        small_map_kernels=cfg.small_map_kernels,
+        output_stride=cfg.output_stride,
     )
     head = SwAVHead(feature_dim(backbone), cfg.head_hidden, cfg.out_dim, cfg.prototypes, cfg.head_bn)
     return SwAVModel(backbone, head)

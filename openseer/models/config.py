@@ -14,6 +14,10 @@ class ModelConfig:
     """A RegNetY size (regnety_200mf ... regnety_256gf, regnety_10b) or resnet50; see `openseer.models`."""
     stem: Literal["imagenet", "small"] = "imagenet"
     """'small': a stride-1 3x3 stem for inputs of 64 px or less."""
+    output_stride: int | None = None
+    """Total stride of a RegNet trunk: None keeps its layout's (32 with the ImageNet stem, 16 with 'small'); a
+    smaller power of two takes the stride out of the last stages, so the last stage sees a larger map (8 with
+    'small': a 32-px crop reaches it as 4x4 instead of 2x2). Shapes of the weights do not change."""
     head_hidden: list[int] = field(default_factory=lambda: [2048])
     head_bn: bool = True
     out_dim: int = 128
@@ -35,6 +39,20 @@ class ModelConfig:
             raise ConfigError(
                 f"config key 'model.arch': got {self.arch!r}, expected one of {', '.join(ARCHS)}"
             )
+        if self.output_stride is not None:
+            from openseer.models.regnet import REGNETY, natural_stride
+
+            if self.arch not in REGNETY:
+                raise ConfigError(
+                    f"config key 'model.output_stride': only RegNet trunks take it (model.arch is {self.arch!r})"
+                )
+            natural = natural_stride(self.stem)
+            allowed = [s for s in (2, 4, 8, 16, 32) if s <= natural]
+            if self.output_stride not in allowed:
+                raise ConfigError(
+                    f"config key 'model.output_stride': got {self.output_stride}, expected one of "
+                    f"{', '.join(map(str, allowed))} with model.stem={self.stem!r}"
+                )
         if self.prototypes < 2:
             raise ConfigError(f"config key 'model.prototypes': got {self.prototypes}, expected >= 2")
         if self.out_dim < 1 or any(h < 1 for h in self.head_hidden):

@@ -62,7 +62,15 @@ SEER_TRUNK_PARAMS = {
 }
 
 
-def build_regnety(name: str, stem: str = "imagenet", zero_init_last_bn: bool = True) -> RegNet:
+def natural_stride(stem: str) -> int:
+    """Total stride of a RegNet trunk with this stem: the stem's 2 and each of the four stages' 2, less the
+    first stage's with the small stem."""
+    return 16 if stem == "small" else 32
+
+
+def build_regnety(
+    name: str, stem: str = "imagenet", zero_init_last_bn: bool = True, output_stride: int | None = None
+) -> RegNet:
     """A RegNetY trunk with global average pooling and no classifier: ``forward(x (B,3,H,W)) -> (B, D)``.
 
     ``stem='small'`` is for images of 64 px or less: the first stage keeps the stem's resolution (total stride
@@ -72,20 +80,36 @@ def build_regnety(name: str, stem: str = "imagenet", zero_init_last_bn: bool = T
     the same stage resolutions and skips the 1x1 convolution and BatchNorms at full input resolution: 1.35x
     faster to train here on 32-px crops (measured with RegNetY-200MF, batch 256, 2x32+2x16 crops).
 
+    ``output_stride``: a total stride below the stem's own (see :func:`natural_stride`) takes the stride out of
+    the last stages, last first, as the small stem does for the first: plain stride-1 convolutions, not
+    timm's dilated ones (``RegNet(output_stride=...)``), since the point here is a larger map for the last
+    stage, not the receptive field of the strided trunk. No weight changes shape.
+
     ``zero_init_last_bn``: timm zero-initialises the scale of each block's last BatchNorm (the default here);
     VISSL's RegNet, which trained SEER, starts every BatchNorm scale at 1 (``init_weights`` in
     vissl/models/trunks/regnet_fsdp.py).
     """
     if name not in REGNETY:
         raise ValueError(f"unknown RegNetY size '{name}' (available: {', '.join(REGNETY)})")
+    if stem not in ("imagenet", "small"):
+        raise ValueError(f"unknown stem '{stem}' (expected 'imagenet' or 'small')")
     model = RegNet(REGNETY[name].to_timm(), num_classes=0, zero_init_last=zero_init_last_bn)
-    if stem == "small":
-        first = model.s1.b1  # the stride of a RegNet stage sits in its first block's 3x3 conv and shortcut
+    stride = natural_stride(stem)
+    target = stride if output_stride is None else output_stride
+    if target > stride or stride % target:
+        raise ValueError(f"output stride {target} is not a power of two up to {stride} (stem '{stem}')")
+    unstrided = [model.s1] if stem == "small" else []
+    for stage in (model.s4, model.s3, model.s2, model.s1):
+        if stride == target:
+            break
+        if stage not in unstrided:
+            unstrided.append(stage)
+            stride //= 2
+    for stage in unstrided:  # a RegNet stage's stride sits in its first block's 3x3 conv and shortcut
+        first = stage.b1
         first.conv2.conv.stride = (1, 1)
         if isinstance(first.downsample, ConvNormAct):
             first.downsample.conv.stride = (1, 1)
-    elif stem != "imagenet":
-        raise ValueError(f"unknown stem '{stem}' (expected 'imagenet' or 'small')")
     return model
 
 

@@ -142,7 +142,8 @@ class Decision:
     compile_warm: bool | None = None
     """Whether inductor's caches held this step's compile when the choice was made (None: not looked at)."""
     autotune_s: float = 0.0
-    """Seconds spent choosing at start-up (trial steps and compilation), outside the loop's training time."""
+    """Seconds spent choosing at start-up (trial steps and compilation), outside the loop's training time; a
+    budgeted run trains for that much less."""
     step_s: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:

@@ -139,7 +139,8 @@ class RunConfig:
     configuration (<openseer cache>/autotune.json) instead of timing again; false: time again and overwrite."""
     budget_minutes: float | None = None
     """Train for this many minutes; the lr schedule then follows the fraction of the budget spent (warm-up:
-    optim.warmup_fraction) instead of optim.epochs."""
+    optim.warmup_fraction) instead of optim.epochs. The seconds spent choosing run.precision and run.compile
+    at start-up (trial steps, a compile) come out of it; data preparation and the final evaluation do not."""
     max_steps: int | None = None
     log_every: int = 10
     checkpoint_every: int = 500

@@ -194,6 +194,13 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     # ends exactly when the budget does, whatever the speed of the machine (and of its neighbours).
     budget_s = cfg.run.budget_minutes * 60 if cfg.run.budget_minutes is not None else math.inf
     budgeted = math.isfinite(budget_s)
+    if budgeted and fast.decision.autotune_s > 0:
+        # Choosing the fast paths (trial steps, and a compile when one is tried) is part of the run's time:
+        # it comes out of the budget, as a compile at the first step does.
+        budget_s = max(budget_s - fast.decision.autotune_s, 0.0)
+        log.info(
+            "budget: %.0f s of training after %.1f s choosing fast paths", budget_s, fast.decision.autotune_s
+        )
     total_steps = _BUDGET_GRID if budgeted else planned
     # main_swav's sizing: rounded down to whole global batches, then split over the processes
     local_queue = cfg.swav.local_queue_length(cfg.optim.batch_size, world)

@@ -88,7 +88,7 @@ class Weights:
         m = self.config.model
         check_state(expected_shapes(m.arch, m.stem), self.backbone, f"{self.source} as a {m.arch} backbone")
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.backbone.items()}
-        module = build_on_meta(m.arch, m.stem)
+        module = build_on_meta(m.arch, m.stem, m.output_stride)
         module.load_state_dict(state, strict=True, assign=True)
         return module.eval()
 

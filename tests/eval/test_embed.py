@@ -17,7 +17,7 @@ from openseer.cli import main as cli_main
 from openseer.data.folders import DataError, split_per_class
 from openseer.data.labelled import EvalData, align_classes, load_data, train_test_data
 from openseer.data.preprocess import Preprocess
-from openseer.eval.embed import EmbedConfig, Embedder, FeatureConfig, run_embed, weights_digest
+from openseer.eval.embed import EmbedConfig, Embedder, FeatureConfig, model_digest, run_embed
 from openseer.fileio.checkpoint import latest_checkpoint
 from openseer.models import build_backbone
 from openseer.testing import FAST_EVAL, assert_same_features, make_image_folder
@@ -110,11 +110,19 @@ def test_features_are_cached_by_weights_data_and_size(
     assert emb.cache_path(data) != _embedder().cache_path(data)
 
 
-def test_weights_digest_sees_every_value() -> None:
+def test_model_digest_sees_every_value() -> None:
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    before = weights_digest(net)
+    before = model_digest(net)
     net[1].running_mean[0] += 1e-6
-    assert weights_digest(net) != before
+    assert model_digest(net) != before
+
+
+def test_model_digest_sees_a_stride_the_weights_do_not_show() -> None:
+    """The same weights with the last stage unstrided (model.output_stride) give other features."""
+    strided = build_backbone("regnety_200mf", "small")
+    unstrided = build_backbone("regnety_200mf", "small", output_stride=8)
+    unstrided.load_state_dict(strided.state_dict())
+    assert model_digest(unstrided) != model_digest(strided)
 
 
 def test_random_init_features_are_told_apart_after_bn_recalibration(tmp_path: Path) -> None:

@@ -138,6 +138,47 @@ def test_small_stem_gives_total_stride_16():
     assert torch.isfinite(out).all()
 
 
+def _stage_sides(model: torch.nn.Module, side: int) -> list[int]:
+    with torch.no_grad():
+        h = model.stem(torch.randn(2, 3, side, side))
+        sides = [h.shape[-1]]
+        for stage in (model.s1, model.s2, model.s3, model.s4):
+            h = stage(h)
+            sides.append(h.shape[-1])
+    return sides
+
+
+@pytest.mark.parametrize(
+    ("stem", "output_stride", "sides"),
+    [
+        ("small", 8, [16, 16, 8, 4, 4]),  # the last stage's stride goes first
+        ("small", 4, [16, 16, 8, 8, 8]),
+        ("imagenet", 16, [16, 8, 4, 2, 2]),
+        ("imagenet", 32, [16, 8, 4, 2, 1]),  # its own stride: nothing changes
+    ],
+)
+def test_output_stride_takes_the_stride_out_of_the_last_stages(stem, output_stride, sides):
+    model = build_regnety("regnety_200mf", stem=stem, output_stride=output_stride).eval()
+    assert _stage_sides(model, 32) == sides
+    assert 32 // sides[-1] == output_stride
+
+
+def test_output_stride_keeps_every_weight_shape():
+    def shapes(m):
+        return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+    with torch.device("meta"):
+        assert shapes(build_regnety("regnety_200mf", "small", output_stride=8)) == shapes(
+            build_regnety("regnety_200mf", "small")
+        )
+
+
+@pytest.mark.parametrize(("stem", "output_stride"), [("small", 32), ("small", 12), ("imagenet", 64)])
+def test_output_stride_above_the_stems_or_not_a_power_of_two_is_rejected(stem, output_stride):
+    with pytest.raises(ValueError, match=f"output stride {output_stride} "):
+        build_regnety("regnety_200mf", stem=stem, output_stride=output_stride)
+
+
 def test_small_stem_keeps_the_parameters():
     assert sum(p.numel() for p in build_regnety("regnety_200mf", stem="small").parameters()) == sum(
         p.numel() for p in build_regnety("regnety_200mf").parameters()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,42 @@ def test_budgeted_run_leaves_warmup_after_its_share_of_the_time(
     peak = max(range(len(lrs)), key=lrs.__getitem__)
     assert peak / len(lrs) < 0.25, f"lr still warming up after {peak} of {len(lrs)} steps"
     assert lrs[-1] < lrs[peak]
+
+
+@pytest.mark.slow
+def test_choosing_fast_paths_comes_out_of_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seconds spent timing trial steps (or compiling) at start-up shorten the training a budget allows, and the
+    schedule still ends with the shortened budget."""
+    monkeypatch.setenv("OPENSEER_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "imgs").mkdir()
+    source = _images(tmp_path / "imgs")
+    real_choose = loop.choose_fast_paths
+
+    def run(name: str, choosing_s: float) -> list[dict]:
+        ticks = itertools.count()
+        monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: 0.25 * next(ticks)))
+
+        def choose(*args, **kwargs):
+            fast = real_choose(*args, **kwargs)
+            return replace(fast, decision=replace(fast.decision, autotune_s=choosing_s))
+
+        monkeypatch.setattr(loop, "choose_fast_paths", choose)
+        overrides = testing.tiny_overrides(
+            source,
+            tmp_path / name,
+            data__labels="none",
+            crops="[{size: 8, count: 2, scale: [0.3, 1.0]}]",
+            optim__warmup_fraction=0.1,
+            run__budget_minutes=0.1,  # 6 s of the fake clock
+            run__evaluate=False,
+            run__checkpoint_every=10_000,
+            run__log_every=1,
+        )
+        loop.pretrain(load_config(PretrainConfig, [], overrides))
+        lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [line for line in lines if "lr" in line]
+
+    full, after_choosing = run("full", 0.0), run("after-choosing", 3.0)  # half the budget spent choosing
+    assert 0.35 < len(after_choosing) / len(full) < 0.65, (len(after_choosing), len(full))
+    for lines in (full, after_choosing):  # each schedule runs its own budget to the end
+        assert lines[-1]["lr"] < 0.2 * max(line["lr"] for line in lines)
