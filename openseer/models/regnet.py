@@ -96,8 +96,8 @@ def build_regnety(
     model = RegNet(REGNETY[name].to_timm(), num_classes=0, zero_init_last=zero_init_last_bn)
     stride = natural_stride(stem)
     target = stride if output_stride is None else output_stride
-    if target > stride or stride % target:
-        raise ValueError(f"output stride {target} is not a power of two up to {stride} (stem '{stem}')")
+    if not 2 <= target <= stride or stride % target:  # the stem keeps its stride of 2
+        raise ValueError(f"output stride {target} is not a power of two from 2 to {stride} (stem '{stem}')")
     unstrided = [model.s1] if stem == "small" else []
     for stage in (model.s4, model.s3, model.s2, model.s1):
         if stride == target:

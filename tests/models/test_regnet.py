@@ -173,7 +173,9 @@ def test_output_stride_keeps_every_weight_shape():
         )
 
 
-@pytest.mark.parametrize(("stem", "output_stride"), [("small", 32), ("small", 12), ("imagenet", 64)])
+@pytest.mark.parametrize(
+    ("stem", "output_stride"), [("small", 32), ("small", 12), ("imagenet", 64), ("imagenet", 1)]
+)
 def test_output_stride_above_the_stems_or_not_a_power_of_two_is_rejected(stem, output_stride):
     with pytest.raises(ValueError, match=f"output stride {output_stride} "):
         build_regnety("regnety_200mf", stem=stem, output_stride=output_stride)
