@@ -40,14 +40,13 @@ class ModelConfig:
                 f"config key 'model.arch': got {self.arch!r}, expected one of {', '.join(ARCHS)}"
             )
         if self.output_stride is not None:
-            from openseer.models.regnet import REGNETY, natural_stride
+            from openseer.models.regnet import REGNETY, output_strides
 
             if self.arch not in REGNETY:
                 raise ConfigError(
                     f"config key 'model.output_stride': only RegNet trunks take it (model.arch is {self.arch!r})"
                 )
-            natural = natural_stride(self.stem)
-            allowed = [s for s in (2, 4, 8, 16, 32) if s <= natural]
+            allowed = output_strides(self.stem)
             if self.output_stride not in allowed:
                 raise ConfigError(
                     f"config key 'model.output_stride': got {self.output_stride}, expected one of "

@@ -62,10 +62,12 @@ SEER_TRUNK_PARAMS = {
 }
 
 
-def natural_stride(stem: str) -> int:
-    """Total stride of a RegNet trunk with this stem: the stem's 2 and each of the four stages' 2, less the
-    first stage's with the small stem."""
-    return 16 if stem == "small" else 32
+def output_strides(stem: str) -> tuple[int, ...]:
+    """The total strides a RegNet trunk with this stem can have, its own the largest: the stem's 2 times each of
+    the four stages' 2 (32), less the first stage's with the small stem (16); every stage can give up its stride,
+    the stem never does."""
+    natural = 16 if stem == "small" else 32
+    return tuple(2**k for k in range(1, natural.bit_length()))
 
 
 def build_regnety(
@@ -80,7 +82,7 @@ def build_regnety(
     the same stage resolutions and skips the 1x1 convolution and BatchNorms at full input resolution: 1.35x
     faster to train here on 32-px crops (measured with RegNetY-200MF, batch 256, 2x32+2x16 crops).
 
-    ``output_stride``: a total stride below the stem's own (see :func:`natural_stride`) takes the stride out of
+    ``output_stride``: a total stride below the stem's own (one of :func:`output_strides`) takes the stride out of
     the last stages, last first, as the small stem does for the first: plain stride-1 convolutions, not
     timm's dilated ones (``RegNet(output_stride=...)``), since the point here is a larger map for the last
     stage, not the receptive field of the strided trunk. No weight changes shape.
@@ -94,22 +96,22 @@ def build_regnety(
     if stem not in ("imagenet", "small"):
         raise ValueError(f"unknown stem '{stem}' (expected 'imagenet' or 'small')")
     model = RegNet(REGNETY[name].to_timm(), num_classes=0, zero_init_last=zero_init_last_bn)
-    stride = natural_stride(stem)
-    target = stride if output_stride is None else output_stride
-    if not 2 <= target <= stride or stride % target:  # the stem keeps its stride of 2
-        raise ValueError(f"output stride {target} is not a power of two from 2 to {stride} (stem '{stem}')")
-    unstrided = [model.s1] if stem == "small" else []
-    for stage in (model.s4, model.s3, model.s2, model.s1):
-        if stride == target:
-            break
-        if stage not in unstrided:
-            unstrided.append(stage)
-            stride //= 2
-    for stage in unstrided:  # a RegNet stage's stride sits in its first block's 3x3 conv and shortcut
-        first = stage.b1
-        first.conv2.conv.stride = (1, 1)
-        if isinstance(first.downsample, ConvNormAct):
-            first.downsample.conv.stride = (1, 1)
+    strides = output_strides(stem)
+    target = strides[-1] if output_stride is None else output_stride
+    if target not in strides:
+        raise ValueError(
+            f"output stride {target} is not a power of two from 2 to {strides[-1]} (stem '{stem}')"
+        )
+    stages = [model.s1, model.s2, model.s3, model.s4]
+    first = 1 if stem == "small" else 0  # the small stem's layout: the first stage unstrided
+    last = len(stages) - strides[::-1].index(target)  # a lower output stride: the last ones unstrided
+    for stage in (
+        stages[:first] + stages[last:]
+    ):  # a RegNet stage's stride sits in its first block's 3x3 conv and shortcut
+        block = stage.b1
+        block.conv2.conv.stride = (1, 1)
+        if isinstance(block.downsample, ConvNormAct):
+            block.downsample.conv.stride = (1, 1)
     return model
 
 
