@@ -14,10 +14,11 @@ import torch
 from openseer.data.cache import default_cache_dir
 from openseer.hardware import hardware_name, usable_cores
 from openseer.models import build_model
-from openseer.train.autotune import autocast_for, training_step, trial_optimizer
+from openseer.train.autotune import trial_optimizer
 from openseer.train.compile_cache import persist_compile_caches
 from openseer.train.config import PretrainConfig
 from openseer.train.pretrain import objective
+from openseer.train.step import autocast_for, training_step
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TAR = REPO.parent / "shared" / "data" / "cifar10-train.tar.gz"

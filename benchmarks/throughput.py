@@ -54,6 +54,7 @@ from openseer.models import build_model
 from openseer.train import autotune as at
 from openseer.train.config import PretrainConfig
 from openseer.train.pretrain import objective, pretrain
+from openseer.train.step import autocast_for, training_step
 
 
 def end_to_end_rate(cfg: PretrainConfig, warmup: int) -> float:
@@ -118,8 +119,8 @@ def layer_formats(
     for m in model.modules():
         if isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.BatchNorm1d | nn.Linear):
             m.register_forward_hook(hook)
-    at.training_step(
-        cfg, model, model, at.trial_optimizer(cfg, model), at.autocast_for(device, precision), objective
+    training_step(
+        cfg, model, model, at.trial_optimizer(cfg, model), autocast_for(device, precision), objective
     )(crops)
     return "\n".join(f"  {k[0]}: {k[1]} {k[2]} -> {k[3]} {k[4]} x{n}" for k, n in sorted(seen.items()))
 

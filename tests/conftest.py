@@ -56,6 +56,14 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
+@pytest.fixture(autouse=True)
+def fresh_compile_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts as a fresh process would: no step compiled in it before (openseer.train.compile_cache)."""
+    from openseer.train import compile_cache
+
+    monkeypatch.setattr(compile_cache, "_compiled_in_process", set())
+
+
 def _pretrain(folder: Path, out: Path, **changes: object) -> Path:
     from openseer.config import load_config
     from openseer.testing import tiny_overrides

@@ -51,9 +51,14 @@ from openseer.data.cache import default_cache_dir
 # the package's atomic file write (temp file in the same folder, fsync, os.replace)
 from openseer.fileio.atomic import atomic_write_text
 from openseer.hardware import device_native_bf16, hardware_name
-from openseer.optim import LARS, param_groups
-from openseer.train.compile_cache import compile_cache_warm, mark_compiled, persist_compile_caches
+from openseer.train.compile_cache import (
+    compile_cache_warm,
+    compiled_in_process,
+    mark_compiled,
+    persist_compile_caches,
+)
 from openseer.train.config import PretrainConfig
+from openseer.train.step import Objective, autocast_for, build_optimizer, training_step
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +83,6 @@ LOSS_RTOL = 0.02
 """Largest relative difference between the losses of a candidate's trial steps and the reference's."""
 TRIAL_STEPS = 3
 """Timed steps per candidate, after one warm-up step (two for a compiled candidate: compile, then recompiles)."""
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 # ============ pure parts ============
 
@@ -275,55 +277,15 @@ def write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=2))
 
 
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context of a precision ('fp32': none). One object may be entered again and again."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_DTYPES[precision])
-
-
 # ============ timing ============
-
-Objective = Callable[..., tuple[torch.Tensor, list[torch.Tensor]]]
-"""``objective(cfg, model, z, scores) -> (loss, codes)``: the run's SwAV objective (``pretrain.objective``)."""
 
 
 def trial_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The run's optimiser kind at its peak learning rate (a trial step must move the weights as a real one)."""
-    groups = param_groups(model, cfg.optim.weight_decay)
-    if cfg.optim.name == "lars":
-        opt: torch.optim.Optimizer = LARS(
-            groups, momentum=cfg.optim.momentum, trust_coefficient=cfg.optim.trust_coefficient
-        )
-    else:
-        opt = torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum)
+    """The run's optimiser at its peak learning rate (a trial step must move the weights as a real one)."""
+    opt = build_optimizer(cfg, model)
     for group in opt.param_groups:
         group["lr"] = cfg.optim.base_lr * cfg.optim.batch_size * distributed.world_size() / 256
     return opt
-
-
-def training_step(
-    cfg: PretrainConfig,
-    model: torch.nn.Module,
-    forward: Callable,
-    optimizer: torch.optim.Optimizer,
-    autocast: contextlib.AbstractContextManager,
-    objective: Objective,
-) -> Callable[[list[torch.Tensor]], torch.Tensor]:
-    """One SwAV step as the loop runs it (no queue, logging or non-finite check): prototypes re-normalised,
-    multi-crop forward under ``autocast``, fp32 codes and loss, backward, optimiser step. Returns the loss."""
-
-    def step(crops: list[torch.Tensor]) -> torch.Tensor:
-        model.head.normalize_prototypes()
-        with autocast:
-            z, scores = forward(crops)
-        loss, _ = objective(cfg, model, z, scores)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
 
 
 def _sync(device: torch.device) -> None:
@@ -484,6 +446,7 @@ def _decide(
     # without that work (caches cleared, a new machine) a cold one again
     measured_compile = entry.get("compile_s") if entry else None
     warm = compile_cache_warm(key)
+    compiled_before = compiled_in_process(key)  # then a compile now is no guide to a fresh process's
     expected_compile = expected_compile_s(entry, warm)
     budget_s = cfg.run.budget_minutes * 60 if cfg.run.budget_minutes is not None else None
     planned = _planned_steps(cfg, batches.steps_per_epoch)
@@ -544,8 +507,11 @@ def _decide(
     compile_trials = [t for t in trials if t.candidate.compiled]
     if source == "measured" and compile_trials:
         mark_compiled(key)  # compiled while measuring, whether kept or not
+        compiled_in_process(key, note=True)
     costs = {k: (entry or {}).get(k) for k in ("compile_s", "warm_compile_s")}
-    if compile_trials:  # a compile measured now: cold, or from caches that held this step's compile
+    if (
+        compile_trials and not compiled_before
+    ):  # measured now: cold, or from caches holding this step's compile
         costs["warm_compile_s" if warm else "compile_s"] = compile_trials[0].compile_s
     compile_s = compile_trials[0].compile_s if compile_trials else costs["compile_s"]
     if source == "measured":
@@ -586,12 +552,20 @@ def record_first_compile(
     """After the first step of a run that compiled there (its choice came from the cache): what compiling
     cost, that step's time beyond an ordinary step's, replaces the cache entry's figure for caches in the state
     they were in (cold, or holding this step's compile), so the next run's choice rests on this machine's
-    latest cost. Returns the seconds recorded, or None when there is nothing to record."""
+    latest cost. Returns the seconds recorded, or None when there is nothing to record (also when this process
+    compiled the step before: that compile's in-memory work makes this one's time no guide to a fresh
+    process's)."""
     if not (decision.compile and decision.source == "cache" and decision.compile_warm is not None):
+        return None
+    key = step_key(cfg, device)
+    if compiled_in_process(key, note=True):
+        log.info(
+            "compiling at the first step took %.1f s, after this process compiled it before: not recorded",
+            first_step_s,
+        )
         return None
     step_s = decision.step_s.get(Candidate(decision.precision, True).name)
     cache_path = cache_path or default_cache_dir() / CACHE_FILE
-    key = step_key(cfg, device)
     entry = read_cache(cache_path).get(key)
     if step_s is None or entry is None:
         return None

@@ -57,6 +57,21 @@ def mark_compiled(key: str, root: Path | None = None) -> None:
     marker.touch()
 
 
+_compiled_in_process: set[str] = set()
+
+
+def compiled_in_process(key: str, note: bool = False) -> bool:
+    """Whether this process compiled the step ``key`` names before; ``note``: record that it does now.
+
+    A second compile in one process reuses torch's in-memory work and takes under a second where a fresh
+    process with warm caches on disk takes seconds to minutes, so its time says nothing about the next run's.
+    """
+    seen = key in _compiled_in_process
+    if note:
+        _compiled_in_process.add(key)
+    return seen
+
+
 def persist_compile_caches(root: Path | None = None) -> Path:
     """Keep inductor's FX graph and AOT autograd caches in :func:`compile_cache_dir`, so that the compile of a
     later run, in this session or after a reboot, reuses this one's work. Call before compiling."""

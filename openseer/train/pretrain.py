@@ -24,7 +24,7 @@ from openseer.data.shards import ShardBatches
 from openseer.fileio.atomic import atomic_write_text
 from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from openseer.models import SwAVModel
-from openseer.optim import LARS, cosine_schedule, param_groups, warmup_length
+from openseer.optim import cosine_schedule, warmup_length
 from openseer.swav import EmbeddingQueue, cluster_health, swav_objective
 from openseer.train.autotune import choose_fast_paths, record_first_compile
 from openseer.train.config import PretrainConfig
@@ -33,6 +33,7 @@ from openseer.train.monitor import CollapseMonitor, MetricsWriter, ProgressBar
 from openseer.train.parallel import build_for_strategy, parallelize
 from openseer.train.queue_checkpoint import gather_queues, restore_queue
 from openseer.train.sharded_checkpoint import latest_sharded, load_sharded, save_sharded
+from openseer.train.step import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +167,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     forward = fast.forward
 
     # ============ optimiser, schedule, queue ============
-    groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
-    if cfg.optim.name == "lars":
-        optimizer = LARS(groups, momentum=cfg.optim.momentum, trust_coefficient=cfg.optim.trust_coefficient)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum)
+    optimizer = build_optimizer(cfg, model)
     lr_scale = global_batch / 256
 
     planned = cfg.optim.planned_steps(steps_per_epoch)  # the run the config describes (epochs of batches)
