@@ -105,9 +105,8 @@ def build_regnety(
     stages = [model.s1, model.s2, model.s3, model.s4]
     first = 1 if stem == "small" else 0  # the small stem's layout: the first stage unstrided
     last = len(stages) - strides[::-1].index(target)  # a lower output stride: the last ones unstrided
-    for stage in (
-        stages[:first] + stages[last:]
-    ):  # a RegNet stage's stride sits in its first block's 3x3 conv and shortcut
+    # a RegNet stage's stride sits in its first block's 3x3 conv and shortcut
+    for stage in stages[:first] + stages[last:]:
         block = stage.b1
         block.conv2.conv.stride = (1, 1)
         if isinstance(block.downsample, ConvNormAct):

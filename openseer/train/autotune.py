@@ -509,9 +509,8 @@ def _decide(
         mark_compiled(key)  # compiled while measuring, whether kept or not
         compiled_in_process(key, note=True)
     costs = {k: (entry or {}).get(k) for k in ("compile_s", "warm_compile_s")}
-    if (
-        compile_trials and not compiled_before
-    ):  # measured now: cold, or from caches holding this step's compile
+    # measured now: cold, or from caches holding this step's compile
+    if compile_trials and not compiled_before:
         costs["warm_compile_s" if warm else "compile_s"] = compile_trials[0].compile_s
     compile_s = compile_trials[0].compile_s if compile_trials else costs["compile_s"]
     if source == "measured":
@@ -555,10 +554,14 @@ def record_first_compile(
     latest cost. Returns the seconds recorded, or None when there is nothing to record (also when this process
     compiled the step before: that compile's in-memory work makes this one's time no guide to a fresh
     process's)."""
-    if not (decision.compile and decision.source == "cache" and decision.compile_warm is not None):
+    if not decision.compile:
         return None
     key = step_key(cfg, device)
-    if compiled_in_process(key, note=True):
+    # every compiled run's first step leaves this step compiled in this process (run.compile=true included)
+    compiled_before = compiled_in_process(key, note=True)
+    if decision.source != "cache" or decision.compile_warm is None:
+        return None  # compiled while choosing, or as configured: no cached figure that this step corrects
+    if compiled_before:
         log.info(
             "compiling at the first step took %.1f s, after this process compiled it before: not recorded",
             first_step_s,

@@ -319,6 +319,20 @@ def test_the_first_steps_compile_is_recorded_for_the_next_choice(tmp_path: Path,
     assert at.read_cache(cache) == {at.step_key(cfg, cpu): after}
 
 
+def test_a_configured_compile_counts_as_compiled_in_the_process(tmp_path: Path):
+    # run.compile=true compiles at the first step with nothing to record; a later run in the same process whose
+    # cached choice compiles the same step again reuses that work: its time is not recorded either
+    cfg = _tiny(tmp_path, run__compile="auto", run__budget_minutes=20)
+    cpu = torch.device("cpu")
+    cache = tmp_path / "cache.json"
+    entry = {"trials": [_trial(FP32, 1.0).to_dict()], "compile_s": 60.0, "warm_compile_s": 10.0}
+    at.write_cache(cache, at.step_key(cfg, cpu), entry)
+    cached = at.Decision("bf16", True, "", "cache", compile_warm=True, step_s={"bf16-compiled": 1.0})
+    assert at.record_first_compile(cfg, cpu, replace(cached, source="fixed"), 90.0, cache) is None
+    assert at.record_first_compile(cfg, cpu, cached, 1.5, cache) is None
+    assert at.read_cache(cache) == {at.step_key(cfg, cpu): entry}
+
+
 @pytest.mark.slow  # bf16 convolutions run a slow reference kernel on a CPU without native bf16
 def test_bf16_autocast_keeps_channels_last_through_the_casts(tmp_path: Path):
     # every convolution and BatchNorm of the step gets and returns channels_last bf16 under autocast (the
