@@ -46,7 +46,7 @@ from openseer.api import pretrain  # trains, then the one end-of-run evaluation
 from openseer.config import load_config
 from openseer.eval.pretraining import knn_score
 from openseer.models.backbone import build_backbone, feature_dim
-from openseer.optim.lars import LARS, param_groups
+from openseer.train.autotune import trial_optimizer
 from openseer.train.config import PretrainConfig
 from openseer.train.data import PretrainData, TensorBatches, prepare_data
 
@@ -160,9 +160,7 @@ def identical_work(
         cfg.model.prototypes,
         cfg.swav.freeze_prototypes_iters,
     )
-    optimizer = LARS(param_groups(model, cfg.optim.weight_decay), momentum=cfg.optim.momentum)
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.optim.base_lr * cfg.optim.batch_size / 256
+    optimizer = trial_optimizer(cfg, model)  # the one openseer's side steps with (swav_step_fn)
     criterion = SwaVLoss(cfg.swav.temperature, cfg.swav.sinkhorn_iters, cfg.swav.epsilon)
     theirs = lightly_step_fn(model, criterion, optimizer, cfg.crops[0].count)
     their_batches = endless(lightly_loader(paths, transform, cfg.optim.batch_size, workers=2))

@@ -13,7 +13,7 @@ from openseer.config import (
     read_yaml,
 )
 from openseer.data.multicrop import CropSpec
-from openseer.train.config import PretrainConfig
+from openseer.train.config import OptimConfig, PretrainConfig
 
 
 def test_defaults_follow_swav_imagenet_recipe():
@@ -212,3 +212,9 @@ def test_malformed_overrides():
     with pytest.raises(ConfigError, match="empty key"):
         parse_overrides(["optim..base_lr=1"])
     assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=x"]) == {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
+
+
+def test_learning_rates_scale_with_the_global_batch():
+    # swav's linear scaling: rates are given for 256 images; 64 per process on 8 processes is twice that
+    assert OptimConfig(batch_size=64).lr_scale(8) == 2.0
+    assert OptimConfig(batch_size=256).lr_scale(1) == 1.0

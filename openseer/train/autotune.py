@@ -284,7 +284,7 @@ def trial_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.
     """The run's optimiser at its peak learning rate (a trial step must move the weights as a real one)."""
     opt = build_optimizer(cfg, model)
     for group in opt.param_groups:
-        group["lr"] = cfg.optim.base_lr * cfg.optim.batch_size * distributed.world_size() / 256
+        group["lr"] = cfg.optim.base_lr * cfg.optim.lr_scale(distributed.world_size())
     return opt
 
 

@@ -96,6 +96,11 @@ class OptimConfig:
     references adapt and decay every tensor (swav: LARC over SGD on all parameters; VISSL: regularize_bn and
     regularize_bias true), so false is the faithful setting."""
 
+    def lr_scale(self, world_size: int) -> float:
+        """What the learning rates (given for a global batch of 256) are multiplied by: the global batch over 256
+        (swav's linear scaling)."""
+        return self.batch_size * world_size / 256
+
     def planned_steps(self, steps_per_epoch: int) -> int:
         """The optimiser steps of the run these settings describe: ``epochs`` of ``steps_per_epoch``, at least
         one (what the schedule, its warm-up and the reference tables count in)."""

@@ -155,7 +155,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             data.train_paths, workers=cfg.data.workers, max_pixels=cfg.data.max_pixels, **stream_kwargs
         )
     steps_per_epoch = batches.steps_per_epoch
-    global_batch = cfg.optim.batch_size * world
 
     # ============ model ============
     # whole on this device, or under FSDP built on the meta device and materialised shard by shard
@@ -168,7 +167,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
 
     # ============ optimiser, schedule, queue ============
     optimizer = build_optimizer(cfg, model)
-    lr_scale = global_batch / 256
+    lr_scale = cfg.optim.lr_scale(world)
 
     planned = cfg.optim.planned_steps(steps_per_epoch)  # the run the config describes (epochs of batches)
 
