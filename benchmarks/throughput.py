@@ -15,6 +15,9 @@ On the preset's model, crops and batch (default: the cpu preset), in one run:
 * ``imgs_per_s``: end to end, the real pretraining loop (``openseer.train.pretrain``) with the chosen paths over
   the data (input pipeline, multi-crop, forward, Sinkhorn, loss, backward, optimiser), from its per-step rates
   after ``--warmup`` steps;
+* with ``--profile``: each layer kind's input and output dtype and layout, then the step's operators by self
+  time and the shares of convolutions, matrix products and, for the compiled step on a CPU (compiled again with
+  inductor's kernel profile on), the kernels inductor generates;
 * with ``--compile-cold-warm``: the compile seconds of the step in two fresh processes sharing a new, empty
   inductor cache folder, the first cold, the second warm (FX graph and AOT autograd caches).
 
@@ -72,15 +75,49 @@ def training_flops(step, crops: list[torch.Tensor]) -> float:
     return float(counter.get_total_flops())
 
 
+# the operators of a step, by what they do; the kernels torch.compile generates (names "..._cpp_fused_..." when
+# inductor's kernel profile is on) hold BatchNorm, activations, squeeze-excitation and casts, fused
+_KINDS = {
+    "convolutions": ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::cudnn_convolution"),
+    "matrix products": ("aten::mm", "aten::addmm", "aten::bmm"),
+}
+
+
 def profile_table(step, crops: list[torch.Tensor], rows: int = 15) -> str:
-    """Where one training step spends its time, by operator (self time): what limits the step."""
+    """Where one training step spends its time, by operator (self time): what limits the step; then the shares
+    of convolutions, matrix products and compiled (fused element-wise and reduction) kernels."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if crops[0].is_cuda else [])
     with profile(activities=activities) as prof:
         step(crops)
     key = "self_cuda_time_total" if crops[0].is_cuda else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows)
+    events = prof.key_averages()
+    total = sum(getattr(e, key) for e in events) or 1.0
+    shares = {
+        kind: sum(getattr(e, key) for e in events if e.key in ops) / total for kind, ops in _KINDS.items()
+    }
+    shares["compiled kernels"] = sum(getattr(e, key) for e in events if "cpp_fused" in e.key) / total
+    summary = ", ".join(f"{kind} {share:.0%}" for kind, share in shares.items())
+    return f"{events.table(sort_by=key, row_limit=rows)}\nshares of the step: {summary}"
+
+
+def compiled_profile_table(cfg: PretrainConfig, device: torch.device, precision: str, crops) -> str:
+    """``profile_table`` of the compiled step, with inductor's kernel profile on so that each generated kernel
+    is timed under its own name. Compiled cold: dynamo's code for the model class, inductor's and AOT autograd's
+    caches would all hand back the kernels built without it (and dynamo's is cleared again after)."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    no_cache = functorch_config.patch(enable_autograd_cache=False)
+    with no_cache, inductor_config.patch({"cpp.enable_kernel_profile": True, "fx_graph_cache": False}):
+        step = swav_step_fn(cfg, device, precision=precision, compiled=True)
+        step(crops)
+        step(crops)  # compiled (the second call: the backward's graph is in place too)
+    table = profile_table(step, crops)
+    torch._dynamo.reset()
+    return table
 
 
 def _layout(x: torch.Tensor) -> str:
@@ -274,6 +311,9 @@ def main() -> None:
                 f"{precision}: layer input -> output dtype and layout\n{layer_formats(cfg, device, precision, crops)}"
             )
             print(profile_table(swav_step_fn(cfg, device, precision=precision, compiled=False), crops))
+        if not args.no_compile and device.type == "cpu":
+            table = compiled_profile_table(cfg, device, best.precision, crops)
+            print(f"{best.precision}, compiled:\n{table}")
 
     source = str(cifar10_folder()) if args.data == "cifar10" else args.data
     with tempfile.TemporaryDirectory() as tmp:

@@ -90,3 +90,11 @@ def test_conformance_page_is_current() -> None:
     assert (DOCS / "conformance.md").read_text() == _generator().render(), (
         "run: python docs/gen_conformance.py"
     )
+
+
+def test_a_temperature_schedule_no_longer_matches_the_references_constant() -> None:
+    ref = reference("swav-rn50")
+    scheduled = load_config(PretrainConfig, ["swav-rn50"], ["swav.temperature_start=0.3"])
+    ours = QUANTITIES["temperature"].of(scheduled, ref)
+    assert ours == "0.3 to 0.1 (cosine over the run)" and not same(ours, 0.1)
+    assert same(QUANTITIES["temperature"].of(_config("swav-rn50"), ref), 0.1)

@@ -42,7 +42,10 @@ PRETRAIN_FALLBACK: dict[str, str] = {
     "model.out_dim": "Dimension of the L2-normalised embedding z that the prototypes score.",
     "model.prototypes": "Number K of prototypes (SwAV ImageNet: 3000; SEER: 16000).",
     "model.channels_last": "NHWC memory format for the backbone (faster convolutions on most hardware).",
-    "swav.temperature": "Softmax temperature of the swapped prediction.",
+    "swav.temperature": "Softmax temperature of the swapped prediction (at the end of the run when "
+    "swav.temperature_start is set).",
+    "swav.temperature_start": "Temperature at the start of the run, following a cosine to swav.temperature "
+    "over the run (steps, or the time budget); null: constant.",
     "swav.epsilon": "Entropic regularisation of Sinkhorn-Knopp; larger gives flatter codes.",
     "swav.sinkhorn_iters": "Sinkhorn-Knopp iterations per batch (SEER: 10).",
     "swav.crops_for_assign": "Indices of the crops whose codes are computed; every other crop predicts them.",

@@ -195,7 +195,14 @@ QUANTITIES: dict[str, Quantity] = {
     "head": Quantity("Head widths (features-hidden-embedding)", _head),
     "head_bn": Quantity("BatchNorm in the head", lambda c, r: c.model.head_bn),
     "prototypes": Quantity("Prototypes", lambda c, r: c.model.prototypes),
-    "temperature": Quantity("Temperature", lambda c, r: c.swav.temperature),
+    "temperature": Quantity(
+        "Temperature",
+        lambda c, r: (
+            c.swav.temperature
+            if c.swav.temperature_start is None
+            else f"{_num(c.swav.temperature_start)} to {_num(c.swav.temperature)} (cosine over the run)"
+        ),
+    ),
     "epsilon": Quantity("Sinkhorn epsilon", lambda c, r: c.swav.epsilon),
     "sinkhorn_iters": Quantity("Sinkhorn iterations", lambda c, r: c.swav.sinkhorn_iters),
     "queue": Quantity(

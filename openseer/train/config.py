@@ -44,6 +44,8 @@ class DataConfig:
 @dataclass
 class SwAVConfig:
     temperature: float = 0.1
+    temperature_start: float | None = None
+    """Temperature at the start of the run, following a cosine to ``temperature`` at its end; None: constant."""
     epsilon: float = 0.05
     sinkhorn_iters: int = 3
     crops_for_assign: list[int] = field(default_factory=lambda: [0, 1])
@@ -65,6 +67,10 @@ class SwAVConfig:
     def validate(self) -> None:
         if self.temperature <= 0 or self.epsilon <= 0:
             raise ConfigError("config keys 'swav.temperature' and 'swav.epsilon' must be > 0")
+        if self.temperature_start is not None and self.temperature_start <= 0:
+            raise ConfigError(
+                f"config key 'swav.temperature_start': got {self.temperature_start}, expected > 0"
+            )
         if self.sinkhorn_iters < 1:
             raise ConfigError(f"config key 'swav.sinkhorn_iters': got {self.sinkhorn_iters}, expected >= 1")
         if not self.crops_for_assign:

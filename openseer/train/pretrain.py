@@ -75,8 +75,10 @@ def objective(
     z: torch.Tensor,
     scores: torch.Tensor,
     queue: EmbeddingQueue | None = None,
+    temperature: float | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The run's SwAV objective (codes, then swapped prediction) with its settings; the benchmarks time it too.
+    ``temperature``: the swapped prediction's at this step (``swav.temperature_start``); None: the config's.
 
     The queue is stacked in once every process's queue is full, decided alike on all of them: their queues can
     fill at different steps (a batch cut short by unreadable files), and under FSDP scoring the queue gathers the
@@ -89,7 +91,7 @@ def objective(
         model.head.prototypes,
         n_crops(cfg.crops),
         cfg.swav.crops_for_assign,
-        cfg.swav.temperature,
+        cfg.swav.temperature if temperature is None else temperature,
         cfg.swav.epsilon,
         cfg.swav.sinkhorn_iters,
         queue,
@@ -228,11 +230,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
                 torch.cuda.set_rng_state_all([t.cpu() for t in state["rng_cuda"]])
             log.info("resumed from %s at step %d of %d", path, step, total_steps)
     schedule = make_schedule(total_steps)
+    # the softmax temperature's cosine, on the same scale as the learning rate's (no warm-up)
+    t_start = cfg.swav.temperature_start
+    temperatures = None if t_start is None else cosine_schedule(t_start, cfg.swav.temperature, total_steps)
 
-    def lr_at(at_step: int) -> float:
+    def at(values: torch.Tensor, at_step: int) -> float:  # a schedule's value now: by step, or by time spent
         if budgeted:
-            return float(schedule[min(int(train_seconds / budget_s * _BUDGET_GRID), _BUDGET_GRID - 1)])
-        return float(schedule[at_step])
+            return float(values[min(int(train_seconds / budget_s * _BUDGET_GRID), _BUDGET_GRID - 1)])
+        return float(values[at_step])
 
     def save(at_step: int) -> None:
         # every process's queue, each to be given back to its process (a collective: before the others return)
@@ -291,7 +296,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             sides = [progressive_side(c.shape[-1], share, p.start_scale, p.until, p.multiple) for c in crops]
             crops = resize_crops(crops, sides)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = at(schedule, step)
         model.head.normalize_prototypes()
 
         # multi-crop forward: same-size crops share one backbone pass
@@ -299,7 +304,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             z, scores = forward(crops)
         # codes for the assignment crops over the global batch (and the queue once it is full), swapped loss
         use_queue = queue.length > 0 and step >= cfg.swav.queue_start_epoch * steps_per_epoch
-        loss, codes = objective(cfg, model, z, scores, queue if use_queue else None)
+        temperature = None if temperatures is None else at(temperatures, step)
+        loss, codes = objective(cfg, model, z, scores, queue if use_queue else None, temperature)
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -348,6 +354,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
                 "epoch": step / steps_per_epoch,
                 **health,
             }
+            if temperature is not None:
+                metrics["temperature"] = temperature
             if writer is not None:
                 writer.write(step, metrics)
             warning = monitor.update(step, loss_value, health["usage_entropy"])

@@ -72,6 +72,34 @@ def test_the_loop_sizes_its_queue_as_main_swav(folder: Path, tmp_path: Path) -> 
     assert queue.shape[2] == SwAVConfig(queue_length=20).local_queue_length(8, 1) == 16
 
 
+@pytest.mark.slow
+def test_the_temperature_follows_its_cosine_to_the_configured_one(folder: Path, tmp_path: Path) -> None:
+    """swav.temperature_start: the swapped prediction's temperature starts there and follows a cosine towards
+    swav.temperature over the run's own steps (two epochs here), as logged at each step."""
+    out = tmp_path / "run"
+    overrides = tiny_overrides(
+        folder,
+        out,
+        optim__epochs=2,
+        run__log_every=1,
+        run__evaluate=False,
+        swav__temperature=0.1,
+        swav__temperature_start=0.3,
+    )
+    pretrain(load_config(PretrainConfig, [], overrides))
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["temperature"] for r in lines if "temperature" in r]
+    n = len(logged)
+    assert n >= 4 and n == sum("loss" in r for r in lines)  # every step logs its temperature
+    assert logged == pytest.approx([0.1 + 0.1 * (1 + math.cos(math.pi * t / n)) for t in range(n)])
+    assert logged[0] == pytest.approx(0.3) and logged[-1] < 0.11
+
+
+def test_a_temperature_start_at_or_below_zero_names_its_key() -> None:
+    with pytest.raises(ConfigError, match="swav.temperature_start"):
+        load_config(PretrainConfig, [], ["swav.temperature_start=0"])
+
+
 @pytest.mark.parametrize("cache_size", [16, None])
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_weights(
