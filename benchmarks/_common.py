@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from openseer.data.cache import default_cache_dir
 from openseer.hardware import hardware_name, usable_cores
@@ -121,6 +122,13 @@ def swav_step_fn(
         return crops[0].shape[0]
 
     return step
+
+
+def training_flops(step: Callable[[list[torch.Tensor]], object], crops: list[torch.Tensor]) -> float:
+    """FLOPs of one training step (forward and backward; the optimiser's element-wise work is not counted)."""
+    with FlopCounterMode(display=False) as counter:
+        step(crops)
+    return float(counter.get_total_flops())
 
 
 def images_per_second(step: Callable[[], int], steps: int, warmup: int, device: torch.device) -> float:

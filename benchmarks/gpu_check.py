@@ -133,8 +133,7 @@ def _seer_step_config(  # noqa: ANN202 - PretrainConfig
 
 def _time_step(cfg, device: torch.device, steps: int, warmup: int) -> tuple[float, float]:  # noqa: ANN001
     """(images/s, training GFLOP per image) of the loop's step on ready-made crops."""
-    from _common import images_per_second, swav_step_fn, synthetic_crops
-    from throughput import training_flops
+    from _common import images_per_second, swav_step_fn, synthetic_crops, training_flops
 
     step = swav_step_fn(cfg, device)
     crops = synthetic_crops(cfg, device)

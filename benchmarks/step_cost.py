@@ -10,8 +10,9 @@ same ready-made crops, each from its own initial weights, and the fastest step o
     python benchmarks/step_cost.py --threads 1 --precision bf16 stride4="model.output_stride=4"
 
 Each variant is ``NAME=OVERRIDES`` (overrides split on the spaces between ``key=value`` pairs); the preset
-itself is always the first, ``preset``; ``--common`` overrides apply to it and to every variant. Printed per variant: the fastest and median step, its ratio to the
-preset's fastest step and the training FLOPs of one step (forward and backward, ``FlopCounterMode``).
+itself is always the first, ``preset``; ``--common`` overrides apply to it and to every variant. Printed per
+variant: the fastest and median step, its ratio to the preset's fastest step and the training FLOPs of one step
+(forward and backward, ``FlopCounterMode``).
 Last line: ``preset_s=<x> <name>_ratio=<x> ... <name>_flops_ratio=<x> ... threads=<n> precision=<p> cpu=<model>``.
 """
 
@@ -21,11 +22,14 @@ import argparse
 import re
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
-from _common import machine, swav_step_fn, synthetic_crops  # the sibling module (its folder is on sys.path)
-from torch.utils.flop_counter import FlopCounterMode
+from _common import (  # the sibling module (its folder is on sys.path when run)
+    machine,
+    swav_step_fn,
+    synthetic_crops,
+    training_flops,
+)
 
 from openseer.config import load_config
 from openseer.train.config import PretrainConfig
@@ -33,19 +37,17 @@ from openseer.train.config import PretrainConfig
 _PAIR = re.compile(r"\s+(?=[\w.]+=)")  # a space that starts the next key=value pair
 
 
+def split_overrides(text: str) -> list[str]:
+    """``key=value key=value`` -> its overrides; a value may hold spaces (YAML flow lists)."""
+    return [o for o in _PAIR.split(text.strip()) if o]
+
+
 def parse_variant(text: str) -> tuple[str, list[str]]:
-    """``NAME=key=value key=value`` -> (NAME, overrides); a value may hold spaces (YAML flow lists)."""
+    """``NAME=key=value key=value`` -> (NAME, overrides)."""
     name, sep, overrides = text.partition("=")
     if not sep or not name.isidentifier():
         raise SystemExit(f"a variant is NAME=OVERRIDES, got {text!r}")
-    return name, [o for o in _PAIR.split(overrides.strip()) if o]
-
-
-def step_flops(step: Callable[[list[torch.Tensor]], int], crops: list[torch.Tensor]) -> float:
-    """Training FLOPs of one step (forward and backward) on ``crops``."""
-    with FlopCounterMode(display=False) as counter:
-        step(crops)
-    return float(counter.get_total_flops())
+    return name, split_overrides(overrides)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu, cores = machine(device)
-    common = parse_variant(f"common={args.common}")[1]
+    common = split_overrides(args.common)
     variants = [("preset", [])] + [parse_variant(v) for v in args.variants]
     runs = {}
     for name, overrides in variants:
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> str:
         step = swav_step_fn(cfg, device, precision=args.precision, compiled=False)
         crops = synthetic_crops(cfg, device)
         step(crops)  # first step: kernel choice, allocation
-        runs[name] = (step, crops, step_flops(step, crops))
+        runs[name] = (step, crops, training_flops(step, crops))
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, (step, crops, _) in runs.items():

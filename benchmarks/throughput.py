@@ -48,8 +48,8 @@ from _common import (  # the sibling module (its folder is on sys.path when run)
     matmul_peak_gflops,
     swav_step_fn,
     synthetic_crops,
+    training_flops,
 )
-from torch.utils.flop_counter import FlopCounterMode
 
 from openseer.config import load_config
 from openseer.hardware import device_native_bf16
@@ -66,13 +66,6 @@ def end_to_end_rate(cfg: PretrainConfig, warmup: int) -> float:
     lines = (Path(cfg.run.out_dir) / "metrics.jsonl").read_text().splitlines()
     rates = [r["imgs_per_s"] for r in map(json.loads, lines) if "imgs_per_s" in r and r["step"] > warmup]
     return len(rates) / sum(1.0 / r for r in rates) if rates else float("nan")  # images per total time
-
-
-def training_flops(step, crops: list[torch.Tensor]) -> float:
-    """FLOPs of one training step (forward and backward; the optimiser's element-wise work is not counted)."""
-    with FlopCounterMode(display=False) as counter:
-        step(crops)
-    return float(counter.get_total_flops())
 
 
 # the operators of a step, by what they do; the kernels torch.compile generates (names "..._cpp_fused_..." when
