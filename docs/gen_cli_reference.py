@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from _generated import generate  # the sibling module (this folder is on sys.path when run)
+
 OUT = Path(__file__).resolve().parent / "cli.md"
 WIDTH = (
     "100"  # argparse wraps help to the terminal width: fix it so the output does not depend on the machine
@@ -50,6 +52,7 @@ the closest one, a bad value, an unreadable checkpoint, missing data), before do
 [commands.md](commands.md) for examples and [config.md](config.md) for the keys of `openseer pretrain` by section.
 """
 
+
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:  # argparse exposes sub-commands only through this private list
         if isinstance(action, argparse._SubParsersAction):
@@ -77,20 +80,7 @@ def render() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        if (OUT.read_text() if OUT.exists() else "") != text:
-            print(f"{OUT} is out of date: run python docs/gen_cli_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
-    return 0
+    return generate(__file__, OUT, render)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ the code: ``tests/test_docs.py`` fails until this script is rerun.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_args
+
+from _generated import generate  # the sibling module (this folder is on sys.path when run)
 
 from openseer.cli.reference import NO_DEFAULT, PRETRAIN_FALLBACK, class_doc, key_docs, type_text, value_text
 from openseer.config import preset_names
@@ -88,24 +89,18 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def stale_descriptions() -> list[str]:
+    """Keys that PRETRAIN_FALLBACK describes but no config has any longer."""
+    stale = sorted(set(PRETRAIN_FALLBACK) - all_keys())
+    if not stale:
+        return []
+    return [
+        f"PRETRAIN_FALLBACK (openseer/cli/reference.py) describes keys that no longer exist: {', '.join(stale)}"
+    ]
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        current = OUT.read_text() if OUT.exists() else ""
-        stale = sorted(set(PRETRAIN_FALLBACK) - all_keys())
-        if stale:
-            print(f"PRETRAIN_FALLBACK (openseer/cli/reference.py) describes keys that no longer exist: {', '.join(stale)}", file=sys.stderr)
-        if current != text:
-            print(f"{OUT} is out of date: run python docs/gen_config_reference.py", file=sys.stderr)
-        return 1 if stale or current != text else 0
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
-    return 0
+    return generate(__file__, OUT, render, stale_descriptions)
 
 
 if __name__ == "__main__":

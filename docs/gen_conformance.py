@@ -10,9 +10,10 @@ this page is current.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from _generated import generate  # the sibling module (this folder is on sys.path when run)
 
 from openseer.config import load_config
 from openseer.presets.reference import QUANTITIES, REFERENCES, Reference, Value, same
@@ -93,22 +94,7 @@ def mismatches() -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        current = OUT.read_text() if OUT.exists() else ""
-        if current != text:
-            print(f"{OUT} is out of date: run python docs/gen_conformance.py", file=sys.stderr)
-        for problem in mismatches():
-            print(problem, file=sys.stderr)
-        return 1 if current != text or mismatches() else 0
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
-    return 0
+    return generate(__file__, OUT, render, mismatches)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ never pays for a pretraining.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pytest
@@ -62,6 +65,25 @@ def fresh_compile_record(monkeypatch: pytest.MonkeyPatch) -> None:
     from openseer.train import compile_cache
 
     monkeypatch.setattr(compile_cache, "_compiled_in_process", set())
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.fixture
+def docs_generator(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
+    """Loads a page generator of docs/ (``gen_*.py``) by name as a module, with its folder on ``sys.path`` for
+    the sibling module it imports."""
+    monkeypatch.syspath_prepend(str(DOCS))
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, DOCS / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def _pretrain(folder: Path, out: Path, **changes: object) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -23,14 +23,6 @@ LARGE = ("swav-rn50", "seer-rg256gf", "seer-10b")
 @functools.cache
 def _config(preset: str) -> PretrainConfig:
     return load_config(PretrainConfig, [preset])
-
-
-def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_conformance", DOCS / "gen_conformance.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_large_scale_preset_has_a_reference() -> None:
@@ -75,8 +67,10 @@ def test_same_compares_numbers_to_a_relative_tolerance() -> None:
     assert same("DDP", "DDP") and not same("DDP", "FSDP")
 
 
-def test_check_flags_a_row_that_no_longer_holds(monkeypatch: pytest.MonkeyPatch) -> None:
-    gen = _generator()
+def test_check_flags_a_row_that_no_longer_holds(
+    monkeypatch: pytest.MonkeyPatch, docs_generator: Callable[[str], ModuleType]
+) -> None:
+    gen = docs_generator("gen_conformance")
     assert gen.mismatches() == []
     ten_b = reference("seer-10b")
     rows = tuple(dataclasses.replace(r, value=0.05) if r.quantity == "epsilon" else r for r in ten_b.rows)
@@ -86,8 +80,8 @@ def test_check_flags_a_row_that_no_longer_holds(monkeypatch: pytest.MonkeyPatch)
     assert "seer-10b: epsilon" in problem and "0.03" in problem
 
 
-def test_conformance_page_is_current() -> None:
-    assert (DOCS / "conformance.md").read_text() == _generator().render(), (
+def test_conformance_page_is_current(docs_generator: Callable[[str], ModuleType]) -> None:
+    assert (DOCS / "conformance.md").read_text() == docs_generator("gen_conformance").render(), (
         "run: python docs/gen_conformance.py"
     )
 

@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -23,26 +24,18 @@ PAGES = sorted(DOCS.glob("*.md"))
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, DOCS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _blocks(page: Path, languages: tuple[str, ...]) -> list[str]:
     return [body for lang, body in FENCE.findall(page.read_text()) if lang in languages]
 
 
-def test_config_reference_is_current() -> None:
-    gen = _script("gen_config_reference")
+def test_config_reference_is_current(docs_generator: Callable[[str], ModuleType]) -> None:
+    gen = docs_generator("gen_config_reference")
     assert (DOCS / "config.md").read_text() == gen.render(), "run: python docs/gen_config_reference.py"
     assert not set(PRETRAIN_FALLBACK) - gen.all_keys(), "PRETRAIN_FALLBACK describes keys that no longer exist"
 
 
-def test_every_config_key_is_documented() -> None:
-    gen = _script("gen_config_reference")
+def test_every_config_key_is_documented(docs_generator: Callable[[str], ModuleType]) -> None:
+    gen = docs_generator("gen_config_reference")
     text = (DOCS / "config.md").read_text()
     undocumented = [
         k for k in sorted(gen.all_keys()) if re.search(rf"^\| `{re.escape(k)}` \|.*\|  \|$", text, re.M)
@@ -50,8 +43,8 @@ def test_every_config_key_is_documented() -> None:
     assert not undocumented, f"config keys without a description: {undocumented}"
 
 
-def test_cli_reference_is_current() -> None:
-    assert (DOCS / "cli.md").read_text() == _script("gen_cli_reference").render(), (
+def test_cli_reference_is_current(docs_generator: Callable[[str], ModuleType]) -> None:
+    assert (DOCS / "cli.md").read_text() == docs_generator("gen_cli_reference").render(), (
         "run: python docs/gen_cli_reference.py"
     )
 
