@@ -43,6 +43,29 @@ def test_every_config_key_is_documented(docs_generator: Callable[[str], ModuleTy
     assert not undocumented, f"config keys without a description: {undocumented}"
 
 
+def test_generators_write_or_report_a_stale_page(
+    docs_generator: Callable[[str], ModuleType],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    generate = docs_generator("_generated").generate
+    page = tmp_path / "page.md"
+
+    def run(*argv: str, problems: Callable[[], list[str]] = list) -> int:
+        monkeypatch.setattr("sys.argv", ["gen_page.py", *argv])
+        return generate("docs/gen_page.py", page, lambda: "current\n", problems)
+
+    assert run("--check") == 1  # no page yet
+    assert "page.md is out of date: run python docs/gen_page.py" in capsys.readouterr().err
+    assert run() == 0 and page.read_text() == "current\n"
+    assert run("--check") == 0 and capsys.readouterr().err == ""
+    assert run("--check", problems=lambda: ["a row no longer holds"]) == 1
+    assert capsys.readouterr().err == "a row no longer holds\n"
+    page.write_text("stale\n")
+    assert run("--check") == 1 and page.read_text() == "stale\n"  # checking never writes
+
+
 def test_cli_reference_is_current(docs_generator: Callable[[str], ModuleType]) -> None:
     assert (DOCS / "cli.md").read_text() == docs_generator("gen_cli_reference").render(), (
         "run: python docs/gen_cli_reference.py"
