@@ -22,6 +22,9 @@ from openseer.train.pretrain import objective
 from openseer.train.step import autocast_for, training_step
 
 REPO = Path(__file__).resolve().parents[1]
+# the generators the benchmarks share with the test suite (tests/support: tiny configs, the bad-input corpus,
+# the rehearsal's scaling, multi-process environments); importing this module makes them importable
+sys.path.insert(0, str(REPO / "tests"))
 CIFAR_TAR = REPO.parent / "shared" / "data" / "cifar10-train.tar.gz"
 
 

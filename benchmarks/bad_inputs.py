@@ -1,6 +1,6 @@
 """Every kind of troublesome image file through the loader, the decoded-image cache and a short pretraining.
 
-Writes the corpus of ``openseer.data.bad_corpus`` (good JPEGs and PNGs, then a truncated JPEG, an empty file, a web
+Writes the corpus of ``support.bad_corpus (tests/support/bad_corpus.py)`` (good JPEGs and PNGs, then a truncated JPEG, an empty file, a web
 page named .jpg, a PNG header followed by junk, a 30000x30000 decompression bomb, a 1x1 image, CMYK, 16-bit,
 palette + transparency, grey + alpha, EXIF-rotated, animated GIF and WebP, a symlink loop and a chmod-000 file)
 into a temporary folder, then:
@@ -27,9 +27,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import _common  # noqa: F401  (the sibling module: puts tests/support on sys.path)
 from PIL import Image
+from support.bad_corpus import LOOP_REASON, CorpusEntry, write_bad_corpus
 
-from openseer.data.bad_corpus import LOOP_REASON, CorpusEntry, write_bad_corpus
 from openseer.data.cache import decode_to_uint8
 from openseer.data.folders import list_images
 from openseer.data.images import BadImageError, load_rgb
@@ -59,8 +60,9 @@ def observe(entry: CorpusEntry, listed: set[Path]) -> tuple[str, str]:
 
 
 def _pretrain_one_epoch(folder: Path, out: Path, n_files: int) -> dict:
+    from support import tiny_overrides
+
     from openseer.config import load_config
-    from openseer.testing import tiny_overrides
     from openseer.train.config import PretrainConfig
     from openseer.train.pretrain import pretrain
 

@@ -15,7 +15,7 @@ finish before the deadline is skipped and says so):
 4. ``compile``: the RegNetY-8GF step with ``torch.compile`` of the model (``run.compile``): compile time (first
    step) and images/s after it.
 5. ``rehearsal``: the real pretraining loop (``openseer.train.pretrain``) for 200 steps of the ``seer-rg256gf``
-   preset with only its sizes scaled down (``openseer/presets/rehearsal.py``: RegNetY-200MF, 2x32 + 4x14
+   preset with only its sizes scaled down (``tests/support/rehearsal.py``: RegNetY-200MF, 2x32 + 4x14
    crops) on the GPU (built-in data, bf16): steps done, final loss, images/s.
 
 Without a CUDA GPU it prints one explanatory line and a last line ``gpu=none``, and exits 0, so that CI and
@@ -252,13 +252,14 @@ def section_compile(check: Check, device: torch.device, args: argparse.Namespace
 
 
 def section_rehearsal(check: Check, device: torch.device, args: argparse.Namespace) -> None:
+    from support.rehearsal import rehearsal_overrides
+
     from openseer.data.builtin import load_builtin
-    from openseer.presets.rehearsal import rehearsal_overrides
     from openseer.train.pretrain import pretrain
 
     batch = 32 if args.cpu_smoke else 64
     n_train = len(load_builtin("train").images)  # Debian's 60,000 or the shipped slice
-    # SEER's recipe with only its sizes scaled down (openseer/presets/rehearsal.py), in bf16, on the built-in data
+    # SEER's recipe with only its sizes scaled down (tests/support/rehearsal.py), in bf16, on the built-in data
     scaled = rehearsal_overrides(PRESET, args.rehearsal_steps, 1, n_train, batch_size=batch, bf16=True)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("OPENSEER_CACHE", str(Path(tmp) / "cache"))

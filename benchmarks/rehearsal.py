@@ -4,7 +4,7 @@ killed part-way, resumed, and scored.
     python benchmarks/rehearsal.py --preset swav-rn50
     python benchmarks/rehearsal.py --preset seer-rg256gf --steps 300 --data cifar10
 
-What is scaled, and why the rest stays, is in ``openseer/presets/rehearsal.py``. The run is launched with
+What is scaled, and why the rest stays, is in ``tests/support/rehearsal.py``. The run is launched with
 torchrun's variables (2 processes, gloo), killed with SIGKILL once it has logged ``--kill-at`` of its steps (after a
 checkpoint, before the next), resumed with ``--resume`` and run to the end; then its backbone is scored with
 weighted kNN (k=200, T=0.1) on the held-out images, against the same network at random initialisation.
@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 from _common import cifar10_folder, machine  # the sibling module (its folder is on sys.path when run)
+from support import free_port, rank_env
+from support.rehearsal import rehearsal_overrides
 
 from openseer.config import load_config
 from openseer.eval.clusters import ClustersConfig, run_clusters
@@ -35,8 +37,6 @@ from openseer.eval.embed import FeatureConfig
 from openseer.eval.pretraining import evaluate_pretraining
 from openseer.eval.report import read_metrics
 from openseer.hardware import device_native_bf16
-from openseer.presets.rehearsal import rehearsal_overrides
-from openseer.testing import free_port, rank_env
 from openseer.train.config import PretrainConfig
 from openseer.train.data import prepare_data
 

@@ -22,7 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from openseer.testing import free_port
+import _common  # noqa: F401  (the sibling module: puts tests/support on sys.path)
+from support import free_port
 
 
 def run(procs: int, steps: int, global_batch: int, out: Path) -> float:

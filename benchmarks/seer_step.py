@@ -28,12 +28,12 @@ import resource
 import sys
 import time
 
+import _common  # noqa: F401  (the sibling module: puts tests/support on sys.path)
 import torch
 import torch.multiprocessing as mp
+from support import free_port
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-
-from openseer.testing import free_port
 
 FALLBACK = ("regnety_256gf", "regnety_128gf", "regnety_64gf", "regnety_32gf", "regnety_16gf")
 GIB = 2**30

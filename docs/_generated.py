@@ -12,6 +12,9 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+# the conformance table's data lives with the tests that check it (tests/support/reference.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 
 def generate(
     script: str, out: Path, render: Callable[[], str], problems: Callable[[], Iterable[str]] = tuple

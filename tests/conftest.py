@@ -21,8 +21,7 @@ import pytest
 
 if TYPE_CHECKING:  # imported where used: the xdist controller loads this file too, and never needs torch
     import torch
-
-    from openseer.testing import WeightSource
+    from support import WeightSource
 
 # fixtures that run a pretraining: tiny_run, and weight_source, which asks for one of the source_* fixtures (all
 # built from tiny_run) by name at run time; pytest's closure of a test's fixtures includes those they ask for
@@ -30,6 +29,12 @@ PRETRAINING_FIXTURES = frozenset({"tiny_run", "weight_source"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # tests/support (pyproject's pythonpath) for the processes the tests start too: several run a test file as
+    # a script, one per rank of a local multi-process run
+    tests_dir = str(Path(__file__).resolve().parent)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if tests_dir not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([tests_dir, *paths])
     # an xdist worker (`pytest -n N` on N cores) computes with one thread: N workers of the default one thread
     # per core each would oversubscribe the cores, and oneDNN's spinning threads then slow every test down
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -87,8 +92,9 @@ def docs_generator(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleTyp
 
 
 def _pretrain(folder: Path, out: Path, **changes: object) -> Path:
+    from support import tiny_overrides
+
     from openseer.config import load_config
-    from openseer.testing import tiny_overrides
     from openseer.train.config import PretrainConfig
     from openseer.train.pretrain import pretrain
 
@@ -99,7 +105,7 @@ def _pretrain(folder: Path, out: Path, **changes: object) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(run folder, image folder) of a 2-step pretraining on 36 images of 3 classes; shared, do not modify."""
-    from openseer.testing import cache_env, make_image_folder
+    from support import cache_env, make_image_folder
 
     root = tmp_path_factory.mktemp("tiny")
     folder = make_image_folder(root / "imgs")
@@ -146,9 +152,10 @@ def tiny_state(tiny_run: tuple[Path, Path]) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def tiny_linear(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The output folder of a linear probe on the tiny run (``RUN/linear``: checkpoints/ckpt-*.pt)."""
+    from support import cache_env
+
     from openseer.eval.embed import FeatureConfig
     from openseer.eval.linear import LinearConfig, ProbeConfig, run_linear
-    from openseer.testing import cache_env
 
     run, folder = tiny_run
     root = tmp_path_factory.mktemp("linear")
@@ -168,9 +175,10 @@ def tiny_linear(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="session")
 def tiny_finetune(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ckpt-*.pt written by a 1-epoch fine-tuning of the tiny run."""
+    from support import cache_env
+
     from openseer.eval.finetune import FinetuneConfig, run_finetune
     from openseer.eval.recipe import RecipeConfig
-    from openseer.testing import cache_env
 
     run, folder = tiny_run
     root = tmp_path_factory.mktemp("finetune")
@@ -198,15 +206,16 @@ def tiny_classifier_weights(tiny_linear: Path):  # noqa: ANN201 - openseer.weigh
 
 @pytest.fixture(scope="session")
 def source_run(tiny_run: tuple[Path, Path], tiny_state: dict, tiny_linear: Path) -> WeightSource:
-    from openseer.testing import WeightSource
+    from support import WeightSource
 
     return WeightSource("run", tiny_run[0], _backbone_of(tiny_state), True, tiny_linear, CLASS_NAMES)
 
 
 @pytest.fixture(scope="session")
 def source_ckpt(tiny_run: tuple[Path, Path], tiny_state: dict, tiny_finetune: Path) -> WeightSource:
+    from support import WeightSource
+
     from openseer.fileio.checkpoint import latest_checkpoint
-    from openseer.testing import WeightSource
 
     ckpt = latest_checkpoint(tiny_run[0] / "checkpoints")
     return WeightSource("ckpt", ckpt, _backbone_of(tiny_state), True, tiny_finetune, CLASS_NAMES)
@@ -218,9 +227,9 @@ def source_fsdp(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFa
     (``checkpoints/dcp-*``) as an FSDP job of any size does; the reference tensors come from torch's own
     DCP -> torch.save converter."""
     import torch
+    from support import WeightSource, cache_env
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    from openseer.testing import WeightSource, cache_env
     from openseer.train.sharded_checkpoint import latest_sharded
 
     root = tmp_path_factory.mktemp("fsdp")
@@ -243,8 +252,8 @@ def source_vissl(
 ) -> WeightSource:
     """The tiny run's trunk and SwAV head in VISSL's layout (as SEER's released files), and a fine-tuned one."""
     import torch
+    from support import WeightSource
 
-    from openseer.testing import WeightSource
     from openseer.weights.vissl import to_vissl_checkpoint
 
     root = tmp_path_factory.mktemp("vissl")
@@ -265,8 +274,8 @@ def source_timm(
     """The tiny run's backbone as a timm Hub ``model.safetensors``, and a fine-tuned ``pytorch_model.bin``."""
     import torch
     from safetensors.torch import save_file
+    from support import WeightSource
 
-    from openseer.testing import WeightSource
     from openseer.weights.timm_weights import to_timm
 
     root = tmp_path_factory.mktemp("timm")
@@ -282,7 +291,8 @@ def source_timm(
 @pytest.fixture(scope="session")
 def source_imported(source_vissl: WeightSource, tmp_path_factory: pytest.TempPathFactory) -> WeightSource:
     """What ``openseer import-weights`` writes: the VISSL file above, and its fine-tuned one with class names."""
-    from openseer.testing import WeightSource
+    from support import WeightSource
+
     from openseer.weights import load_weights, save_weights
 
     root = tmp_path_factory.mktemp("imported")
@@ -299,8 +309,9 @@ def source_exported(
     tiny_run: tuple[Path, Path], tiny_state: dict, tiny_linear: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> WeightSource:
     """What ``openseer export --format safetensors`` writes: the run's backbone, and a classifier with its head."""
+    from support import WeightSource
+
     from openseer.interop.export import export
-    from openseer.testing import WeightSource
     from openseer.weights import load_weights
 
     root = tmp_path_factory.mktemp("exported")

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from safetensors.torch import load_file
+from support import FAST_EVAL, tiny_classifier, tiny_overrides
+from support.bad_corpus import BOMB_SIDE, CorpusEntry, write_bad_corpus
 
 from openseer.cli import main as cli_main
-from openseer.data.bad_corpus import BOMB_SIDE, CorpusEntry, write_bad_corpus
 from openseer.data.folders import list_images
 from openseer.data.images import BadImageError, load_rgb
 from openseer.eval.predict import save_classifier
 from openseer.fileio.checkpoint import latest_checkpoint
-from openseer.testing import FAST_EVAL, tiny_classifier, tiny_overrides
 
 
 def _locked(path: object) -> bool:

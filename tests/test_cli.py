@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from support import FAST_EVAL
 
 import openseer
 from openseer.cli import EXIT_OUT_OF_MEMORY, EXIT_USER_ERROR, is_out_of_memory
 from openseer.cli import main as cli_main
 from openseer.fileio.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from openseer.testing import FAST_EVAL
 
 TINY = [
     "model.arch=regnety_200mf",

@@ -1,4 +1,4 @@
-"""The large-scale presets against the recipes they reproduce (openseer/presets/reference.py): every row holds
+"""The large-scale presets against the recipes they reproduce (tests/support/reference.py): every row holds
 (a match matches, a deliberate difference differs and says why), every required quantity is stated, and
 docs/conformance.md is what docs/gen_conformance.py renders."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from support.reference import QUANTITIES, REFERENCES, REQUIRED, Reference, Row, reference, same
 
 from openseer.config import load_config, preset_names
-from openseer.presets.reference import QUANTITIES, REFERENCES, REQUIRED, Reference, Row, reference, same
 from openseer.train.config import PretrainConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

@@ -6,10 +6,10 @@ import textwrap
 
 import pytest
 import torch
+from support import free_port, rank_env
 
 from openseer import distributed
 from openseer.swav.sinkhorn import sinkhorn, sinkhorn_reference
-from openseer.testing import free_port, rank_env
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import WeightSource, assert_same_features
 
 import openseer
 from openseer.eval.clusters import ClustersConfig, run_clusters
@@ -30,7 +31,6 @@ from openseer.eval.predict import PredictConfig, run_predict
 from openseer.eval.recipe import RecipeConfig
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.interop.export import export
-from openseer.testing import WeightSource, assert_same_features
 from openseer.weights import load_weights
 
 pytestmark = pytest.mark.slow  # every source comes from a pretraining

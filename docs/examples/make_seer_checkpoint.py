@@ -11,10 +11,24 @@ from __future__ import annotations
 import argparse
 
 import torch
+from torch import nn
 
 from openseer.models import SwAVHead, build_backbone
-from openseer.testing import randomize_batchnorm
 from openseer.weights.vissl import to_vissl_checkpoint
+
+
+def randomize_batchnorm(module: nn.Module, seed: int) -> nn.Module:
+    """Random BatchNorm statistics and affine terms, as a trained network has (a freshly built one has 0 and 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+    return module.eval()
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from support import free_port, make_image_folder, tiny_overrides
 
 from openseer import distributed
-from openseer.testing import free_port, make_image_folder, tiny_overrides
 
 TIMEOUT_S = 10
 

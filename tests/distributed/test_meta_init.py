@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import free_port, rank_env
 
 from openseer.config import load_config
-from openseer.testing import free_port, rank_env
 from openseer.train.config import PretrainConfig
 
 OVERRIDES = [

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from support import free_port, rank_env
 
 from openseer.models import SwAVHead, SwAVModel, build_backbone, feature_dim
 from openseer.optim import LARS, param_groups
 from openseer.swav import EmbeddingQueue, sinkhorn, swav_loss
-from openseer.testing import free_port, rank_env
 
 BATCH = 4  # per process
 CROPS = [16, 16, 8, 8]

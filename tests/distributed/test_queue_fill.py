@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from openseer.testing import free_port, rank_env
+from support import free_port, rank_env
 
 BATCH = 4  # per process
 QUEUE = 8  # rows per process

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import free_port, rank_env, tiny_overrides
 
 from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint
-from openseer.testing import free_port, rank_env, tiny_overrides
 
 
 def _overrides(out: Path, strategy: str, max_steps: int) -> list[str]:

@@ -10,8 +10,8 @@ import threading
 
 import pytest
 import torch
+from support import INDEX_AUGMENT, INDEX_CROPS, crop_indices, index_images
 
-from openseer.testing import INDEX_AUGMENT, INDEX_CROPS, crop_indices, index_images
 from openseer.train.data import TensorBatches, _EpochBatchSampler
 
 N, BATCH, WORLD = 40, 4, 2

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from support import INDEX_AUGMENT, INDEX_CROPS, crop_indices
 
 from openseer.cli import main as cli_main
 from openseer.data.folders import DataError
@@ -26,7 +27,6 @@ from openseer.data.shards import (
     resolve_shards,
     round_robin_resume,
 )
-from openseer.testing import INDEX_AUGMENT, INDEX_CROPS, crop_indices
 from openseer.train.config import DataConfig
 from openseer.train.data import prepare_data
 

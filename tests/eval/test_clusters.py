@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from support import FAST_EVAL
 
 from openseer.cli import main as cli_main
 from openseer.eval.clusters import assign, cluster_sizes, largest, most_confident, prototype_scores
 from openseer.models import SwAVHead
-from openseer.testing import FAST_EVAL
 
 
 def test_assignment_sizes_and_confidence() -> None:

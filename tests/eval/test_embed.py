@@ -12,6 +12,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from safetensors.torch import load_file
+from support import FAST_EVAL, assert_same_features, make_image_folder
 
 from openseer.cli import main as cli_main
 from openseer.data.folders import DataError, split_per_class
@@ -20,7 +21,6 @@ from openseer.data.preprocess import Preprocess
 from openseer.eval.embed import EmbedConfig, Embedder, FeatureConfig, model_digest, run_embed
 from openseer.fileio.checkpoint import latest_checkpoint
 from openseer.models import build_backbone
-from openseer.testing import FAST_EVAL, assert_same_features, make_image_folder
 
 # ============ data specs ============
 

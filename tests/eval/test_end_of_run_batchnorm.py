@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import randomize_batchnorm
 from torch import nn
 
 from openseer.config import to_dict
 from openseer.eval.features import recalibrate_batchnorm
 from openseer.fileio.checkpoint import save_checkpoint
 from openseer.models import build_model
-from openseer.testing import randomize_batchnorm
 from openseer.train.config import PretrainConfig
 from openseer.weights import load_weights
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support import FAST_EVAL
 
 from openseer.cli import build_parser
 from openseer.cli import main as cli_main
@@ -14,7 +15,6 @@ from openseer.config import load_config
 from openseer.eval.embed import FeatureConfig
 from openseer.eval.knn import KnnConfig
 from openseer.eval.lowshot import LowShotConfig
-from openseer.testing import FAST_EVAL
 
 COMMANDS = ["embed", "knn", "linear", "finetune", "lowshot", "predict", "neighbors", "clusters", "report"]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import FAST_EVAL
 
 from openseer.cli import main as cli_main
 from openseer.eval.linear import (
@@ -19,7 +20,6 @@ from openseer.eval.linear import (
 )
 from openseer.eval.predict import load_classifier
 from openseer.fileio.checkpoint import load_checkpoint, resolve_checkpoint
-from openseer.testing import FAST_EVAL
 
 
 def separable(

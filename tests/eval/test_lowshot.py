@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import FAST_EVAL
 
 from openseer.cli import main as cli_main
 from openseer.config import from_dict
 from openseer.data.labelled import EvalData
 from openseer.eval.lowshot import LowShotConfig, format_lowshot, label_subsets, mean_std, run_lowshot
-from openseer.testing import FAST_EVAL
 
 
 def test_subsets_are_balanced_and_deterministic_per_seed() -> None:

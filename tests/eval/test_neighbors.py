@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from support import FAST_EVAL
 
 from openseer.cli import main as cli_main
 from openseer.eval.neighbors import nearest
-from openseer.testing import FAST_EVAL
 
 
 def test_nearest_ranks_by_cosine_not_length() -> None:

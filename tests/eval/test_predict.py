@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import support
 import torch
 from PIL import Image
+from support import make_image_folder
 
-from openseer import testing
 from openseer.cli import main as cli_main
 from openseer.eval.predict import (
     Classifier,
@@ -20,13 +21,12 @@ from openseer.eval.predict import (
     save_classifier,
 )
 from openseer.fileio.checkpoint import CheckpointError
-from openseer.testing import make_image_folder
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
 
 
 def tiny_classifier(resize: str = "center_crop") -> Classifier:
-    return testing.tiny_classifier(CLASSES, resize)
+    return support.tiny_classifier(CLASSES, resize)
 
 
 def random_images(n: int, size: int = 24) -> list[Image.Image]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import cache_env
 
 from openseer.cli import main as cli_main
 from openseer.eval.linear import ProbeConfig
@@ -25,7 +26,6 @@ from openseer.eval.report import (
     run_curves,
     tail_change,
 )
-from openseer.testing import cache_env
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 

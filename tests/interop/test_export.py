@@ -9,6 +9,7 @@ from typing import get_args
 
 import pytest
 import torch
+from support import randomize_batchnorm
 from torch import nn
 
 from openseer.cli import main as cli_main
@@ -17,7 +18,6 @@ from openseer.fileio.checkpoint import save_checkpoint
 from openseer.interop.config import EXPORT_SUFFIXES, ExportConfig
 from openseer.interop.export import FORMATS, export, relative_error
 from openseer.models import build_model
-from openseer.testing import randomize_batchnorm
 from openseer.train.config import PretrainConfig
 from openseer.weights import load_weights
 

@@ -9,12 +9,12 @@ import timm
 import timm.models.regnet as timm_regnet
 import torch
 from safetensors.torch import save_file
+from support import assert_same_features, random_inputs, randomize_batchnorm
 
 from openseer.api import PretrainedModel
 from openseer.cli import main as cli_main
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.regnet import REGNETY
-from openseer.testing import assert_same_features, random_inputs, randomize_batchnorm
 from openseer.weights import load_weights
 from openseer.weights.timm_weights import to_timm
 

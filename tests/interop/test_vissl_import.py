@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import assert_same_features, random_inputs, randomize_batchnorm
 from torch import nn
 
 from openseer.cli import main as cli_main
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.backbone import build_backbone
 from openseer.models.head import SwAVHead
-from openseer.testing import assert_same_features, random_inputs, randomize_batchnorm
 from openseer.weights import load_weights
 from openseer.weights.vissl import to_vissl_checkpoint
 

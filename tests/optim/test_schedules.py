@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.reference import reference
 
 import openseer
 from openseer.config import load_config
 from openseer.optim.schedules import cosine_schedule, warmup_length
-from openseer.presets.reference import reference
 from openseer.train.config import PretrainConfig
 
 PRESETS = Path(openseer.__file__).parent / "presets"

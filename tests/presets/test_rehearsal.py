@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from support.reference import QUANTITIES, REFERENCES, planned_steps, reference, same
+from support.rehearsal import rehearsal_overrides
 
 from openseer.config import load_config
-from openseer.presets.reference import QUANTITIES, REFERENCES, planned_steps, reference, same
-from openseer.presets.rehearsal import rehearsal_overrides
 from openseer.train.config import PretrainConfig
 
 STEPS, WORLD, N_TRAIN, BATCH = 300, 2, 60_000, 64
@@ -20,7 +20,7 @@ SIZES = {
     "trunk",
     "conv_init",  # the trunk's own (swav-rn50's ResNet-50 becomes a RegNetY)
     "head",  # widths (depth is another row)
-    "head_bn",  # SEER's head without BatchNorm collapses at this size (see openseer/presets/rehearsal.py)
+    "head_bn",  # SEER's head without BatchNorm collapses at this size (see tests/support/rehearsal.py)
     "prototypes",
     "queue",
     "freeze",
@@ -30,7 +30,7 @@ SIZES = {
     "warmup_share",  # rounded to whole steps of a shorter run: checked below to one step
     "epochs",
     "sync_bn",  # no CPU kernels in torch
-    "last_bn_init",  # a small trunk on tiny crops collapses from VISSL's init (see openseer/presets/rehearsal.py)
+    "last_bn_init",  # a small trunk on tiny crops collapses from VISSL's init (see tests/support/rehearsal.py)
     "blur",  # sigma is in pixels
     "blur_extent",
 }

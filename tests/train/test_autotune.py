@@ -9,9 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import support
 import torch
 
-from openseer import testing
 from openseer.config import load_config
 from openseer.hardware import hardware_name
 from openseer.models import build_model
@@ -155,7 +155,7 @@ def test_a_run_that_compiles_marks_its_step_warm(tmp_path: Path, monkeypatch):
 
 def _tiny(tmp_path: Path, **changes: object) -> PretrainConfig:
     return load_config(
-        PretrainConfig, overrides=testing.tiny_overrides("builtin", tmp_path / "run", **changes)
+        PretrainConfig, overrides=support.tiny_overrides("builtin", tmp_path / "run", **changes)
     )
 
 

@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from support import tiny_overrides
 
 from openseer.data.multicrop import AugmentSpec, CropSpec
 from openseer.data.shards import ShardBatches, resolve_shards
-from openseer.testing import tiny_overrides
 from openseer.train.data import BatchStream, LoaderBatches, TensorBatches
 
 BATCH = 4

@@ -13,10 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import support
 import torch
 from PIL import Image
 
-from openseer import testing
 from openseer.config import load_config
 from openseer.train import pretrain as loop
 from openseer.train.config import PretrainConfig
@@ -41,7 +41,7 @@ def test_budgeted_run_leaves_warmup_after_its_share_of_the_time(
     source = _images(tmp_path / "imgs")
     # 40 images, batch 8: 5 steps an epoch; 20,000 epochs = 100,000 planned steps, 5,000 of them warm-up (5%).
     # Read as cells of the 10,000-cell time grid, 5,000 warm-up steps would be half of the budget.
-    overrides = testing.tiny_overrides(
+    overrides = support.tiny_overrides(
         source,
         tmp_path / "run",
         data__labels="none",
@@ -81,7 +81,7 @@ def test_choosing_fast_paths_comes_out_of_the_budget(tmp_path: Path, monkeypatch
             return replace(fast, decision=replace(fast.decision, autotune_s=choosing_s))
 
         monkeypatch.setattr(loop, "choose_fast_paths", choose)
-        overrides = testing.tiny_overrides(
+        overrides = support.tiny_overrides(
             source,
             tmp_path / name,
             data__labels="none",

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import make_image_folder, tiny_overrides
 
 from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint
-from openseer.testing import make_image_folder, tiny_overrides
 
 STEPS = 12  # 36 training images, batch 8: 4 steps per epoch, 3 epochs
 

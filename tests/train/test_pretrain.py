@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from support import make_image_folder, tiny_overrides
 
 from openseer.cli import main as cli_main
 from openseer.config import ConfigError, load_config
 from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint
-from openseer.testing import make_image_folder, tiny_overrides
 from openseer.train.config import PretrainConfig, SwAVConfig
 from openseer.train.pretrain import pretrain
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import support
 import torch
 
-from openseer import testing
 from openseer.config import load_config
 from openseer.models import build_model
 from openseer.optim import LARS
@@ -18,7 +18,7 @@ from openseer.train.step import autocast_for, build_optimizer
 
 def _cfg(tmp_path: Path, **changes: object) -> PretrainConfig:
     return load_config(
-        PretrainConfig, overrides=testing.tiny_overrides("builtin", tmp_path / "run", **changes)
+        PretrainConfig, overrides=support.tiny_overrides("builtin", tmp_path / "run", **changes)
     )
 
 

@@ -37,8 +37,8 @@ from __future__ import annotations
 from typing import Any
 
 from openseer.config import load_config
-from openseer.presets.reference import planned_steps, reference, warmup_steps_of
 from openseer.train.config import PretrainConfig
+from support.reference import planned_steps, reference, warmup_steps_of
 
 ARCH = "regnety_200mf"
 
