@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: the CIFAR-10 folder, a SwAV training step on ready-made crops, timing."""
+"""What the benchmark scripts share: the CIFAR-10 folder, a SwAV training step on ready-made crops, timing, and
+the end-of-pretraining kNN score for networks that are not openseer's."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from openseer.data.cache import default_cache_dir
+from openseer.data.labelled import EvalData
+from openseer.data.preprocess import Preprocess
 from openseer.hardware import hardware_name, usable_cores
 from openseer.models import build_model
 from openseer.train.autotune import trial_optimizer
@@ -144,3 +147,23 @@ def images_per_second(step: Callable[[], int], steps: int, warmup: int, device: 
         done += step()
     synchronize(device)
     return done / (time.perf_counter() - start)
+
+
+def knn_score(
+    backbone: torch.nn.Module,
+    bank: EvalData,
+    test: EvalData,
+    cfg: PretrainConfig,
+    device: str = "auto",
+    preprocess: Preprocess | None = None,
+) -> tuple[float, float]:
+    """(top-1, top-5) of any backbone (another library's network) scored as the end of pretraining scores a run
+    (:func:`openseer.eval.pretraining.knn_on_split` with ``cfg``'s settings); ``preprocess`` defaults to
+    ``cfg``'s. Features are computed afresh, never read from the feature cache."""
+    from openseer.eval.embed import Embedder, FeatureConfig
+    from openseer.eval.pretraining import knn_on_split
+
+    features = FeatureConfig(device=device, workers=cfg.data.workers, progress=False, cache=False)
+    embedder = Embedder(backbone, preprocess or cfg.preprocess(), features, cfg.model.channels_last)
+    *_, top1, top5 = knn_on_split(embedder, bank, test, cfg, cfg.run.knn_bn_recalibrate)
+    return top1, top5

@@ -9,9 +9,9 @@ From a pretraining checkpoint, for 1% and 10% of the labels of each class (3 see
     python benchmarks/low_shot.py --checkpoint runs/bench-cifar10-20m --data cifar10
     python benchmarks/low_shot.py --checkpoint runs/cpu --data builtin
 
-``--data cifar10``: the CIFAR-10 JPEG folder of ``../shared/data``, 10% of each class held out as the test set
-with ``split_per_class(targets, 0.1, seed=0)``, the split pretraining holds out with data.holdout=0.1 and
-run.seed=0 (so no test image was seen during pretraining); the label fractions are of the other 90%. Images are
+``--data cifar10``: the CIFAR-10 JPEG folder of ``../shared/data``, the images the checkpoint's pretraining held
+out (its ``RUN/holdout.json``; for a run written before that file, the split drawn again as pretraining drew it)
+as the test set, so no test image was seen during pretraining; the label fractions are of the rest. Images are
 decoded as pretraining decoded them (the checkpoint's data.cache_size, through the same cache).
 ``--data builtin``: Fashion-MNIST, train split for labels, test split for scoring.
 
@@ -32,30 +32,54 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from openseer.config import from_dict, to_dict
+from openseer.config import from_dict
 from openseer.data.folders import subset_per_class
-from openseer.data.labelled import EvalData, load_data
-from openseer.eval.linear import write_result
-from openseer.eval.lowshot import LowShotConfig, format_lowshot, merge_lowshot, run_lowshot
-from openseer.train.config import DataConfig
-from openseer.train.data import prepare_data
-from openseer.weights import load_weights
+from openseer.data.labelled import EvalData, load_data, split_source
+from openseer.eval.lowshot import LowShotConfig, format_lowshot, lowshot
+from openseer.eval.metrics import write_result
+from openseer.eval.split import pretraining_split
+from openseer.train.data import pretraining_data
+from openseer.weights import Weights, load_weights
 
 FRACTIONS = (0.01, 0.1)
 
 
-def cifar10_split(cache_size: int | None, workers: int) -> tuple[EvalData, EvalData]:
-    """CIFAR-10 training folder -> (90% labelled training part, 10% held-out test part), seed 0."""
+def cifar10_split(weights: Weights, workers: int) -> tuple[EvalData, EvalData]:
+    """The checkpoint's CIFAR-10 pretraining data -> (labelled training part, held-out test part), decoded as
+    pretraining decoded them."""
     from _common import cifar10_folder  # the sibling module (its folder is on sys.path when run)
 
-    data = prepare_data(
-        DataConfig(
-            source=str(cifar10_folder()), labels="folder", holdout=0.1, cache_size=cache_size, workers=workers
-        ),
-        seed=0,
-        progress=True,
-    )
-    return replace(data.bank, name="cifar10 train part"), replace(data.test, name="cifar10 held-out 10%")
+    folder, pcfg = str(cifar10_folder()), weights.config
+    record = pretraining_split(weights)
+    if record is not None and not record.same_source(folder):
+        raise SystemExit(f"{weights.source} was pretrained on {record.source}, not on {folder}")
+    if record is not None:
+        split = record.split()
+    else:  # a run written before holdout.json: its split drawn again as pretraining drew it
+        split = split_source(folder, "folder", pcfg.data.holdout, pcfg.run.seed)
+    data = pretraining_data(split, replace(pcfg.data, workers=workers), progress=True)
+    return replace(data.bank, name="cifar10 train part"), replace(data.test, name="cifar10 held-out part")
+
+
+def merge(results: list[dict]) -> dict:
+    """One low-shot result from several over different budgets (one per from-scratch budget)."""
+    merged = {**results[0], "budgets": [b for r in results for b in r["budgets"]]}
+    merged["seconds"] = sum(r.get("seconds", 0.0) for r in results)
+    merged["rows"] = [
+        {
+            **row,
+            "cells": {
+                b: c
+                for r in results
+                for x in r["rows"]
+                if x["method"] == row["method"]
+                for b, c in x["cells"].items()
+            },
+        }
+        for row in results[0]["rows"]
+    ]
+    merged.pop("config", None)
+    return merged
 
 
 def limit(data: EvalData, n: int | None) -> EvalData:
@@ -88,9 +112,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    pcfg = load_weights(args.checkpoint).config
+    weights = load_weights(args.checkpoint)
     if args.data == "cifar10":
-        train, test = cifar10_split(pcfg.data.cache_size, args.workers)
+        train, test = cifar10_split(weights, args.workers)
     else:
         train, test = load_data("builtin:train"), load_data("builtin:test")
     train, test = limit(train, args.train_limit), limit(test, args.test_limit)
@@ -116,10 +140,10 @@ def main() -> None:
     # one run per budget, so that each budget gets its own from-scratch epochs; features come from the cache
     for fraction, epochs in zip(FRACTIONS, scratch_epochs, strict=True):
         cfg = replace(base, fractions=[fraction], scratch=replace(base.scratch, epochs=epochs))
-        results.append(run_lowshot(from_dict(LowShotConfig, to_dict(cfg)), data=(train, test)))
-    merged = merge_lowshot(results)
+        results.append(lowshot(weights, train, test, cfg))
+    merged = merge(results)
     merged["scratch_epochs"] = dict(zip(merged["budgets"], scratch_epochs, strict=True))
-    write_result(Path(results[0]["result_file"]).parent, "lowshot", merged)
+    write_result(Path(args.results) if args.results else weights.run_dir / "eval", "lowshot", merged)
     names = {"ssl-linear": "ssl", "random": "random", "supervised": "supervised"}
     figures = {
         f"{names[row['method']]}_{budget.rstrip('%')}pct": row["cells"][budget]["top1_mean"]

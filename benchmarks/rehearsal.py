@@ -142,7 +142,7 @@ def main() -> None:
     summary = json.loads((out / "summary.json").read_text())
 
     # ============ score ============
-    scores = evaluate_pretraining(out, report=False)
+    scores = evaluate_pretraining(out)
     # prototypes that take at least one of 10,000 images (argmax of its scores), as `openseer clusters` counts them
     clusters = run_clusters(
         ClustersConfig(

@@ -37,14 +37,13 @@ from pathlib import Path
 
 import PIL.Image
 import torch
-from _common import cifar10_folder, swav_step_fn  # the sibling module (its folder is on sys.path when run)
+from _common import cifar10_folder, knn_score, swav_step_fn  # the sibling module (on sys.path when run)
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from openseer.api import pretrain  # trains, then the one end-of-run evaluation
 from openseer.config import load_config
-from openseer.eval.pretraining import knn_score
 from openseer.models.backbone import build_backbone, feature_dim
 from openseer.train.autotune import trial_optimizer
 from openseer.train.config import PretrainConfig

@@ -23,14 +23,15 @@ openseer.fileio.checkpoint.CheckpointError: ... holds no classifier ...
 ``embed`` and ``predict`` take PIL images, file paths, uint8 tensors (0..255) or float tensors (0..1), one or a
 list, or a batch tensor (N, 3, H, W); each image gets the preprocessing stored with the weights
 (``model.preprocess``: resize the shorter side, centre crop to the training crop size, normalise; classifiers
-trained on whole small images resize the whole image instead).
+trained on whole small images resize the whole image instead), on the path every command's images take
+(:func:`openseer.eval.inputs.image_batches`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,13 +41,10 @@ from openseer.fileio.checkpoint import CheckpointError
 from openseer.train.config import PretrainConfig
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from openseer.data.preprocess import Preprocess
+    from openseer.eval.inputs import Images
     from openseer.train.pretrain import PretrainResult
     from openseer.weights import Weights
-
-ImageLike = Union["Image.Image", str, os.PathLike, torch.Tensor]
 
 
 def _options(options: Mapping[str, Any]) -> dict:
@@ -121,7 +119,7 @@ class PretrainedModel:
 
     def __init__(self, weights: Weights, device: str | torch.device = "auto") -> None:
         from openseer.distributed import resolve_device
-        from openseer.eval.predict import Classifier
+        from openseer.eval.classifier import Classifier
 
         self.weights = weights
         self.config: PretrainConfig = weights.config
@@ -140,49 +138,46 @@ class PretrainedModel:
             f"from {self.weights.source})"
         )
 
-    @staticmethod
-    def _as_list(images: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
-        if isinstance(images, torch.Tensor):
-            return list(images) if images.ndim == 4 else [images]
-        if isinstance(images, str | os.PathLike) or hasattr(images, "convert"):
-            return [images]  # one image
-        return list(images)
+    def _outputs(self, model: nn.Module, images: Images, batch_size: int) -> Iterator[torch.Tensor]:
+        """``model`` on the images in order, batch by batch (float32, CPU); ValueError for an unreadable file."""
+        from openseer.data.images import SkipLog
+        from openseer.eval.features import forward_batches
+        from openseer.eval.inputs import image_batches
 
-    def _batches(self, images: ImageLike | Iterable[ImageLike], batch_size: int) -> Iterator[torch.Tensor]:
-        items = self._as_list(images)
-        for start in range(0, len(items), batch_size):
-            batch = torch.stack([self.preprocess.image(x) for x in items[start : start + batch_size]])
-            yield batch.to(self.device)
+        skipped = SkipLog()
+        batches = image_batches(images, self.preprocess, batch_size, self.device, skipped=skipped)
+        for out, _ in forward_batches(model, batches):
+            if skipped:  # one row per image, in order, or an error
+                break
+            yield out
+        if skipped:
+            path, reason = skipped.entries[0]
+            raise ValueError(f"cannot read image {path}: {reason}")
 
-    @torch.no_grad()
-    def embed(self, images: ImageLike | Iterable[ImageLike], batch_size: int = 64) -> torch.Tensor:
+    def embed(self, images: Images, batch_size: int = 64) -> torch.Tensor:
         """Pooled backbone features (N, D), float32 on the CPU, one row per image in order."""
-        self.backbone.eval()
-        feats = [self.backbone(x).float().cpu() for x in self._batches(images, batch_size)]
-        if not feats:
-            return torch.empty(0, int(self.backbone.num_features))
-        return torch.cat(feats)
+        feats = list(self._outputs(self.backbone, images, batch_size))
+        return torch.cat(feats) if feats else torch.empty(0, int(self.backbone.num_features))
 
-    @torch.no_grad()
     def predict(
-        self, images: ImageLike | Iterable[ImageLike], topk: int = 5, batch_size: int = 64
+        self, images: Images, topk: int = 5, batch_size: int = 64
     ) -> list[list[tuple[str, float]]]:
         """Per image, the ``topk`` most probable classes as (label, probability), most probable first."""
+        from openseer.eval.predict import top_predictions
+
         if self._classifier is None or self.classes is None:
             raise CheckpointError(
                 f"{self.weights.source} holds no classifier (pretraining checkpoints have none): use embed() "
                 "for features, or load a fine-tuned checkpoint (one that stores 'classes'), e.g. an imported "
                 "SEER *_finetuned_in1k file"
             )
-        k = min(topk, len(self.classes))
-        self._classifier.eval()
-        out: list[list[tuple[str, float]]] = []
-        for x in self._batches(images, batch_size):
-            probs = self._classifier(x).float().softmax(dim=1).cpu()
-            values, indices = probs.topk(k, dim=1)
-            for vals, idx in zip(values.tolist(), indices.tolist(), strict=True):
-                out.append([(self.classes[i], v) for i, v in zip(idx, vals, strict=True)])
-        return out
+        probs = [logits.softmax(dim=1) for logits in self._outputs(self._classifier, images, batch_size)]
+        if not probs:
+            return []
+        return [
+            [(p.label, p.probability) for p in row]
+            for row in top_predictions(self.classes, torch.cat(probs), topk)
+        ]
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "auto") -> PretrainedModel:

@@ -17,7 +17,7 @@ from support.bad_corpus import BOMB_SIDE, CorpusEntry, write_bad_corpus
 from openseer.cli import main as cli_main
 from openseer.data.folders import list_images
 from openseer.data.images import BadImageError, load_rgb
-from openseer.eval.predict import save_classifier
+from openseer.eval.classifier import save_classifier
 from openseer.fileio.checkpoint import latest_checkpoint
 
 

@@ -103,7 +103,11 @@ def _resolve_listed(entry: str, list_file: Path) -> Path:
     return path if path.is_absolute() else list_file.parent / path
 
 
-def _load(path: Path, index: int, transform: Transform | None, max_pixels: int) -> Any:
+def load_or_skip(
+    path: Path, index: int, transform: Transform | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Any:
+    """``transform(image)`` (the RGB image when there is no transform) of one file, or a :class:`Skipped`
+    record (path, reason, ``index``) when it cannot be decoded; never raises for a bad image."""
     try:
         img = load_rgb(path, max_pixels=max_pixels)
     except BadImageError as err:
@@ -135,7 +139,7 @@ class UnlabelledImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Any, int] | Skipped:
-        sample = _load(self.paths[index], index, self.transform, self.max_pixels)
+        sample = load_or_skip(self.paths[index], index, self.transform, self.max_pixels)
         return sample if isinstance(sample, Skipped) else (sample, index)
 
 
@@ -222,8 +226,18 @@ class LabelledImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Any, int] | Skipped:
-        sample = _load(self.paths[index], index, self.transform, self.max_pixels)
+        sample = load_or_skip(self.paths[index], index, self.transform, self.max_pixels)
         return sample if isinstance(sample, Skipped) else (sample, int(self.targets[index]))
+
+
+def collate_skipping(batch: list) -> tuple[torch.Tensor | None, torch.Tensor, list[Skipped]]:
+    """DataLoader collate for datasets that return ``(tensor, int)`` or :class:`Skipped`: (stacked tensors (B, ...)
+    or None when every item was skipped, the ints (B,), the skipped records)."""
+    skipped = [item for item in batch if isinstance(item, Skipped)]
+    good = [item for item in batch if not isinstance(item, Skipped)]
+    if not good:
+        return None, torch.empty(0, dtype=torch.long), skipped
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good], dtype=torch.long), skipped
 
 
 def _class_indices(targets: torch.Tensor) -> list[torch.Tensor]:

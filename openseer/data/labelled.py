@@ -1,15 +1,21 @@
 """Labelled and unlabelled image sets, for pretraining's held-out split and for every evaluation command.
 
 One spec string (``builtin``, ``builtin:test``, an ImageFolder tree, a CSV of ``path,label``, a folder or list of
-images) -> an :class:`EvalData`; :func:`train_test_data` splits a labelled set the way pretraining holds out.
+images) -> an :class:`EvalData`. :func:`split_source` cuts a pretraining source into the part pretraining trains
+on and the part it holds out (built-in data: its two splits; a labelled folder: a share of each class); the run
+folder keeps a record of it (:class:`Holdout`, ``RUN/holdout.json``) that every command scoring the run reads
+back, so that its test images are the ones pretraining never saw.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
+import logging
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +26,10 @@ from openseer.data.builtin import load_builtin
 from openseer.data.cache import cache_key
 from openseer.data.folders import DataError, LabelledImages, has_class_folders, list_images, split_per_class
 from openseer.data.images import BadImageError, SkipLog, load_rgb
+from openseer.data.preprocess import Preprocess
+from openseer.fileio.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 # Bump when the way features are computed changes, so stale cache entries are not reused.
 FORMAT_VERSION = 2
@@ -86,6 +96,12 @@ class EvalData:
                 except BadImageError as err:
                     skipped.add(path, err.reason)
         return skipped
+
+    def fitted(self, preprocess: Preprocess) -> Preprocess:
+        """How this set's images become network inputs: ``preprocess``, except that images held in memory (the
+        built-in data, the decoded-image cache) are already squares of the whole image, so they are resized whole
+        instead of being cropped a second time."""
+        return preprocess.with_resize("whole") if self.images is not None else preprocess
 
     def items(self, index: torch.Tensor | None = None) -> list[str]:
         """A name per row (file path, or ``name#row`` for in-memory images)."""
@@ -162,22 +178,168 @@ def train_test_data(
     """Labelled training and test sets.
 
     Without ``test_spec``: ``builtin`` pairs with ``builtin:test``; any other set is split per class with
-    :func:`split_per_class` (``holdout``, ``seed``), the split pretraining holds out with data.holdout and
-    run.seed, so that the test images were never seen during pretraining.
+    :func:`split_per_class` (``holdout`` of each class, drawn with ``seed``).
     """
-    train = load_data(train_spec, "train", labels="required")
-    if test_spec is None and train.name == "builtin:train":
-        test_spec = "builtin:test"
     if test_spec is None:
-        if not 0.0 < holdout < 1.0:
+        if not 0.0 < holdout < 1.0 and not _is_builtin(train_spec):  # builtin is paired with its test split
             raise ConfigError(
                 f"holdout: got {holdout}, expected a fraction in (0, 1) when no test set is given"
             )
-        train_idx, test_idx = split_per_class(train.targets, holdout, seed=seed)
-        name = train.name
-        return (
-            train.subset(train_idx, f"{name} (train part)"),
-            train.subset(test_idx, f"{name} (held-out {holdout:g})"),
-        )
+        split = split_source(train_spec, "required", holdout, seed)
+        assert split.test is not None  # labels required and 0 < holdout < 1
+        return split.train, split.test
+    train = load_data(train_spec, "train", labels="required")
     test = load_data(test_spec, "test", labels="required")
     return train, align_classes(test, train.classes, f"the training set {train.name}")
+
+
+# ============ pretraining's held-out split ============
+
+HOLDOUT_FILE = "holdout.json"
+"""The run folder's record of its :class:`Split` (a :class:`Holdout`)."""
+
+Labels = Literal["auto", "folder", "required", "none"]
+
+
+def _is_builtin(spec: str) -> bool:
+    """``builtin`` and ``builtin:train`` name the data pretraining takes as ``builtin`` (its test split held out)."""
+    return spec in ("builtin", "builtin:train")
+
+
+@dataclass
+class Split:
+    """A data source cut into the images pretraining trains on (``train``) and those it holds out, never trained
+    on, to score the features (``test``: None when nothing is held out, for unlabelled data or a holdout of 0).
+
+    ``source``: the spec the parts come from; ``holdout`` and ``seed``: the share of each class held out and the
+    seed that drew it.
+    """
+
+    source: str
+    train: EvalData
+    test: EvalData | None
+    holdout: float = 0.0
+    seed: int = 0
+
+    @property
+    def labelled(self) -> bool:
+        return self.train.labelled
+
+    def record(self) -> Holdout:
+        """What the run folder keeps of this split (:class:`Holdout`)."""
+        source = self.source if _is_builtin(self.source) else str(Path(self.source).expanduser().absolute())
+        test: str | dict | None = None
+        if self.test is not None and self.test.paths is None:
+            test = self.test.name  # another split of the built-in data
+        elif self.test is not None:
+            root = _root(Path(source))
+            test = {
+                "paths": [_relative(Path(p).absolute(), root) for p in self.test.paths],
+                "labels": self.test.targets.tolist() if self.test.targets is not None else None,
+            }
+        classes = list(self.train.classes) if self.labelled else None
+        return Holdout(source, self.holdout, self.seed, classes, test)
+
+
+@dataclass
+class Holdout:
+    """The record of a pretraining run's :class:`Split` (``RUN/holdout.json``).
+
+    ``source``: an absolute path, or ``builtin``; ``classes``: its class names (None: unlabelled); ``test``: the
+    held-out images as ``{"paths": [relative to the source's folder], "labels": [class index]}``, the name of
+    another split (the built-in data's ``builtin:test``), or None when nothing was held out. Every other image of
+    the source is the training part.
+    """
+
+    source: str
+    holdout: float
+    seed: int
+    classes: list[str] | None
+    test: str | dict | None
+
+    def same_source(self, spec: str) -> bool:
+        """Whether ``spec`` names the recorded source (the built-in data, or the same file or folder)."""
+        if _is_builtin(spec) or _is_builtin(self.source):
+            return _is_builtin(spec) and _is_builtin(self.source)
+        return Path(spec).expanduser().resolve() == Path(self.source).resolve()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return atomic_write_text(Path(path), json.dumps({"format": 1, **asdict(self)}, indent=1) + "\n")
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> Holdout:
+        """The record :meth:`save` wrote; DataError when it cannot be read."""
+        try:
+            record = json.loads(Path(path).read_text())
+            return cls(
+                str(record["source"]),
+                float(record["holdout"]),
+                int(record["seed"]),
+                record["classes"],
+                record["test"],
+            )
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"cannot read the held-out split {path}: {err}") from err
+
+    def split(self) -> Split:
+        """The recorded split, its parts rebuilt from the source as it is now: the recorded held-out images are
+        the test part, every other image of the source the training part.
+
+        Raises DataError when the source's classes are no longer the recorded ones; held-out files that have
+        gone are left out, with a warning.
+        """
+        if _is_builtin(self.source):
+            test = load_data(self.test) if isinstance(self.test, str) else None
+            return Split(self.source, load_data("builtin:train"), test, self.holdout, self.seed)
+        data = load_data(self.source, "train", labels="required" if self.classes is not None else "none")
+        if self.classes is not None and list(data.classes) != list(self.classes):
+            raise DataError(
+                f"{self.source} now has the classes {data.classes}, not the {self.classes} its pretraining "
+                "recorded: the held-out split no longer matches the data; give train= and test= explicitly"
+            )
+        if not isinstance(self.test, dict):
+            return Split(self.source, data, None, self.holdout, self.seed)
+        root = _root(Path(self.source))
+        rows = {Path(p).absolute(): i for i, p in enumerate(data.paths or [])}
+        held = [rows.get(root / p) for p in self.test["paths"]]
+        if None in held:
+            log.warning("%d held-out files of %s are gone", held.count(None), self.source)
+        test_rows = torch.tensor([i for i in held if i is not None], dtype=torch.long)
+        mask = torch.ones(len(data), dtype=torch.bool)
+        mask[test_rows] = False
+        train_name, test_name = _part_names(self.source, self.holdout)
+        train = data.subset(torch.nonzero(mask).flatten(), train_name)
+        return Split(self.source, train, data.subset(test_rows, test_name), self.holdout, self.seed)
+
+
+def _root(source: Path) -> Path:
+    return source if source.is_dir() else source.parent
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _part_names(source: str, holdout: float) -> tuple[str, str]:
+    return f"{source} (train part)", f"{source} (held-out {holdout:g})"
+
+
+def split_source(source: str, labels: Labels = "auto", holdout: float = 0.1, seed: int = 0) -> Split:
+    """The :class:`Split` pretraining makes of ``source`` (data.source, data.labels, data.holdout, run.seed).
+
+    ``builtin``: its train split, and its test split held out. A labelled set (``labels``: 'folder' or
+    'required' insists on class folders, 'auto' detects them, 'none' never reads labels; see :func:`load_data`):
+    ``holdout`` of each class held out with :func:`split_per_class` (nothing when ``holdout`` is 0). Unlabelled
+    data: everything is trained on.
+    """
+    if _is_builtin(source):
+        return Split("builtin", load_data("builtin:train"), load_data("builtin:test"), holdout, seed)
+    data = load_data(source, "train", labels="required" if labels == "folder" else labels)
+    if not data.labelled or holdout <= 0:
+        return Split(source, data, None, holdout, seed)
+    train_idx, test_idx = split_per_class(data.targets, holdout, seed=seed)
+    train_name, test_name = _part_names(source, holdout)
+    return Split(source, data.subset(train_idx, train_name), data.subset(test_idx, test_name), holdout, seed)

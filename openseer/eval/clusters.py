@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from openseer.config import ConfigError
-from openseer.data.labelled import load_data
 from openseer.eval.embed import FeatureConfig, embedder_for
 from openseer.eval.neighbors import save_grid, thumbnails
+from openseer.eval.split import resolve_data
 from openseer.fileio.atomic import atomic_write_text
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.head import SwAVHead
@@ -65,8 +65,9 @@ def most_confident(cluster: torch.Tensor, confidence: torch.Tensor, k: int, m: i
 class ClustersConfig:
     checkpoint: str = ""
     """A pretraining run folder or checkpoint: its SwAV prototypes define the clusters."""
-    data: str = "builtin"
-    """Images to assign: builtin, a folder, an ImageFolder tree or a CSV of path,label."""
+    data: str | None = None
+    """Images to assign: builtin, a folder, an ImageFolder tree or a CSV of path,label; null: the data the weights
+    were pretrained on (the part pretraining trained on), else builtin."""
     clusters: int = 12
     """How many of the largest clusters get a grid."""
     per_cluster: int = 32
@@ -91,16 +92,16 @@ class ClustersConfig:
 
 def run_clusters(cfg: ClustersConfig) -> dict:
     """Assign, draw the grids and the HTML gallery; writes RUN/eval/clusters.json and returns it."""
-    data = load_data(cfg.data, "train", labels="auto")
-    if cfg.max_images is not None and len(data) > cfg.max_images:
-        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: cfg.max_images]
-        data = data.subset(pick.sort().values, f"{data.name} ({cfg.max_images} sampled)")
     embedder, weights = embedder_for(cfg.checkpoint, cfg.features)
     if weights.head is None:
         raise CheckpointError(
             f"{weights.source} holds no SwAV head: clusters needs the prototypes of a pretraining run "
             "(or of imported weights that include the head)"
         )
+    data = resolve_data(cfg.data, weights)
+    if cfg.max_images is not None and len(data) > cfg.max_images:
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: cfg.max_images]
+        data = data.subset(pick.sort().values, f"{data.name} ({cfg.max_images} sampled)")
     embedder.prepare(data)
     feats = embedder(data)
     scores = prototype_scores(weights.build_head(), feats.features)

@@ -21,20 +21,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader
 
 from openseer.config import ConfigError
 from openseer.data.cache import default_cache_dir
-from openseer.data.folders import DataError, UnlabelledImages
+from openseer.data.folders import DataError
 from openseer.data.images import SkipLog
-from openseer.data.labelled import FORMAT_VERSION, EvalData, load_data
+from openseer.data.labelled import FORMAT_VERSION, EvalData
 from openseer.data.preprocess import Preprocess
 from openseer.distributed import resolve_device
-from openseer.eval.features import (
-    collate_skipping,
-    feature_batches,
-    recalibrate_batchnorm,
-)
+from openseer.eval.features import forward_batches, recalibrate_batchnorm
+from openseer.eval.inputs import image_batches
+from openseer.eval.split import resolve_data
 from openseer.fileio.atomic import atomic_path, atomic_write_text
 from openseer.weights import Weights, load_weights
 
@@ -106,8 +103,8 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 class Embedder:
     """A backbone with the preprocessing that goes with it, and an identity that keys the feature cache.
 
-    In-memory uint8 images are resized whole (as pretraining's cached data), files as ``preprocess`` says
-    (:class:`~openseer.data.preprocess.Preprocess`, stored with the weights).
+    Images become inputs through :func:`openseer.eval.inputs.image_batches` with ``preprocess`` (the
+    :class:`~openseer.data.preprocess.Preprocess` stored with the weights).
     """
 
     def __init__(
@@ -146,20 +143,11 @@ class Embedder:
         embedder.random_init = random_init
         return embedder
 
-    def _batches(self, data: EvalData, pick: torch.Tensor) -> Iterator[torch.Tensor]:
-        bs = self.cfg.batch_size
-        if data.images is not None:
-            for start in range(0, len(pick), bs):
-                x = data.images[pick[start : start + bs]].to(self.device)
-                yield self.preprocess.uint8_batch(x, self.channels_last)
-            return
-        paths = [data.paths[i] for i in pick.tolist()]
-        dataset = UnlabelledImages(paths, transform=self.preprocess.transform())
-        for x, _ in DataLoader(
-            dataset, batch_size=bs, num_workers=self.cfg.workers, collate_fn=collate_skipping
-        ):
-            if x is not None:
-                yield x.to(self.device)
+    def inputs(self, data: EvalData) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised inputs (B, 3, size, size) on this device and their rows (B,) of ``data``, unreadable files
+        left out."""
+        cfg = self.cfg
+        return image_batches(data, self.preprocess, cfg.batch_size, self.device, cfg.workers, self.channels_last)
 
     def calibrate(self, data: EvalData) -> None:
         """Re-estimate BatchNorm statistics on up to ``calibration_images`` images of ``data`` (a seeded sample,
@@ -168,7 +156,7 @@ class Embedder:
         base = self.identity  # of the weights as given: stable whatever the float details of re-estimation
         pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
         self.backbone = copy.deepcopy(self.backbone)
-        recalibrate_batchnorm(self.backbone, self._batches(data, pick))
+        recalibrate_batchnorm(self.backbone, (x for x, _ in self.inputs(data.subset(pick))))
         self.backbone.eval()
         self.calibrated_on = data.key()
         self._identity = hashlib.sha256(f"{base}|bn:{data.key()}:{n}".encode()).hexdigest()
@@ -185,8 +173,7 @@ class Embedder:
                 "version": FORMAT_VERSION,
                 "model": self.identity,
                 "data": data.key(),
-                "preprocess": self.preprocess.to_dict(),
-                "in_memory": data.images is not None,
+                "preprocess": data.fitted(self.preprocess).to_dict(),
             }
         )
         return default_cache_dir() / "features" / f"{hashlib.sha256(blob.encode()).hexdigest()}.safetensors"
@@ -212,16 +199,7 @@ class Embedder:
 
     def compute(self, data: EvalData) -> tuple[torch.Tensor, torch.Tensor]:
         """(features (M, D), index (M,)) without the cache, with a progress bar when configured."""
-        batches = feature_batches(
-            self.backbone,
-            self.preprocess,
-            images=data.images,
-            paths=data.paths,
-            batch_size=self.cfg.batch_size,
-            device=self.device,
-            workers=self.cfg.workers,
-            channels_last=self.channels_last,
-        )
+        batches = forward_batches(self.backbone, self.inputs(data))
         bar = None
         if self.cfg.progress:
             from tqdm.auto import tqdm
@@ -245,16 +223,6 @@ class Embedder:
         labels = data.targets[index] if data.targets is not None else None
         return Features(feats, index, labels, list(data.classes), data.items(index), data.unreadable(index))
 
-    @torch.no_grad()
-    def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images (B,3,size,size) -> features (B, D) on CPU."""
-        was_training = self.backbone.training
-        self.backbone.eval()
-        try:
-            return self.backbone(x.to(self.device)).float().cpu()
-        finally:
-            self.backbone.train(was_training)
-
 
 # ============ weights ============
 
@@ -276,10 +244,12 @@ class EmbedConfig:
     checkpoint: str = ""
     """Weights: a run folder, a ckpt-*.pt, a file written by import-weights or export, or a SEER/VISSL
     or timm checkpoint."""
-    data: str = "builtin"
-    """Images to embed: builtin, builtin:test, a folder, an ImageFolder tree or a CSV of path,label."""
+    data: str | None = None
+    """Images to embed: builtin, builtin:test, a folder, an ImageFolder tree or a CSV of path,label; null: the data
+    the weights were pretrained on (their run's holdout.json), else builtin."""
     split: Literal["train", "test"] = "train"
-    """Split of 'builtin'."""
+    """Part of builtin, or of the pretraining data when `data` is null: the part pretraining trained on, or the
+    part it held out."""
     out: str = "features.safetensors"
     """.safetensors (+ .json index); a name ending in .npy also writes the features as a NumPy array."""
     random_init: bool = False
@@ -323,8 +293,8 @@ def save_features(feats: Features, out: Path, meta: dict) -> list[Path]:
 
 def run_embed(cfg: EmbedConfig) -> tuple[Features, list[Path]]:
     """Embed ``cfg.data`` with the checkpoint's backbone and write the features; returns them and the files."""
-    data = load_data(cfg.data, cfg.split)
     embedder, weights = embedder_for(cfg.checkpoint, cfg.features, cfg.random_init, cfg.seed)
+    data = resolve_data(cfg.data, weights, cfg.split)
     embedder.prepare(data)
     feats = embedder(data)
     meta = {

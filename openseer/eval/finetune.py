@@ -32,20 +32,18 @@ from torchvision.transforms import v2
 
 from openseer.config import ConfigError, to_dict
 from openseer.data.batched_crops import batched_multicrop
-from openseer.data.folders import DataError, LabelledImages, split_per_class
+from openseer.data.folders import DataError, LabelledImages, collate_skipping, split_per_class
 from openseer.data.labelled import EvalData
 from openseer.data.multicrop import AugmentSpec, CropSpec
 from openseer.distributed import resolve_device
-from openseer.eval.features import collate_skipping
-from openseer.eval.linear import write_result
-from openseer.eval.metrics import accuracy
-from openseer.eval.predict import (
+from openseer.eval.classifier import (
     Classifier,
     build_head,
     classifier_logits,
     evaluate_classifier,
     save_classifier,
 )
+from openseer.eval.metrics import accuracy, write_result
 from openseer.eval.recipe import RecipeConfig, plan, step_lr
 from openseer.eval.split import SplitConfig, split_data
 from openseer.fileio.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
@@ -123,7 +121,7 @@ def _train_batches(
         collate_fn=collate_skipping,
         generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)),  # worker seeds
     )
-    for x, y in loader:
+    for x, y, _ in loader:  # unreadable files leave the batch
         if x is not None and len(x) > 1:
             yield x, y
 
@@ -132,7 +130,7 @@ def _train_batches(
 def validation_scores(
     clf: Classifier, val: EvalData, batch_size: int = 256, workers: int = 0
 ) -> tuple[float, float]:
-    """(top-1, mean cross-entropy) of the classifier on a labelled set; leaves it in eval mode.
+    """(top-1, mean cross-entropy) of the classifier on a labelled set, scored in eval mode.
 
     Runs under a forked RNG so that scoring in the middle of training does not shift its random stream.
     """
@@ -422,8 +420,7 @@ def new_classifier(backbone: nn.Module, pcfg: PretrainConfig, train: EvalData, s
         head = build_head(feature_dim(backbone), len(train.classes), bn=False)
         torch.nn.init.normal_(head[1].weight, std=0.01)
         torch.nn.init.zeros_(head[1].bias)
-    resize = "whole" if train.images is not None else "center_crop"
-    return Classifier(backbone, head, train.classes, pcfg, resize)
+    return Classifier(backbone, head, train.classes, pcfg, train.fitted(pcfg.preprocess()).resize)
 
 
 # ============ the finetune command ============
@@ -453,7 +450,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     weights = load_weights(cfg.checkpoint)
     pcfg = weights.config
     backbone = weights.random_backbone(cfg.seed) if cfg.init == "random" else weights.build_backbone()
-    train, test = split_data(cfg, pcfg)
+    train, test = split_data(cfg, weights)
     run_dir = weights.run_dir
     suffix = "-scratch" if cfg.init == "random" else ""
     out = Path(cfg.out_dir) if cfg.out_dir else run_dir / f"finetune{suffix}"

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from openseer.config import ConfigError
-from openseer.eval.embed import FeatureConfig
-from openseer.eval.metrics import accuracy
-from openseer.eval.split import SplitConfig
+from openseer.eval.embed import FeatureConfig, Features, embedder_for
+from openseer.eval.metrics import accuracy, write_result
+from openseer.eval.split import SplitConfig, split_data
 
 
 @torch.no_grad()
@@ -60,6 +60,14 @@ def knn_classifier(
     return top1, top5
 
 
+def knn_of_features(train: Features, test: Features, k: int, temperature: float) -> tuple[float, float]:
+    """:func:`knn_classifier` of labelled test features against labelled training features (the classes of the
+    training set)."""
+    return knn_classifier(
+        train.features, train.labels, test.features, test.labels, k, temperature, len(train.classes)
+    )
+
+
 # ============ the knn command ============
 
 
@@ -87,25 +95,13 @@ class KnnConfig(SplitConfig):
 
 def run_knn(cfg: KnnConfig) -> dict:
     """Weighted cosine kNN of the test features against the training features; RUN/eval/knn[-random].json."""
-    from openseer.eval.embed import embedder_for
-    from openseer.eval.linear import write_result
-    from openseer.eval.split import split_data
-
     started = time.perf_counter()
     cfg.validate()
     embedder, weights = embedder_for(cfg.checkpoint, cfg.features, cfg.model == "random", cfg.seed)
-    train, test = split_data(cfg, weights.config)
+    train, test = split_data(cfg, weights)
     embedder.prepare(train)
     train_f, test_f = embedder(train), embedder(test)
-    top1, top5 = knn_classifier(
-        train_f.features,
-        train_f.labels,
-        test_f.features,
-        test_f.labels,
-        cfg.k,
-        cfg.temperature,
-        len(train.classes),
-    )
+    top1, top5 = knn_of_features(train_f, test_f, cfg.k, cfg.temperature)
     result = {
         "kind": "knn",
         "model": cfg.model,

@@ -10,7 +10,6 @@ test split is only used to report the chosen head.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -24,10 +23,10 @@ from torch import nn
 
 from openseer.config import ConfigError, to_dict
 from openseer.data.folders import split_per_class
+from openseer.eval.classifier import Classifier, save_classifier
 from openseer.eval.embed import FeatureConfig, embedder_for
-from openseer.eval.metrics import accuracy
+from openseer.eval.metrics import accuracy, confusion_matrix, write_result
 from openseer.eval.split import SplitConfig, split_data
-from openseer.fileio.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +155,6 @@ def train_probes(
     return probe.eval()
 
 
-@torch.no_grad()
-def confusion_matrix(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C, C) int64 counts; row = true class, column = predicted class. logits (N, C), target (N,)."""
-    pred = logits.argmax(dim=1)
-    flat = target.long() * num_classes + pred
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
 @dataclass
 class ProbeResult:
     head: nn.Sequential
@@ -235,19 +226,12 @@ class LinearConfig(SplitConfig):
             raise ConfigError("linear needs weights (checkpoint=RUN_FOLDER_OR_FILE)")
 
 
-def write_result(folder: Path, name: str, result: dict) -> Path:
-    """``folder/name.json``, the shape every report reads."""
-    return atomic_write_text(folder / f"{name}.json", json.dumps(result, indent=1))
-
-
 def run_linear(cfg: LinearConfig) -> dict:
     """Embed train and test (cached), fit the probe, score on test, save the classifier and a result JSON."""
-    from openseer.eval.predict import Classifier, save_classifier
-
     started = time.perf_counter()
     random_init = cfg.model == "random"
     embedder, weights = embedder_for(cfg.checkpoint, cfg.features, random_init, cfg.seed)
-    train, test = split_data(cfg, weights.config)
+    train, test = split_data(cfg, weights)
     embedder.prepare(train)
     train_f, test_f = embedder(train), embedder(test)
     c = len(train.classes)
@@ -273,7 +257,7 @@ def run_linear(cfg: LinearConfig) -> dict:
         "seconds": time.perf_counter() - started,
     }
     if cfg.save:
-        resize = "whole" if train.images is not None else "center_crop"  # as the features were computed
+        resize = train.fitted(embedder.preprocess).resize  # as the features were computed
         classifier = Classifier.from_parts(
             embedder, probe.head, train.classes, weights.config, head_bn=True, resize=resize
         )

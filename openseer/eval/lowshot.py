@@ -22,7 +22,7 @@ import copy
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,13 +33,14 @@ from openseer.config import ConfigError, to_dict
 from openseer.data.folders import subset_per_class
 from openseer.data.labelled import EvalData
 from openseer.distributed import resolve_device
+from openseer.eval.classifier import Classifier, evaluate_classifier
 from openseer.eval.embed import Embedder, FeatureConfig, Features
 from openseer.eval.finetune import fit_classifier, new_classifier
-from openseer.eval.linear import ProbeConfig, ProbeResult, fit_linear_probe, score_head, write_result
-from openseer.eval.predict import Classifier, evaluate_classifier
+from openseer.eval.linear import ProbeConfig, ProbeResult, fit_linear_probe, score_head
+from openseer.eval.metrics import write_result
 from openseer.eval.recipe import RecipeConfig
 from openseer.eval.split import SplitConfig, split_data
-from openseer.weights import load_weights
+from openseer.weights import Weights, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -124,22 +125,13 @@ class LowShotConfig(SplitConfig):
             raise ConfigError("lowshot needs at least one seed")
 
 
-def run_lowshot(
-    cfg: LowShotConfig,
-    data: tuple[EvalData, EvalData] | None = None,
-    on_run: Callable[[str, str, int, float], None] | None = None,
-) -> dict:
-    """Every method on every (budget, seed); returns and writes RUN/eval/lowshot.json.
-
-    ``data``: (train, test) already loaded (benchmarks); ``on_run(method, budget, seed, top1)`` after each run.
-    """
+def lowshot(weights: Weights, train: EvalData, test: EvalData, cfg: LowShotConfig) -> dict:
+    """Every method of ``cfg`` on every (budget, seed) of the labelled ``train`` set, scored on ``test``:
+    {'kind', 'protocol', 'checkpoint', 'train', 'test', 'budgets', 'seeds', 'rows': [{'method', 'name', 'cells':
+    {budget: {'top1_mean', 'top1_std', 'top5_mean', 'top5_std', 'runs'}}}], 'config', 'seconds'}."""
     started = time.perf_counter()
-    weights = load_weights(cfg.checkpoint)
     pcfg = weights.config
     pretrained = weights.build_backbone()  # built once; every method starts from a copy or at random init
-    if data is None:
-        data = split_data(cfg, pcfg)
-    train, test = data
     c = len(train.classes)
     subsets = label_subsets(train.targets, cfg.fractions, cfg.per_class, cfg.seeds)
     device = resolve_device(cfg.features.device)
@@ -150,8 +142,6 @@ def run_lowshot(
         """``fit``: how the model was trained: 'lr', 'val_top1' per rate, 'curve' of the kept run..."""
         runs[method][budget].append({"seed": seed, "n_labels": n, "top1": top1, "top5": top5, **fit})
         log.info("low-shot %s %s seed %d: top-1 %.4f top-5 %.4f", method, budget, seed, top1, top5)
-        if on_run is not None:
-            on_run(method, budget, seed, top1)
 
     def linear_method(method: str, random_init: bool) -> None:
         # features of the full training set once (unlabelled images are not scarce), then a probe per subset
@@ -231,7 +221,7 @@ def run_lowshot(
                 "runs": results,
             }
         rows.append({"method": method, "name": METHOD_NAMES[method], "cells": cells})
-    result = {
+    return {
         "kind": "lowshot",
         "protocol": cfg.protocol,
         "checkpoint": weights.source,
@@ -243,30 +233,16 @@ def run_lowshot(
         "config": to_dict(cfg),
         "seconds": time.perf_counter() - started,
     }
+
+
+def run_lowshot(cfg: LowShotConfig) -> dict:
+    """:func:`lowshot` on the labelled split of ``cfg``; returns and writes RUN/eval/lowshot.json."""
+    weights = load_weights(cfg.checkpoint)
+    train, test = split_data(cfg, weights)
+    result = lowshot(weights, train, test, cfg)
     folder = Path(cfg.results) if cfg.results else weights.run_dir / "eval"
     result["result_file"] = str(write_result(folder, "lowshot", result))
     return result
-
-
-def merge_lowshot(results: Sequence[dict]) -> dict:
-    """One result from several runs over different budgets (e.g. one per from-scratch budget)."""
-    merged = {**results[0], "budgets": [b for r in results for b in r["budgets"]]}
-    merged["seconds"] = sum(r.get("seconds", 0.0) for r in results)
-    merged["rows"] = [
-        {
-            **row,
-            "cells": {
-                b: c
-                for r in results
-                for x in r["rows"]
-                if x["method"] == row["method"]
-                for b, c in x["cells"].items()
-            },
-        }
-        for row in results[0]["rows"]
-    ]
-    merged.pop("config", None)
-    return merged
 
 
 def format_lowshot(result: dict) -> str:

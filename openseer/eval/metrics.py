@@ -1,10 +1,14 @@
-"""The one accuracy function every evaluation uses."""
+"""What every evaluation scores and writes: top-k accuracy, the confusion matrix, the result file."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+
+from openseer.fileio.atomic import atomic_write_text
 
 
 @torch.no_grad()
@@ -19,3 +23,16 @@ def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (
     top = logits.topk(min(max(topk), c), dim=1).indices
     hit = top == target.view(-1, 1)
     return [float(hit[:, : min(k, c)].any(dim=1).float().mean()) for k in topk]
+
+
+@torch.no_grad()
+def confusion_matrix(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, C) int64 counts; row = true class, column = predicted class. logits (N, C), target (N,)."""
+    pred = logits.argmax(dim=1)
+    flat = target.long() * num_classes + pred
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def write_result(folder: Path, name: str, result: dict) -> Path:
+    """``folder/name.json``, the shape every report reads."""
+    return atomic_write_text(folder / f"{name}.json", json.dumps(result, indent=1))

@@ -13,9 +13,11 @@ from torchvision.utils import make_grid
 
 from openseer.config import ConfigError
 from openseer.data.folders import DataError
-from openseer.data.images import BadImageError, load_rgb
+from openseer.data.images import BadImageError, SkipLog, load_rgb
 from openseer.data.labelled import EvalData, load_data
 from openseer.eval.embed import FeatureConfig, embedder_for
+from openseer.eval.features import forward_batches
+from openseer.eval.inputs import image_batches
 
 
 @torch.no_grad()
@@ -92,17 +94,14 @@ def run_neighbors(cfg: NeighborsConfig) -> list[dict]:
     embedder, _ = embedder_for(cfg.checkpoint, cfg.features, cfg.random_init)
     embedder.prepare(data)
     feats = embedder(data)
-    queries = []
-    for name in cfg.images:
-        try:
-            queries.append(load_rgb(name))
-        except BadImageError as err:
-            raise DataError(f"cannot read the query image {name}: {err.reason}") from err
-    if data.images is not None:  # in-memory index: queries resized whole, as the index images were
-        x = torch.cat([embedder.preprocess.uint8_batch(image_thumbnail(q, min(q.size))[None]) for q in queries])
-    else:
-        x = torch.stack([embedder.preprocess.image(q) for q in queries])
-    scores, rows = nearest(embedder.embed_tensor(x), feats.features, cfg.k)
+    fit = data.fitted(embedder.preprocess)  # queries are fitted as the index images were
+    skipped = SkipLog()
+    batches = image_batches(cfg.images, fit, cfg.features.batch_size, embedder.device, skipped=skipped)
+    query = [f for f, _ in forward_batches(embedder.backbone, batches)]
+    if skipped:
+        path, reason = skipped.entries[0]
+        raise DataError(f"cannot read the query image {path}: {reason}")
+    scores, rows = nearest(torch.cat(query), feats.features, cfg.k)
     out = []
     for name, s, r in zip(cfg.images, scores.tolist(), rows.tolist(), strict=True):
         hits = []
@@ -114,8 +113,8 @@ def run_neighbors(cfg: NeighborsConfig) -> list[dict]:
         out.append({"image": name, "neighbors": hits})
     if cfg.grid:
         tiles = []
-        for q, r in zip(queries, rows.tolist(), strict=True):
-            tiles.append(image_thumbnail(q).unsqueeze(0))
+        for name, r in zip(cfg.images, rows.tolist(), strict=True):
+            tiles.append(image_thumbnail(load_rgb(name)).unsqueeze(0))
             tiles.append(thumbnails(data, feats.index[torch.tensor(r)].tolist()))
         save_grid(torch.cat(tiles), Path(cfg.grid), nrow=rows.shape[1] + 1)
     return out

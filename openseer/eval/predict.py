@@ -1,146 +1,29 @@
-"""Classifiers built on a pretrained backbone: their checkpoint format, loading, and predictions with names.
+"""Predictions with class names from a classifier checkpoint, and the predict command.
 
-A classifier checkpoint (written by ``openseer linear`` and ``openseer finetune``; its format is
-:func:`openseer.weights.write_classifier`'s) is self-contained: backbone and head weights, class names, the resize
-mode the head was trained with, and the pretraining config that describes the architecture and normalisation.
-Any file :func:`openseer.weights.load_weights` reads that holds a classifier can be used to predict.
+Any file :func:`openseer.weights.load_weights` reads that holds a classifier can be used (see
+:mod:`openseer.eval.classifier`); images become inputs as every command makes them
+(:func:`openseer.eval.inputs.image_batches`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import PIL.Image
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
-from torchvision.transforms import v2
 
 from openseer.config import ConfigError
-from openseer.data.folders import DataError, UnlabelledImages, list_images
-from openseer.data.images import BadImageError, load_rgb
-from openseer.data.labelled import EvalData, align_classes, load_data
-from openseer.data.preprocess import Resize
+from openseer.data.folders import DataError, list_images
+from openseer.data.images import SkipLog
+from openseer.data.labelled import load_data
 from openseer.distributed import resolve_device
-from openseer.eval.features import collate_skipping
-from openseer.eval.linear import confusion_matrix
-from openseer.eval.metrics import accuracy
-from openseer.fileio.checkpoint import CheckpointError
-from openseer.models.backbone import feature_dim
-from openseer.train.config import PretrainConfig
-from openseer.weights import Weights, load_weights, write_classifier
-
-ImageLike = PIL.Image.Image | torch.Tensor
-
-
-def build_head(dim: int, num_classes: int, bn: bool) -> nn.Sequential:
-    """(BatchNorm1d(affine=False) or Identity, Linear): features (N, dim) -> logits (N, C)."""
-    norm: nn.Module = nn.BatchNorm1d(dim, affine=False) if bn else nn.Identity()
-    return nn.Sequential(norm, nn.Linear(dim, num_classes))
-
-
-class Classifier(nn.Module):
-    """Backbone -> head, plus the :class:`~openseer.data.preprocess.Preprocess` that turns an image into its input.
-
-    ``resize``: 'whole' resizes the whole image to the input size (models trained on in-memory uint8 sets, like
-    pretraining's cached data); 'center_crop' resizes the shorter side to size/0.875 and centre-crops.
-    """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        head: nn.Sequential,
-        classes: Sequence[str],
-        pretrain_config: PretrainConfig,
-        resize: Resize = "center_crop",
-    ) -> None:
-        super().__init__()
-        self.backbone, self.head = backbone, head
-        self.classes = list(classes)
-        self.pretrain_config = pretrain_config
-        self.preprocess = pretrain_config.preprocess(resize)
-
-    @property
-    def resize(self) -> Resize:
-        return self.preprocess.resize
-
-    @classmethod
-    def from_parts(
-        cls,
-        embedder: Any,
-        feature_head: nn.Sequential,
-        classes: Sequence[str],
-        pretrain_config: PretrainConfig,
-        head_bn: bool,
-        resize: Resize = "center_crop",
-    ) -> Classifier:
-        """A classifier from an Embedder's (possibly BN-recalibrated) backbone and a trained feature head."""
-        head = build_head(feature_dim(embedder.backbone), len(classes), head_bn)
-        head.load_state_dict(feature_head.state_dict())
-        return cls(embedder.backbone, head, classes, pretrain_config, resize)
-
-    @classmethod
-    def from_weights(cls, weights: Weights) -> Classifier:
-        """The backbone and classifier of ``weights`` (a linear/finetune checkpoint, an imported fine-tuned SEER
-        file, an exported safetensors file with a classifier...); a CheckpointError when it holds none."""
-        linear = weights.build_classifier()
-        if linear is None or weights.classes is None:
-            raise CheckpointError(
-                f"{weights.source} holds no classifier (pretraining checkpoints have none): run `openseer linear` "
-                "or `openseer finetune` on it and pass their output folder"
-            )
-        head = nn.Sequential(nn.Identity(), linear)  # a BatchNorm in front was folded into the Linear on load
-        return cls(weights.build_backbone(), head, weights.classes, weights.config, weights.resize).eval()
-
-    @property
-    def head_bn(self) -> bool:
-        return isinstance(self.head[0], nn.BatchNorm1d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images (B,3,size,size) -> logits (B, C)."""
-        return self.head(self.backbone(x))
-
-    def transform(self) -> v2.Compose:
-        """One image (PIL, or a (3,H,W) uint8 / [0,1] float tensor) -> normalised (3, size, size)."""
-        return self.preprocess.transform()
-
-
-def save_classifier(
-    clf: Classifier,
-    folder: Path,
-    protocol: str,
-    source: str | os.PathLike[str] | None,
-    step: int = 0,
-    extra: dict[str, Any] | None = None,
-    keep: int = 2,
-) -> Path:
-    """Write ``folder/ckpt-<step>.pt`` holding the classifier (and ``extra``, e.g. optimiser state)."""
-    return write_classifier(
-        folder,
-        step,
-        model_state=clf.state_dict(),
-        classes=clf.classes,
-        resize=clf.resize,
-        head_bn=clf.head_bn,
-        pretrain_config=clf.pretrain_config,
-        protocol=protocol,
-        source=str(source) if source is not None else "",
-        extra=extra,
-        keep=keep,
-    )
-
-
-def load_classifier(path: str | os.PathLike[str]) -> Classifier:
-    """A classifier from any weights file that holds one (see :func:`openseer.weights.load_weights`)."""
-    return Classifier.from_weights(load_weights(path))
-
-
-# ============ predictions ============
+from openseer.eval.classifier import Classifier, score_labelled
+from openseer.eval.features import forward_batches
+from openseer.eval.inputs import Images, image_batches
+from openseer.weights import load_weights
 
 
 @dataclass
@@ -150,85 +33,44 @@ class Prediction:
     probability: float
 
 
-def to_inputs(clf: Classifier, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
-    """PIL images or tensors ((3,H,W) each, or one (B,3,H,W) batch; uint8, or float in [0,1]) ->
-    normalised (B, 3, size, size), as the classifier's preprocessing says."""
-    if isinstance(images, torch.Tensor):
-        if images.ndim == 3:
-            images = images.unsqueeze(0)
-        if images.ndim != 4:
-            raise ValueError(f"expected (3,H,W) or (B,3,H,W) images, got {tuple(images.shape)}")
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        if clf.resize == "whole":  # the path of training on in-memory sets, batched
-            x = images if images.dtype == torch.uint8 else images.float() * 255
-            return clf.preprocess.uint8_batch(x)
-        images = list(images)
-    return torch.stack([clf.preprocess.image(img) for img in images])
-
-
-@torch.no_grad()
-def predict_proba(
-    clf: Classifier, images: Sequence[ImageLike] | torch.Tensor, batch_size: int = 64
-) -> torch.Tensor:
-    """Softmax class probabilities (B, C) for B images."""
-    clf.eval()
+def class_probabilities(
+    clf: Classifier, images: Images, batch_size: int = 64, workers: int = 0, skipped: SkipLog | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax class probabilities (M, C) of the M readable images and their positions (M,) in ``images`` (any
+    kind :func:`~openseer.eval.inputs.image_batches` takes); unreadable files are added to ``skipped``."""
     device = next(clf.parameters()).device
-    x = to_inputs(clf, images)
-    return torch.cat(
-        [
-            clf(x[i : i + batch_size].to(device)).float().softmax(dim=1).cpu()
-            for i in range(0, len(x), batch_size)
-        ]
-    )
+    batches = image_batches(images, clf.preprocess, batch_size, device, workers, skipped=skipped)
+    probs, rows = [], []
+    for logits, idx in forward_batches(clf, batches):
+        probs.append(logits.softmax(dim=1))
+        rows.append(idx)
+    if not probs:
+        return torch.empty(0, len(clf.classes)), torch.empty(0, dtype=torch.long)
+    return torch.cat(probs), torch.cat(rows)
 
 
-def predict(
-    clf: Classifier, images: Sequence[ImageLike] | torch.Tensor, topk: int = 5, batch_size: int = 64
-) -> list[list[Prediction]]:
-    """For each image, the ``topk`` most probable classes, most probable first."""
-    probs = predict_proba(clf, images, batch_size)
+def predict_proba(clf: Classifier, images: Images, batch_size: int = 64) -> torch.Tensor:
+    """Softmax class probabilities (B, C) for B images; ValueError naming a file that cannot be read."""
+    skipped = SkipLog()
+    probs, _ = class_probabilities(clf, images, batch_size, skipped=skipped)
+    if skipped:
+        path, reason = skipped.entries[0]
+        raise ValueError(f"cannot read image {path}: {reason}")
+    return probs
+
+
+def top_predictions(classes: Sequence[str], probs: torch.Tensor, topk: int = 5) -> list[list[Prediction]]:
+    """For each row of probabilities (B, C), the ``topk`` most probable classes, most probable first."""
     p, idx = probs.topk(min(topk, probs.shape[1]), dim=1)
     return [
-        [Prediction(clf.classes[i], i, float(q)) for q, i in zip(row_p.tolist(), row_i.tolist(), strict=True)]
+        [Prediction(classes[i], i, float(q)) for q, i in zip(row_p.tolist(), row_i.tolist(), strict=True)]
         for row_p, row_i in zip(p, idx, strict=True)
     ]
 
 
-@torch.no_grad()
-def classifier_logits(
-    clf: Classifier, data: EvalData, batch_size: int = 256, workers: int = 2
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits (M, C), targets (M,), rows (M,)) of the M readable images of a labelled set, preprocessed as the
-    classifier was trained; ``rows`` index ``data``."""
-    clf.eval()
-    device = next(clf.parameters()).device
-    logits, rows = [], []
-    if data.images is not None:
-        for start in range(0, len(data), batch_size):
-            x = to_inputs(clf, data.images[start : start + batch_size])
-            logits.append(clf(x.to(device)).float().cpu())
-        rows = [torch.arange(len(data))]
-    else:
-        dataset = UnlabelledImages(list(data.paths or []), transform=clf.transform())
-        for x, idx in DataLoader(
-            dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping
-        ):
-            if x is not None:
-                logits.append(clf(x.to(device)).float().cpu())
-                rows.append(idx)
-    if not logits:
-        raise DataError(f"none of the images of {data.name} could be read")
-    used = torch.cat(rows).long()
-    return torch.cat(logits), data.targets[used], used
-
-
-def evaluate_classifier(
-    clf: Classifier, data: EvalData, batch_size: int = 256, workers: int = 2
-) -> tuple[float, float, torch.Tensor]:
-    """(top-1, top-5, confusion (C, C)) on a labelled set whose classes must be among the classifier's."""
-    scored = score_labelled(clf, data, batch_size, workers)
-    return scored["top1"], scored["top5"], torch.tensor(scored["confusion"])
+def predict(clf: Classifier, images: Images, topk: int = 5, batch_size: int = 64) -> list[list[Prediction]]:
+    """For each image, the ``topk`` most probable classes, most probable first."""
+    return top_predictions(clf.classes, predict_proba(clf, images, batch_size), topk)
 
 
 # ============ the predict command ============
@@ -250,7 +92,7 @@ class PredictConfig:
     batch_size: int = 64
     """Images per forward pass."""
     workers: int = 2
-    """DataLoader worker processes that decode the images of `data` (0: in this process)."""
+    """DataLoader worker processes that decode the image files (0: in this process)."""
 
     def validate(self) -> None:
         if not self.checkpoint:
@@ -274,23 +116,6 @@ def image_files(entries: Sequence[str]) -> list[str]:
     return files
 
 
-def score_labelled(clf: Classifier, data: EvalData, batch_size: int = 256, workers: int = 2) -> dict:
-    """{data, top1, top5, classes, confusion, images, skipped: [{path, reason}]} on a labelled set whose classes
-    must be among the classifier's."""
-    data = align_classes(data, clf.classes, "the classifier checkpoint")
-    logits, targets, used = classifier_logits(clf, data, batch_size, workers)
-    top1, top5 = accuracy(logits, targets, topk=(1, 5))
-    return {
-        "data": data.name,
-        "top1": top1,
-        "top5": top5,
-        "classes": clf.classes,
-        "confusion": confusion_matrix(logits, targets, len(clf.classes)).tolist(),
-        "images": len(used),
-        "skipped": [{"path": p, "reason": r} for p, r in data.unreadable(used).entries],
-    }
-
-
 def run_predict(cfg: PredictConfig) -> dict:
     """{'predictions': [{image, predictions | error}], 'evaluation': {top1, top5, confusion, skipped...} | None}.
 
@@ -304,23 +129,19 @@ def run_predict(cfg: PredictConfig) -> dict:
         "evaluation": None,
     }
     files = image_files(cfg.images or [])
-    good, names = [], []
-    for name in files:
-        try:
-            good.append(load_rgb(name))
-            names.append(name)
-        except BadImageError as err:
-            out["predictions"].append({"image": name, "error": err.reason})
-    if files and not good:
+    skipped = SkipLog()
+    probs, rows = class_probabilities(clf, files, cfg.batch_size, cfg.workers, skipped)
+    if files and not len(rows):
         raise DataError(
-            "none of the images could be read: "
-            + "; ".join(f"{p['image']}: {p['error']}" for p in out["predictions"])
+            "none of the images could be read: " + "; ".join(f"{p}: {r}" for p, r in skipped.entries)
         )
-    if good:
-        for name, preds in zip(names, predict(clf, good, cfg.topk, cfg.batch_size), strict=True):
-            out["predictions"].append({"image": name, "predictions": [p.__dict__ for p in preds]})
-        order = {name: i for i, name in enumerate(files)}
-        out["predictions"].sort(key=lambda p: order[p["image"]])
+    read = dict(zip(rows.tolist(), top_predictions(clf.classes, probs, cfg.topk), strict=True))
+    reasons = iter(reason for _, reason in skipped.entries)  # the unreadable files, in order
+    for i, name in enumerate(files):
+        if i in read:
+            out["predictions"].append({"image": name, "predictions": [p.__dict__ for p in read[i]]})
+        else:
+            out["predictions"].append({"image": name, "error": next(reasons)})
     if cfg.data:
         data = load_data(cfg.data, "test", labels="required")
         out["evaluation"] = score_labelled(clf, data, cfg.batch_size, cfg.workers)

@@ -1,11 +1,12 @@
 """The one evaluation at the end of pretraining: kNN at random initialisation and after training, a linear probe.
 
 Run once per run, by ``openseer pretrain`` and :func:`openseer.pretrain` after training (the training loop only
-trains and saves), on the run's own labelled split: the labelled training part is the kNN bank and the probe's
-training set, the held-out part (never trained on) is scored. Both networks are scored the same way: BatchNorm
-statistics re-estimated on un-augmented training images (``run.knn_bn_recalibrate``), then weighted cosine kNN
-(``run.knn_k``, ``run.knn_temperature``). The random network is the one the run started from (drawn with
-``run.seed``). Results go to ``RUN/eval/pretraining-*.json`` (the report reads them) and are returned.
+trains and saves), on the run's own labelled split, the one pretraining recorded in ``RUN/holdout.json``: the
+labelled training part is the kNN bank and the probe's training set, the held-out part (never trained on) is
+scored. Both networks are scored the same way (:func:`knn_on_split`): BatchNorm statistics re-estimated on
+un-augmented training images (``run.knn_bn_recalibrate``), then weighted cosine kNN (``run.knn_k``,
+``run.knn_temperature``). The random network is the one the run started from (drawn with ``run.seed``). Results
+go to ``RUN/eval/pretraining-*.json`` (the report reads them) and are returned.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ import logging
 import time
 from pathlib import Path
 
-from torch import nn
-
 from openseer.data.labelled import EvalData
-from openseer.data.preprocess import Preprocess
 from openseer.eval.embed import Embedder, FeatureConfig, Features
-from openseer.eval.knn import knn_classifier
-from openseer.eval.linear import ProbeConfig, fit_linear_probe, score_head, write_result
+from openseer.eval.knn import knn_of_features
+from openseer.eval.linear import ProbeConfig, fit_linear_probe, score_head
+from openseer.eval.metrics import write_result
 from openseer.eval.report import build_report
+from openseer.eval.split import pretraining_split
 from openseer.train.config import PretrainConfig
-from openseer.train.data import PretrainData, prepare_data
+from openseer.train.data import pretraining_data
 from openseer.weights import Weights, load_weights
 
 log = logging.getLogger(__name__)
@@ -31,73 +31,48 @@ log = logging.getLogger(__name__)
 PROTOCOL = "end of pretraining"
 
 
-def _scored_features(
-    embedder: Embedder, bank: EvalData, test: EvalData, recalibrate: bool
-) -> tuple[Features, Features]:
+def knn_on_split(
+    embedder: Embedder, bank: EvalData, test: EvalData, cfg: PretrainConfig, recalibrate: bool
+) -> tuple[Features, Features, float, float]:
+    """How the end of pretraining scores a network: BatchNorm statistics re-estimated on the bank first when
+    ``recalibrate``, then the weighted cosine kNN of ``test`` against ``bank`` with the run's ``run.knn_k`` and
+    ``run.knn_temperature``. Returns (bank features, test features, top-1, top-5)."""
     if recalibrate:
         embedder.calibrate(bank)
-    return embedder(bank), embedder(test)
-
-
-def _knn(bank: Features, test: Features, cfg: PretrainConfig) -> tuple[float, float]:
-    return knn_classifier(
-        bank.features,
-        bank.labels,
-        test.features,
-        test.labels,
-        k=cfg.run.knn_k,
-        temperature=cfg.run.knn_temperature,
-        num_classes=len(bank.classes),
-    )
-
-
-def knn_score(
-    backbone: nn.Module,
-    bank: EvalData,
-    test: EvalData,
-    cfg: PretrainConfig,
-    device: str = "auto",
-    preprocess: Preprocess | None = None,
-) -> tuple[float, float]:
-    """(top-1, top-5) of any backbone scored exactly as :func:`evaluate_pretraining` scores a run (benchmarks
-    use it for other libraries' networks); ``preprocess`` defaults to ``cfg``'s."""
-    features = FeatureConfig(device=device, workers=cfg.data.workers, progress=False, cache=False)
-    embedder = Embedder(backbone, preprocess or cfg.preprocess(), features, cfg.model.channels_last)
-    return _knn(*_scored_features(embedder, bank, test, cfg.run.knn_bn_recalibrate), cfg)
+    bank_f, test_f = embedder(bank), embedder(test)
+    return bank_f, test_f, *knn_of_features(bank_f, test_f, cfg.run.knn_k, cfg.run.knn_temperature)
 
 
 def evaluate_pretraining(
-    run_dir: str | Path,
-    data: PretrainData | None = None,
-    device: str = "auto",
-    progress: bool = False,
-    probe: ProbeConfig | None = None,
-    report: bool = True,
+    run_dir: str | Path, device: str = "auto", progress: bool = False, probe: ProbeConfig | None = None
 ) -> dict:
-    """Score the newest checkpoint of ``run_dir`` (and the network it started from) on the run's held-out split.
+    """Score the newest checkpoint of ``run_dir`` (and the network it started from) on the held-out split the
+    run recorded (``RUN/holdout.json``), its images read as pretraining read them (through the decoded-image
+    cache when the run used one); then build the run's report.
 
-    ``data``: the run's data when the caller has it (else prepared again from the run's config, which reuses the
-    decoded-image cache). Returns {'knn_top1', 'knn_top5', 'knn_top1_random', 'knn_top5_random', 'linear_top1',
-    'linear_top5', 'linear_lr', 'n_bank', 'n_test', 'seconds', 'report'}; only 'seconds' and 'report' when the
+    Returns {'knn_top1', 'knn_top5', 'knn_top1_random', 'knn_top5_random', 'linear_top1', 'linear_top5',
+    'linear_lr', 'n_bank', 'n_test', 'test_name', 'seconds', 'report'}; only 'seconds' and 'report' when the
     data has no labels.
     """
     started = time.perf_counter()
     weights = load_weights(run_dir)
     cfg = weights.config
     run_dir = weights.run_dir
-    if data is None:
-        data = prepare_data(cfg.data, seed=cfg.run.seed, progress=progress)
+    record = pretraining_split(weights)
     out: dict = {}
-    bank, test = data.bank, data.test
-    if bank is not None and test is not None and len(test):
-        out = _score(weights, bank, test, cfg, device, progress, probe or ProbeConfig(epochs=30))
-        _write(run_dir, bank, out, cfg)
-        log.info(
-            "held-out kNN top-1: %.4f after pretraining, %.4f at random initialisation; linear probe %.4f",
-            out["knn_top1"], out["knn_top1_random"], out["linear_top1"],
-        )  # fmt: skip
-    if report:
-        out["report"] = str(build_report(run_dir))
+    if record is None:
+        log.info("%s records no held-out split: nothing to score", run_dir)
+    else:
+        data = pretraining_data(record.split(), cfg.data, progress)
+        bank, test = data.bank, data.test
+        if bank is not None and test is not None and len(test):
+            out = _score(weights, bank, test, cfg, device, progress, probe or ProbeConfig(epochs=30))
+            _write(run_dir, bank, out, cfg)
+            log.info(
+                "held-out kNN top-1: %.4f after pretraining, %.4f at random initialisation; linear probe %.4f",
+                out["knn_top1"], out["knn_top1_random"], out["linear_top1"],
+            )  # fmt: skip
+    out["report"] = str(build_report(run_dir))
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -115,8 +90,8 @@ def _score(
     out: dict = {}
     for random_init in (True, False):
         embedder = Embedder.from_weights(weights, features, random_init=random_init, seed=cfg.run.seed)
-        bank_f, test_f = _scored_features(embedder, bank, test, cfg.run.knn_bn_recalibrate or random_init)
-        top1, top5 = _knn(bank_f, test_f, cfg)
+        recalibrate = cfg.run.knn_bn_recalibrate or random_init
+        bank_f, test_f, top1, top5 = knn_on_split(embedder, bank, test, cfg, recalibrate)
         suffix = "_random" if random_init else ""
         out[f"knn_top1{suffix}"], out[f"knn_top5{suffix}"] = top1, top5
     # the probe on the trained network's features (bank_f, test_f of the last pass)

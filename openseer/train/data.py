@@ -1,4 +1,5 @@
-"""Pretraining data: where images come from, how they are split, and the multi-crop batch streams.
+"""Pretraining data: where images come from (held out as :mod:`openseer.data.labelled` splits them), and the
+multi-crop batch streams.
 
 The batch streams share one contract (:class:`BatchStream`), ``epoch(e, start) -> iterator of crop lists``,
 deterministic in (seed, epoch, step) so an interrupted run resumes on exactly the batches it would have seen:
@@ -26,20 +27,12 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from openseer import distributed
 from openseer.data.batched_crops import batched_multicrop
-from openseer.data.builtin import load_builtin
 from openseer.data.cache import cached_decode, default_cache_dir
-from openseer.data.folders import (
-    DataError,
-    LabelledImages,
-    Skipped,
-    UnlabelledImages,
-    has_class_folders,
-    list_images,
-    split_per_class,
-)
+from openseer.data.folders import DataError, Skipped, UnlabelledImages
 from openseer.data.images import DEFAULT_MAX_PIXELS, SkipLog
-from openseer.data.labelled import EvalData
+from openseer.data.labelled import HOLDOUT_FILE, EvalData, Split, split_source
 from openseer.data.multicrop import AugmentSpec, CropSpec, MultiCrop, collate_multicrop
 from openseer.data.shards import ShardList, is_shard_source, resolve_shards
 from openseer.train.config import DataConfig
@@ -65,44 +58,36 @@ class PretrainData:
         return len(self.train_images) if self.train_images is not None else len(self.train_paths or [])
 
 
-def prepare_data(cfg: DataConfig, seed: int = 0, progress: bool = False) -> PretrainData:
-    """Resolve ``cfg.source`` into training images and (when labelled) the evaluation split."""
-    if cfg.source == "builtin":
-        train, test = load_builtin("train"), load_builtin("test")
-        return PretrainData(
-            train_images=train.images,
-            bank=EvalData("builtin:train", train.targets, train.classes, images=train.images),
-            test=EvalData("builtin:test", test.targets, test.classes, images=test.images),
-            description=f"{train.source}: {len(train.images)} training, {len(test.images)} held-out images",
-        )
+def prepare_data(
+    cfg: DataConfig, seed: int = 0, progress: bool = False, run_dir: str | Path | None = None
+) -> PretrainData:
+    """Resolve ``cfg.source`` into training images and (when labelled) the evaluation split.
+
+    The split is :func:`openseer.data.labelled.split_source`'s (``cfg.holdout`` of each class, drawn with
+    ``seed``); with ``run_dir``, the main process records it in ``run_dir/holdout.json``
+    (:class:`openseer.data.labelled.Holdout`), which every command that scores the run reads.
+    """
     if is_shard_source(cfg.source):
         shards = resolve_shards(cfg.source)
         return PretrainData(
             train_shards=shards,
             description=f"{cfg.source}: {len(shards)} images in {len(shards.urls)} shards",
         )
+    split = split_source(cfg.source, cfg.labels, cfg.holdout, seed)
+    if run_dir is not None and distributed.is_main():
+        split.record().save(Path(run_dir) / HOLDOUT_FILE)
+    return pretraining_data(split, cfg, progress)
 
-    root = Path(cfg.source).expanduser()
-    paths = list_images(root)  # raises DataError for a missing path or no images
-    labelled = cfg.labels == "folder" or (
-        cfg.labels == "auto" and root.is_dir() and has_class_folders(root, paths)
-    )
-    if labelled:
-        if not root.is_dir():
-            raise DataError(f"data.labels=folder needs a folder with one sub-folder per class, got {root}")
-        full = LabelledImages.from_folder(root)
-        paths, targets, classes = list(full.paths), full.targets, full.classes
-        if cfg.holdout > 0:
-            train_idx, test_idx = split_per_class(targets, cfg.holdout, seed=seed)
-        else:
-            train_idx, test_idx = torch.arange(len(paths)), torch.arange(len(paths))
-    else:
-        targets, classes = None, []
-        train_idx, test_idx = torch.arange(len(paths)), torch.empty(0, dtype=torch.long)
 
-    data = PretrainData(description=f"{root}: {len(paths)} images")
-    train_name, test_name = f"{root} (train part)", f"{root} (held-out {cfg.holdout:g})"
-    if cfg.cache_size is not None:
+def pretraining_data(split: Split, cfg: DataConfig, progress: bool = False) -> PretrainData:
+    """The images of ``split`` as pretraining reads them: in memory (built-in data, or files decoded once into
+    the cache when ``cfg.cache_size`` is set) or as files. The kNN bank is the labelled training part; the test
+    part is the held-out one (the training part itself when nothing is held out)."""
+    train, test = split.train, split.test
+    n_test = len(test) if test is not None else 0
+    data = PretrainData(description=f"{split.source}: {len(train) + n_test} images")
+    if train.images is None and cfg.cache_size is not None:
+        paths = list(train.paths or []) + (list(test.paths or []) if test is not None else [])
         images, kept, data.skipped = cached_decode(
             paths,
             cfg.cache_size,
@@ -111,26 +96,28 @@ def prepare_data(cfg: DataConfig, seed: int = 0, progress: bool = False) -> Pret
             progress=progress,
             max_pixels=cfg.max_pixels,
         )
-        # positions in `images` of each original index (-1 when the file could not be decoded)
+        # row of `images` of each path (-1 when the file could not be decoded); training paths come first
         where = torch.full((len(paths),), -1, dtype=torch.long)
         where[kept] = torch.arange(len(kept))
-        train_pos = where[train_idx][where[train_idx] >= 0]
-        data.train_images = images[train_pos]
-        if labelled:
-            test_pos = where[test_idx][where[test_idx] >= 0]
-            kept_targets = targets[kept]  # row i of `images` is paths[kept[i]]
-            data.bank = EvalData(train_name, kept_targets[train_pos], classes, images=data.train_images)
-            data.test = EvalData(test_name, kept_targets[test_pos], classes, images=images[test_pos])
+        train, test = (
+            _decoded(train, images, where[: len(train)]),
+            _decoded(test, images, where[len(train) :]) if test is not None else None,
+        )
+    if train.images is not None:
+        data.train_images = train.images
     else:
-        data.train_paths = [paths[i] for i in train_idx.tolist()]
-        if labelled:
-            data.bank = EvalData(train_name, targets[train_idx], classes, paths=data.train_paths)
-            data.test = EvalData(
-                test_name, targets[test_idx], classes, paths=[paths[i] for i in test_idx.tolist()]
-            )
-    if labelled:
-        data.description += f" in {len(classes)} classes, {len(test_idx)} held out for evaluation"
+        data.train_paths = list(train.paths or [])
+    if split.labelled:
+        data.bank, data.test = train, test if test is not None else train
+        data.description += f" in {len(train.classes)} classes, {n_test} held out for evaluation"
     return data
+
+
+def _decoded(part: EvalData, images: torch.Tensor, rows: torch.Tensor) -> EvalData:
+    """``part`` as in-memory images: rows (N,) of ``images`` for each of its files, -1 for those that failed."""
+    ok = rows >= 0
+    targets = part.targets[ok] if part.targets is not None else None
+    return EvalData(part.name, targets, list(part.classes), images=images[rows[ok]])
 
 
 def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -134,7 +134,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
     torch.manual_seed(cfg.run.seed)
 
     # ============ data ============
-    data = prepare_data(cfg.data, seed=cfg.run.seed, progress=cfg.run.progress and distributed.is_main())
+    data = prepare_data(cfg.data, cfg.run.seed, cfg.run.progress and distributed.is_main(), out_dir)
     log.info("data: %s", data.description)
     stream_kwargs = dict(
         batch_size=cfg.optim.batch_size,

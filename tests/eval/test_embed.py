@@ -19,8 +19,10 @@ from openseer.data.folders import DataError, split_per_class
 from openseer.data.labelled import EvalData, align_classes, load_data, train_test_data
 from openseer.data.preprocess import Preprocess
 from openseer.eval.embed import EmbedConfig, Embedder, FeatureConfig, model_digest, run_embed
+from openseer.eval.split import SplitConfig, resolve_data, split_data
 from openseer.fileio.checkpoint import latest_checkpoint
 from openseer.models import build_backbone
+from openseer.weights import load_weights
 
 # ============ data specs ============
 
@@ -65,7 +67,28 @@ def test_align_classes_remaps_and_rejects_unknown() -> None:
         align_classes(data, ["a", "b"])
 
 
-def test_default_test_split_is_pretrainings_holdout(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_default_test_split_is_what_pretraining_held_out(tiny_run) -> None:
+    """Every scoring command (knn, linear, finetune, lowshot) and embed split=test read the split the pretraining
+    run wrote into its folder: its held-out images are the test set, all the others the training set."""
+    run, folder = tiny_run
+    record = json.loads((run / "holdout.json").read_text())
+    held = [folder / p for p in record["test"]["paths"]]
+    assert record["source"] == str(folder) and len(held) == 9  # data.holdout 0.25 of 3 x 12 images
+    weights = load_weights(run)
+    for cfg in (SplitConfig(str(run)), SplitConfig(str(run), train=str(folder))):
+        train, test = split_data(cfg, weights)
+        assert test.paths == held and test.targets.tolist() == record["test"]["labels"]
+        assert sorted(train.paths + test.paths) == sorted(load_data(str(folder)).paths)
+    assert resolve_data(None, weights, "test").paths == held
+    assert resolve_data(None, weights, "train").paths == train.paths
+    # another split of the same data only when asked for
+    _, other = split_data(SplitConfig(str(run), train=str(folder), split_seed=1), weights)
+    assert other.paths != held and len(other) == 3  # 0.1 of each class
+
+
+def test_a_new_split_of_another_set(tmp_path: Path) -> None:
+    """A labelled set the weights were not pretrained on is split with `holdout` and `split_seed`."""
     folder = make_image_folder(tmp_path / "f", classes=3, per_class=8)
     full = load_data(str(folder))
     train, test = train_test_data(str(folder), None, holdout=0.25, seed=3)

@@ -17,8 +17,8 @@ from openseer.cli import main as cli_main
 from openseer.data.folders import DataError
 from openseer.data.labelled import EvalData, load_data
 from openseer.eval import finetune
+from openseer.eval.classifier import evaluate_classifier, load_classifier
 from openseer.eval.finetune import fit_classifier, new_classifier, pick_lr, train_classifier
-from openseer.eval.predict import evaluate_classifier, load_classifier
 from openseer.eval.recipe import RecipeConfig
 from openseer.fileio.checkpoint import list_checkpoints, load_checkpoint
 from openseer.weights import load_weights

@@ -10,15 +10,15 @@ import torch
 from support import FAST_EVAL
 
 from openseer.cli import main as cli_main
+from openseer.eval.classifier import load_classifier
 from openseer.eval.linear import (
     MultiHeadProbe,
     ProbeConfig,
-    confusion_matrix,
     fit_linear_probe,
     score_head,
     train_probes,
 )
-from openseer.eval.predict import load_classifier
+from openseer.eval.metrics import confusion_matrix
 from openseer.fileio.checkpoint import load_checkpoint, resolve_checkpoint
 
 

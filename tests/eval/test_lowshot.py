@@ -13,7 +13,8 @@ from support import FAST_EVAL
 from openseer.cli import main as cli_main
 from openseer.config import from_dict
 from openseer.data.labelled import EvalData
-from openseer.eval.lowshot import LowShotConfig, format_lowshot, label_subsets, mean_std, run_lowshot
+from openseer.eval.lowshot import LowShotConfig, format_lowshot, label_subsets, lowshot, mean_std, run_lowshot
+from openseer.weights import load_weights
 
 
 def test_subsets_are_balanced_and_deterministic_per_seed() -> None:
@@ -54,10 +55,9 @@ def test_linear_protocol_against_both_baselines(fresh_run, tmp_path: Path) -> No
             "features": {"workers": 0, "progress": False},
         },
     )
-    seen = []
-    result = run_lowshot(cfg, on_run=lambda *a: seen.append(a))
+    result = run_lowshot(cfg)
     assert [r["method"] for r in result["rows"]] == ["ssl-linear", "random", "supervised"]
-    assert len(seen) == 6
+    assert sum(len(cell["runs"]) for row in result["rows"] for cell in row["cells"].values()) == 6
     for row in result["rows"]:
         cell = row["cells"]["2/class"]
         assert [r["n_labels"] for r in cell["runs"]] == [6, 6] and 0 <= cell["top1_mean"] <= 1
@@ -134,7 +134,7 @@ def test_supervised_from_scratch_beats_chance_on_a_tiny_labelled_set(fresh_run, 
             "features": {"workers": 0, "progress": False},
         },
     )
-    result = run_lowshot(cfg, data=(stripes(16, seed=0), stripes(50, seed=1)))
+    result = lowshot(load_weights(run), stripes(16, seed=0), stripes(50, seed=1), cfg)
     cell = result["rows"][1]["cells"]["16/class"]
     assert cell["top1_mean"] >= 0.8, cell  # chance is 0.5
     assert cell["runs"][0]["steps"] == 50

@@ -13,13 +13,8 @@ from PIL import Image
 from support import make_image_folder
 
 from openseer.cli import main as cli_main
-from openseer.eval.predict import (
-    Classifier,
-    load_classifier,
-    predict,
-    predict_proba,
-    save_classifier,
-)
+from openseer.eval.classifier import Classifier, load_classifier, save_classifier
+from openseer.eval.predict import predict, predict_proba
 from openseer.fileio.checkpoint import CheckpointError
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]

@@ -168,10 +168,10 @@ def tiny_classifier_config():  # noqa: ANN201 - PretrainConfig, imported lazily
 
 def tiny_classifier(
     classes: Sequence[str], resize: Resize = "center_crop", head_bn: bool = True, seed: int = 0
-):  # noqa: ANN201 - openseer.eval.predict.Classifier, imported lazily
+):  # noqa: ANN201 - openseer.eval.classifier.Classifier, imported lazily
     """A classifier of 16-px images (RegNetY-200MF, small stem, :func:`tiny_classifier_config`) drawn with
     ``seed``, its head's weights spread (std 0.5) so that the classes get distinct probabilities; eval mode."""
-    from openseer.eval.predict import Classifier, build_head
+    from openseer.eval.classifier import Classifier, build_head
     from openseer.models import build_backbone
 
     with torch.random.fork_rng(devices=[]):
