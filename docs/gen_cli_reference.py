@@ -79,8 +79,21 @@ def render() -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+def missing_descriptions() -> list[str]:
+    """A problem for ``--check`` per command whose config has a key without a docstring to describe it."""
+    from openseer.cli import COMMANDS
+    from openseer.cli.reference import undocumented_keys
+
+    problems = []
+    for command in COMMANDS:
+        missing = undocumented_keys(command.config_class())
+        if missing:
+            problems.append(f"openseer {command.name}: config keys without a docstring: {', '.join(missing)}")
+    return problems
+
+
 def main() -> int:
-    return generate(__file__, OUT, render)
+    return generate(__file__, OUT, render, missing_descriptions)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,13 @@ trained on whole small images resize the whole image instead), on the path every
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from openseer.config import ConfigError, deep_merge, from_dict, parse_overrides, read_yaml, to_dict
+from openseer.config import load_config
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.train.config import PretrainConfig
 
@@ -47,38 +47,26 @@ if TYPE_CHECKING:
     from openseer.weights import Weights
 
 
-def _options(options: Mapping[str, Any]) -> dict:
-    """``run__budget_minutes=5`` -> {"run": {"budget_minutes": 5}} (keywords cannot contain dots)."""
-    nested: dict = {}
-    for key, value in options.items():
-        node = nested
-        *parents, leaf = key.split("__")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = to_dict(value)
-    return nested
-
-
 def make_config(
     config: str | os.PathLike | PretrainConfig | Sequence[str | os.PathLike] = "cpu",
     overrides: Sequence[str] = (),
     **options: Any,
 ) -> PretrainConfig:
-    """The config ``openseer pretrain --config ... key=value ...`` would resolve, from Python.
+    """The config ``openseer pretrain --config ... key=value ...`` would resolve, from Python
+    (:func:`openseer.config.load_config`, the command line's merge).
 
     ``config``: a preset name, a YAML file, several of them, or a PretrainConfig; ``overrides``: ``"a.b=value"``
-    strings; ``options``: keyword overrides with ``__`` for dots (``optim__base_lr=0.6``), applied last.
+    strings; ``options``: keyword overrides with ``__`` for dots (``optim__base_lr=0.6``, ``run={"seed": 4}``),
+    applied last.
     """
-    if isinstance(overrides, str):
-        raise ConfigError(f"overrides must be a list of 'key=value' strings, got the string {overrides!r}")
     if isinstance(config, PretrainConfig):
-        merged = to_dict(config)
+        base, sources = config, []
     else:
-        merged = to_dict(PretrainConfig())
-        for source in [config] if isinstance(config, str | os.PathLike) else config:
-            merged = deep_merge(merged, read_yaml(source))
-    merged = deep_merge(merged, parse_overrides(overrides))
-    return from_dict(PretrainConfig, deep_merge(merged, _options(options)))
+        base, sources = PretrainConfig, [config] if isinstance(config, str | os.PathLike) else list(config)
+    # keywords cannot contain dots: `run__budget_minutes=5` sets run.budget_minutes (a string for overrides is
+    # refused by load_config, which says why)
+    keywords = [(key.replace("__", "."), value) for key, value in options.items()]
+    return load_config(base, sources, overrides if isinstance(overrides, str) else [*overrides, *keywords])
 
 
 def pretrain(

@@ -1,8 +1,10 @@
 """Typed configuration: dataclass defaults, YAML overrides, ``key=value`` overrides, strict validation.
 
-Each command owns one dataclass tree. A YAML file (or a named preset shipped in ``openseer/presets``) holds only
-the keys it changes; command-line ``a.b=value`` pairs come last. A misspelt key or a value of the wrong type is a
-:class:`ConfigError` naming the key and what is allowed, raised before any work starts.
+Each command owns one dataclass tree, every field described by its attribute docstring (:func:`field_docs`, the
+text of ``--help`` and of the docs). A YAML file (or a named preset shipped in ``openseer/presets``) holds only
+the keys it changes; command-line ``a.b=value`` pairs come last. :func:`load_config` is the one merge, of the
+command line and of the Python API alike. A misspelt key or a value of the wrong type is a :class:`ConfigError`
+naming the key and what is allowed, raised before any work starts.
 
 Hand-written rather than OmegaConf: ~150 lines give exact, user-facing messages ("unknown key optim.lrr, did you
 mean optim.lr?") and plain dataclasses as the result, with no extra runtime dependency.
@@ -10,11 +12,16 @@ mean optim.lr?") and plain dataclasses as the result, with no extra runtime depe
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import os
+import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -132,6 +139,39 @@ def key_paths(cls: type) -> list[str]:
     return keys
 
 
+@cache
+def _own_field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings written in ``cls``'s own body: the string literal right after ``name: type = ...``."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # defined in a REPL or generated: no source to read
+        return {}
+    body = ast.parse(textwrap.dedent(source)).body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The description of every documented field of dataclass ``cls``: its attribute docstring (the string
+    literal under the field), whitespace collapsed, inherited ones included (a subclass's own docstring for a
+    field replaces its base's). The one source of every config key's help text (``openseer COMMAND --help``,
+    docs/cli.md, docs/config.md)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
 def closest_key(key: str, keys: Sequence[str]) -> str | None:
     """The key of ``keys`` that ``key`` most likely meant: a near spelling of the whole dotted key, else a key
     whose last part is (nearly) ``key``'s last part (``workers`` -> ``features.workers``)."""
@@ -187,26 +227,34 @@ def deep_merge(base: dict, override: Mapping) -> dict:
     return out
 
 
+def nested(key: str, value: Any) -> dict:
+    """``"optim.base_lr", 0.6`` -> ``{"optim": {"base_lr": 0.6}}``: a dotted key as the nested mapping of a
+    YAML config file."""
+    *parents, leaf = key.split(".")
+    out: dict = {leaf: value}
+    for part in reversed(parents):
+        out = {part: out}
+    return out
+
+
+def parse_override(pair: str) -> tuple[str, Any]:
+    """``"optim.lr=0.3"`` -> ``("optim.lr", 0.3)``; the value is parsed as YAML (a scalar, a list, a mapping)."""
+    if "=" not in pair:
+        raise ConfigError(f"override '{pair}' is not of the form key=value (e.g. optim.base_lr=0.6)")
+    key, raw = pair.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{pair}' has an empty key")
+    try:
+        return key, yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{pair}': cannot parse the value ({err})") from err
+
+
 def parse_overrides(pairs: Sequence[str]) -> dict:
-    """``["optim.lr=0.3", "crops=[...]"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    """``["optim.lr=0.3", "crops=[...]"]`` -> nested dict, later pairs over earlier ones."""
     out: dict = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"override '{pair}' is not of the form key=value (e.g. optim.base_lr=0.6)")
-        key, raw = pair.split("=", 1)
-        if not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override '{pair}' has an empty key")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override '{pair}': cannot parse the value ({err})") from err
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{pair}' conflicts with an earlier override of '{part}'")
-        node[leaf] = value
+        out = deep_merge(out, nested(*parse_override(pair)))
     return out
 
 
@@ -236,20 +284,33 @@ def read_yaml(name_or_path: str | Path) -> dict:
     return data
 
 
+Override = str | tuple[str, Any]
+"""One ``key=value`` override: a string whose value is YAML, or a (dotted key, value) pair of a typed value."""
+
+
 def load_config(
-    cls: type[T],
-    sources: Sequence[str | Path] = (),
-    overrides: Sequence[str] = (),
+    base: type[T] | T,
+    sources: Sequence[str | os.PathLike] = (),
+    overrides: Sequence[Override] = (),
     values: Mapping[str, Any] | None = None,
 ) -> T:
-    """Defaults of ``cls``, then each YAML source in order, then ``values`` (a nested mapping of values already
-    typed, such as the command line's positional paths, which must not be read as YAML), then ``key=value``
-    overrides."""
-    merged: dict = to_dict(cls())
+    """The one merge of every config: ``base`` (a config dataclass, for its defaults, or an instance of one), then
+    each YAML source in order (a file, or a preset's name), then ``values``, then each override in order.
+
+    ``values``: typed values by dotted key (``{"features.workers": 0}``) that must not be read as YAML, such as
+    the command line's positional paths. ``overrides``: ``"key=value"`` strings (the value parsed as YAML) or
+    ``(key, value)`` pairs of typed values (the Python API's keyword options, applied after its strings);
+    a value may be a dataclass instance or a nested mapping, which is merged into the section it names.
+    """
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of 'key=value' strings, got the string {overrides!r}")
+    cls: type[T] = base if isinstance(base, type) else type(base)
+    merged: dict = to_dict(base() if isinstance(base, type) else base)
     for source in sources:
         merged = deep_merge(merged, read_yaml(source))
-    merged = deep_merge(merged, values or {})
-    merged = deep_merge(merged, parse_overrides(overrides))
+    layers = [*(values or {}).items(), *(parse_override(o) if isinstance(o, str) else o for o in overrides)]
+    for key, value in layers:
+        merged = deep_merge(merged, nested(key, to_dict(value)))
     return from_dict(cls, merged)
 
 

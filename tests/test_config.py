@@ -1,18 +1,23 @@
 """Typed config of `openseer pretrain`: defaults, shipped presets, key=value overrides, strict errors."""
 
+from dataclasses import dataclass, field
+
 import pytest
 
 from openseer.config import (
     ConfigError,
     closest_key,
     dump_yaml,
+    field_docs,
     key_paths,
     load_config,
+    nested,
     parse_overrides,
     preset_names,
     read_yaml,
 )
 from openseer.data.multicrop import CropSpec
+from openseer.models.config import ModelConfig
 from openseer.train.config import OptimConfig, PretrainConfig
 
 
@@ -212,6 +217,59 @@ def test_malformed_overrides():
     with pytest.raises(ConfigError, match="empty key"):
         parse_overrides(["optim..base_lr=1"])
     assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=x"]) == {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
+
+
+def test_nested_and_later_overrides_win():
+    assert nested("a.b.c", 1) == {"a": {"b": {"c": 1}}} and nested("d", [1]) == {"d": [1]}
+    # a later pair wins over an earlier one; a key inside a section keeps the section's other keys
+    assert parse_overrides(["a.b=1", "a.b=2", "a.c=3"]) == {"a": {"b": 2, "c": 3}}
+
+
+def test_one_merge_layers_base_sources_values_strings_and_typed_pairs():
+    """load_config is the merge of the command line (positional values before key=value) and of the Python API
+    (a config instance as the base, keyword pairs after the strings)."""
+    base = load_config(PretrainConfig, ["cpu"], ["run.seed=5"])
+    cfg = load_config(base, overrides=["model.prototypes=50"])
+    assert cfg.run.seed == 5 and cfg.model.arch == "regnety_200mf" and cfg.model.prototypes == 50
+    assert base.model.prototypes == 100  # the base is not changed
+    # in order: values, then each override, a string (its value read as YAML) or a typed (key, value) pair
+    assert load_config(PretrainConfig, [], ["run.seed=2"], {"run.seed": 1}).run.seed == 2
+    cfg = load_config(
+        PretrainConfig,
+        ["cpu"],
+        ["run.seed=2", ("run.seed", 3), "data.cache_size=null", ("run", {"out_dir": "x"})],
+        {"run.seed": 1, "data.source": "null", "run.out_dir": "a=b"},
+    )
+    assert cfg.run.seed == 3 and cfg.run.out_dir == "x" and cfg.run.checkpoint_every == 200
+    assert cfg.data.cache_size is None and cfg.data.source == "null"  # a typed value is never read as YAML
+    # a dataclass instance sets the whole section
+    model = ModelConfig(arch="regnety_200mf", prototypes=20)
+    assert load_config(PretrainConfig, ["cpu"], [("model", model)]).model == model
+    with pytest.raises(ConfigError, match="unknown config key 'run.seeed'; did you mean 'run.seed'"):
+        load_config(PretrainConfig, overrides=[("run.seeed", 1)])
+    with pytest.raises(ConfigError, match="list of 'key=value' strings, got the string 'run.seed=1'"):
+        load_config(PretrainConfig, overrides="run.seed=1")  # type: ignore[arg-type]
+
+
+@dataclass
+class _Base:
+    size: int = 1
+    """Side of the base."""
+    plain: int = 2
+
+
+@dataclass
+class _Derived(_Base):
+    size: int = 3
+    """Side of the derived one."""
+    extra: list[int] = field(default_factory=list)
+    """An extra key,
+    over two lines."""
+
+
+def test_field_docs_are_the_attribute_docstrings():
+    assert field_docs(_Base) == {"size": "Side of the base."}
+    assert field_docs(_Derived) == {"size": "Side of the derived one.", "extra": "An extra key, over two lines."}
 
 
 def test_learning_rates_scale_with_the_global_batch():

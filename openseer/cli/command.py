@@ -179,7 +179,7 @@ def unknown_option_hint(command: Command, option: str) -> str:
 
 
 def split_words(command: Command, words: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
-    """(values of the positional shortcuts as a nested mapping, ``key=value`` overrides) of ``words``."""
+    """(values of the positional shortcuts by dotted key, ``key=value`` overrides) of ``words``."""
     overrides = [w for w in words if _OVERRIDE.match(w)]
     plain = [w for w in words if not _OVERRIDE.match(w)]
     values: dict[str, Any] = {}
@@ -193,13 +193,8 @@ def split_words(command: Command, words: Sequence[str]) -> tuple[dict[str, Any],
                 f"key=value pair{why}"
             )
         slot = slots.pop(0)
-        value: Any = plain if slot.many else plain[0]
+        values[slot.key] = list(plain) if slot.many else plain[0]
         plain = [] if slot.many else plain[1:]
-        node = values
-        *parents, leaf = slot.key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = list(value) if slot.many else value
     return values, overrides
 
 

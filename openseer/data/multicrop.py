@@ -31,8 +31,11 @@ class CropSpec:
     """
 
     size: int
+    """Output side of these crops in pixels."""
     count: int
+    """How many crops of this size are drawn from each image."""
     scale: tuple[float, float]
+    """[min, max] area of a crop as a fraction of the image (RandomResizedCrop's scale)."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,22 @@ class AugmentSpec:
     """
 
     flip_p: float = 0.5
+    """Probability of a horizontal flip."""
     color_strength: float = 1.0
+    """SimCLR's colour strength s: ColorJitter(brightness 0.8s, contrast 0.8s, saturation 0.8s, hue 0.2s)."""
     color_p: float = 0.8
+    """Probability of applying the colour jitter."""
     grayscale_p: float = 0.2
+    """Probability of converting a crop to grey."""
     blur_p: float = 0.5
+    """Probability of a Gaussian blur (its kernel about a tenth of the crop's side); 0: never."""
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    """[min, max] of the blur's sigma in pixels, drawn uniformly per crop."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
+    """Per-channel mean subtracted from pixels scaled to [0, 1] (ImageNet's by default); stored with the weights
+    as their input normalisation."""
     std: tuple[float, float, float] = IMAGENET_STD
+    """Per-channel standard deviation the pixels are divided by after the mean (ImageNet's by default)."""
 
 
 # SEER (Goyal et al. 2021) trains with 2x224 + 4x96; SwAV's best ImageNet model uses 2x224 + 6x96.

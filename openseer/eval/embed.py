@@ -257,6 +257,7 @@ class EmbedConfig:
     seed: int = 0
     """Seed of the random initialisation."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    """How features are computed: batch size, workers, device, BatchNorm re-estimation, cache."""
 
     def validate(self) -> None:
         if not self.checkpoint:

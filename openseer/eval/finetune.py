@@ -433,12 +433,17 @@ class FinetuneConfig(SplitConfig):
     init: Literal["pretrained", "random"] = "pretrained"
     """'random': the same network from scratch (the supervised baseline)."""
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    """How the classifier is trained: steps, batch, learning-rate grid and schedule, augmentation."""
     out_dir: str | None = None
     """Checkpoints of the classifier (default RUN/finetune, or RUN/finetune-scratch)."""
     results: str | None = None
+    """Folder of the JSON result; null: RUN/eval."""
     device: str = "auto"
+    """'auto' (this process's GPU when there is one, else the CPU), 'cpu', 'cuda', 'cuda:1' ..."""
     workers: int = 2
+    """DataLoader worker processes that decode and augment image files (0: in this process)."""
     progress: bool = True
+    """Show progress bars."""
 
     def validate(self) -> None:
         if not self.checkpoint:

@@ -95,13 +95,19 @@ class LowShotConfig(SplitConfig):
     seed: int = 0
     """Seed of the random initialisation whose features the 'random' baseline probes."""
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    """Label budgets as fractions of each class of the training set, in (0, 1]."""
     per_class: list[int] = field(default_factory=list)
     """Label budgets as images per class, in addition to (or instead of) `fractions`."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """One run per seed and budget: the seed draws the labelled subset and seeds its training; results are
+    reported as mean ± std over the seeds."""
     protocol: Literal["linear", "finetune"] = "linear"
     """How the pretrained network is evaluated: linear probe on frozen features, or fine-tuning."""
     baselines: list[Literal["random", "supervised"]] = field(default_factory=lambda: ["random", "supervised"])
+    """Compared on the same subsets: 'random', a linear probe on the features of the same network at random
+    initialisation; 'supervised', that network trained from scratch with the `scratch` recipe."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """The linear probe (protocol 'linear' and the 'random' baseline); its seed is each run's seed."""
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     """Fine-tuning the pretrained network (protocol 'finetune')."""
     scratch: RecipeConfig = field(
@@ -112,7 +118,10 @@ class LowShotConfig(SplitConfig):
     1% of the built-in slice, 500 steps, one seed: 0.572 test top-1 at lr 0.1 with crops from 8%, 0.619 at
     lr 0.4, 0.660 at lr 0.4 with crops from 25% (small images lose their object in an 8% crop)."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    """How features are computed; its workers and progress also serve the trained runs (protocol 'finetune',
+    the 'supervised' baseline), and its batch size their scoring."""
     results: str | None = None
+    """Folder of the JSON result; null: RUN/eval."""
 
     def validate(self) -> None:
         if not self.checkpoint:

@@ -11,7 +11,8 @@ from openseer.config import ConfigError
 @dataclass
 class ModelConfig:
     arch: str = "resnet50"
-    """A RegNetY size (regnety_200mf ... regnety_256gf, regnety_10b) or resnet50; see `openseer.models`."""
+    """A RegNetY size (regnety_200mf ... regnety_256gf, regnety_10b), resnet50 or resnet18; see
+    `openseer.models`."""
     stem: Literal["imagenet", "small"] = "imagenet"
     """'small': a stride-1 3x3 stem for inputs of 64 px or less."""
     output_stride: int | None = None
@@ -19,10 +20,16 @@ class ModelConfig:
     smaller power of two takes the stride out of the last stages, so the last stage sees a larger map (8 with
     'small': a 32-px crop reaches it as 4x4 instead of 2x2). Shapes of the weights do not change."""
     head_hidden: list[int] = field(default_factory=lambda: [2048])
+    """Widths of the projection MLP's hidden layers, each a Linear then ReLU (SwAV RN50: [2048]; SEER:
+    [8192, 8192]); []: a single Linear layer to the embedding."""
     head_bn: bool = True
+    """BatchNorm after each hidden Linear layer of the projection MLP (SwAV: true; SEER: false)."""
     out_dim: int = 128
+    """Dimension of the L2-normalised embedding z that the prototypes score (SwAV: 128; SEER: 256)."""
     prototypes: int = 3000
+    """Number K of prototypes, unit vectors of out_dim (SwAV ImageNet: 3000; SEER: 16000)."""
     channels_last: bool = True
+    """Channels-last (NHWC) memory format for the model and the crops fed to it; false: contiguous NCHW."""
     small_map_kernels: bool = True
     """On a CPU, 1x1 convolutions over maps of at most 8x8 run as matrix products, and grouped convolutions with
     narrow groups over such maps in fp32 under bf16 autocast (the same function, faster kernels: see

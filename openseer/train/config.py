@@ -29,6 +29,9 @@ class DataConfig:
     """Decode every image once to a uint8 cache of this side and augment whole batches on tensors (fast for
     small images). null: decode and augment per image in loader workers (any image size)."""
     workers: int = 2
+    """Decoding workers: DataLoader processes of the per-image path (data.cache_size null) and of shards, the
+    threads that decode the images into the cache (data.cache_size set; at least one), and the loader processes
+    of the end-of-run evaluation. 0: the per-image path and the evaluation decode in the training process."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Images with more pixels are skipped as decompression bombs."""
 
@@ -44,15 +47,25 @@ class DataConfig:
 @dataclass
 class SwAVConfig:
     temperature: float = 0.1
+    """Softmax temperature of the swapped prediction (SwAV: 0.1); its value at the end of the run when
+    swav.temperature_start is set."""
     temperature_start: float | None = None
-    """Temperature at the start of the run, following a cosine to ``temperature`` at its end; None: constant."""
+    """Temperature at the start of the run, following a cosine to swav.temperature at its end (over the steps,
+    or over the time budget); null: constant."""
     epsilon: float = 0.05
+    """Entropic regularisation of Sinkhorn-Knopp: larger gives flatter (softer) codes."""
     sinkhorn_iters: int = 3
+    """Sinkhorn-Knopp iterations per batch (SwAV: 3; SEER: 10)."""
     crops_for_assign: list[int] = field(default_factory=lambda: [0, 1])
+    """Indices of the crops whose codes are computed (counted over all crops, in the order of `crops`); every
+    crop predicts the codes of each of them but its own."""
     queue_length: int = 3840
     """Embeddings kept per assignment crop across the global batch (0: no queue); split across processes."""
     queue_start_epoch: float = 15.0
+    """Epoch from which the batches' embeddings enter the queue; once it is full, the scores of its embeddings
+    join each code computation. Ignored without a queue (swav.queue_length 0)."""
     freeze_prototypes_iters: int = 313
+    """Steps at the start of the run during which the prototypes get no gradient (SwAV: 313)."""
 
     def local_queue_length(self, batch_size: int, world_size: int) -> int:
         """Queue rows per process, as swav main_swav.py sizes them: ``queue_length`` is first rounded down to
@@ -80,15 +93,23 @@ class SwAVConfig:
 @dataclass
 class OptimConfig:
     name: Literal["lars", "sgd"] = "lars"
+    """'lars' (SwAV, SEER: SGD with momentum whose step is scaled per tensor by optim.trust_coefficient) or plain
+    'sgd' with momentum."""
     batch_size: int = 64
     """Images per process; the global batch is batch_size x world size."""
     epochs: float = 400.0
+    """Length of the run in passes over the training images, which the cosine schedule spans. With
+    run.budget_minutes the run lasts the budget instead; the epochs then only set the share of the warm-up given
+    by optim.warmup_epochs or optim.warmup_steps."""
     base_lr: float = 0.3
     """Peak learning rate for a global batch of 256; scaled linearly with the global batch."""
     final_lr: float = 0.0003
     """End of the cosine, for a global batch of 256 (scaled like base_lr)."""
     start_lr: float = 0.0
+    """Learning rate at the start of the warm-up, for a global batch of 256 (scaled like base_lr)."""
     warmup_epochs: float = 10.0
+    """Linear warm-up from start_lr to base_lr, in epochs (unless optim.warmup_steps or
+    optim.warmup_fraction is set)."""
     warmup_steps: int | None = None
     """Overrides warmup_epochs when set (SEER: 8,000 steps)."""
     warmup_fraction: float | None = None
@@ -96,7 +117,10 @@ class OptimConfig:
     weight_decay: float = 1e-6
     """L2 weight decay, folded into the LARS step (of every tensor unless optim.exclude_bias_and_norm)."""
     momentum: float = 0.9
+    """Momentum of SGD, and of the SGD step inside LARS."""
     trust_coefficient: float = 0.001
+    """LARS trust coefficient η: each tensor's update (gradient plus weight decay) is scaled by
+    η ||w|| / (||g|| + weight_decay ||w||). Unused by 'sgd'."""
     exclude_bias_and_norm: bool = False
     """Leave biases and normalisation weights (all 1-D tensors) out of LARS adaptation and weight decay. The
     references adapt and decay every tensor (swav: LARC over SGD on all parameters; VISSL: regularize_bn and
@@ -130,7 +154,11 @@ class OptimConfig:
 @dataclass
 class RunConfig:
     out_dir: str = "runs/pretrain"
+    """Run folder: config.yaml, metrics.jsonl, checkpoints/, tensorboard/, summary.json, autotune.json,
+    skipped_images.json, and the evaluation's eval/ and report.html; written by the first process only (every
+    process writes its shards of an FSDP checkpoint)."""
     seed: int = 0
+    """Seed of the initialisation, of the data order and augmentation, and of the held-out split."""
     device: str = "auto"
     """'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1'..."""
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
@@ -153,11 +181,19 @@ class RunConfig:
     optim.warmup_fraction) instead of optim.epochs. The seconds spent choosing run.precision and run.compile
     at start-up (trial steps, a compile) come out of it; data preparation and the final evaluation do not."""
     max_steps: int | None = None
+    """Stop after this many steps (smoke tests); the schedule keeps the length the run would have had. null: no
+    limit."""
     log_every: int = 10
+    """Write a line of metrics.jsonl (and check for collapse) every this many steps."""
     checkpoint_every: int = 500
+    """Write a checkpoint every this many steps, and always at the end of the run (--resume continues from the
+    newest one)."""
     keep_checkpoints: int = 3
+    """How many of the newest checkpoints are kept; older ones are deleted. 0: keep every one."""
     progress: bool = True
+    """Show a progress bar."""
     tensorboard: bool = True
+    """Mirror the metrics to TensorBoard event files in run.out_dir/tensorboard."""
     evaluate: bool = True
     """After training, score the features once on the held-out labelled split (kNN at random initialisation
     and after pretraining, a linear probe) and write RUN/report.html (openseer.eval.pretraining)."""
@@ -165,10 +201,14 @@ class RunConfig:
     """Re-estimate BatchNorm statistics on un-augmented training images before kNN (both at random init and
     after pretraining), so that neither is scored with statistics of another input distribution."""
     knn_k: int = 200
+    """Neighbours of the end-of-run kNN evaluation."""
     knn_temperature: float = 0.1
+    """Temperature of the kNN's similarity weighting, exp(cosine / T)."""
     max_nonfinite_steps: int = 20
     """Stop with advice after this many non-finite steps in a row (each one is skipped)."""
     dist_timeout_s: float = 600.0
+    """Seconds a collective across processes may wait: a process that died or stopped answering then ends the
+    job with an explanation instead of a hang. Unused by a single process."""
 
 
 @dataclass
@@ -181,6 +221,8 @@ class ParallelConfig:
     """
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    """'ddp': every process holds the whole model; 'fsdp': parameters, gradients, optimiser state and checkpoints
+    are sharded over the processes (see docs/scaling.md)."""
     sync_bn: bool = False
     """BatchNorm statistics over the batch of a group of processes (SEER: groups of 64 GPUs). Several processes:
     CUDA only; a single process keeps plain BatchNorm (there is nothing to synchronise)."""
@@ -200,7 +242,7 @@ class ProgressiveConfig:
     """Progressive resolution (openseer.data.progressive): every crop's side grows linearly from
     ``start_scale`` of its configured size to all of it over the first ``until`` share of the run (steps, or the
     time budget), in multiples of ``multiple`` pixels. Off (1.0) in every preset: swav and SEER train at one
-    resolution, and on the cpu preset 0.5 over the first half scored 0.319 against 0.342 in 5 minutes (README)."""
+    resolution, and a pair of equal-time runs of the cpu preset did not support it (docs/time_to_accuracy.md)."""
 
     start_scale: float = 1.0
     """Side of every crop at the start of the run, as a fraction of its configured size; 1.0: off."""
@@ -223,16 +265,28 @@ class ProgressiveConfig:
 @dataclass
 class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
+    """The training images: where they are, how they are labelled and held out, how they are decoded."""
     crops: list[CropSpec] = field(
         default_factory=lambda: [CropSpec(224, 2, (0.14, 1.0)), CropSpec(96, 6, (0.05, 0.14))]
     )
+    """The multi-crop: groups of same-size crops drawn from each image, set as a whole list (by default SwAV's
+    2x224 + 6x96). The crops are numbered in this order (every crop of the first group, then of the next), as
+    swav.crops_for_assign counts them."""
     augment: AugmentSpec = field(default_factory=AugmentSpec)
+    """Augmentation of every crop, and the normalisation of the network's input."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The network: backbone, projection head and prototypes."""
     swav: SwAVConfig = field(default_factory=SwAVConfig)
+    """The SwAV objective: codes by Sinkhorn-Knopp, swapped prediction, the embedding queue."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser, batch and learning-rate schedule (linear warm-up, then cosine)."""
     run: RunConfig = field(default_factory=RunConfig)
+    """Where the run writes, on what device and in what precision, how long it lasts, what it logs and keeps,
+    and the evaluation at its end."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """How several processes share the training."""
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    """Smaller crops early in the run (off by default)."""
 
     def preprocess(self, resize: Resize = "center_crop") -> Preprocess:
         """The evaluation input of networks trained with this config: the first (global) crop's size and the

@@ -14,7 +14,7 @@ import yaml
 
 from openseer.cli import COMMANDS, build_parser, main, parse_command_line
 from openseer.cli.command import Command, CommandParser, Positional, add_command, split_words
-from openseer.cli.reference import NO_DEFAULT, key_docs
+from openseer.cli.reference import NO_DEFAULT, key_docs, undocumented_keys
 from openseer.config import ConfigError
 
 NAMES = [c.name for c in COMMANDS]
@@ -198,6 +198,18 @@ def test_help_lists_keys_with_types_defaults_and_docstrings() -> None:
     assert "steps: int = 7\n      How many steps the toy takes." in _help(LongerToy)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_config_key_of_every_command_has_a_docstring(name: str) -> None:
+    """--help, docs/cli.md and docs/config.md describe a key by its field's docstring and nothing else."""
+    assert undocumented_keys(_command(name).config_class()) == []
+
+
+def test_a_field_without_a_docstring_shows_none() -> None:
+    text = _help(Toy)
+    assert "  mode: walk|run = walk\n  inner.*\n  inner.size: int = 5" in text  # no borrowed description
+    assert undocumented_keys(Toy) == ["mode", "inner"]
+
+
 def test_real_commands_help_shows_their_own_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     for argv, line in [
         (["knn", "-h"], "  k: int = 200\n"),
@@ -206,6 +218,8 @@ def test_real_commands_help_shows_their_own_defaults(capsys: pytest.CaptureFixtu
         (["lowshot", "-h"], "  scratch.lr: float = 0.4\n"),  # LowShotConfig.scratch, not RecipeConfig's 0.0125
         (["pretrain", "-h"], "  optim.base_lr: float = 0.3\n"),
         (["pretrain", "-h"], "  crops[i].size: int\n      Output side of these crops in pixels."),
+        (["pretrain", "-h"], "  optim.momentum: float = 0.9\n      Momentum of SGD"),
+        (["finetune", "-h"], "  recipe.*\n      How the classifier is trained"),
     ]:
         with pytest.raises(SystemExit):
             build_parser().parse_args(argv)

@@ -19,9 +19,17 @@ from openseer.interop.config import EXPORT_SUFFIXES, ExportConfig
 from openseer.interop.export import FORMATS, export, relative_error
 from openseer.models import build_model
 from openseer.train.config import PretrainConfig
+from openseer.train.sharded_checkpoint import save_sharded
 from openseer.weights import load_weights
 
-ort = pytest.importorskip("onnxruntime")
+# ONNX export and its check are the optional `export` extra (installed with `test`); only the tests of that format
+# skip without it, and say which package is missing
+EXPORT_EXTRA = "is not installed (pip install 'openseer[export]')"
+
+
+def _onnx_packages() -> None:
+    for package in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(package, reason=f"{package} {EXPORT_EXTRA}")
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +54,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"images": x.numpy()})
     return torch.from_numpy(out)
@@ -53,6 +63,7 @@ def _onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_onnx_backbone_matches_pytorch(run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _onnx_packages()
     dst = tmp_path / "backbone.onnx"
     assert cli_main(["export", str(run["folder"]), str(dst), "verify=true"]) == 0
     assert "relative error" in capsys.readouterr().out
@@ -67,6 +78,7 @@ def test_onnx_backbone_matches_pytorch(run: dict, tmp_path: Path, capsys: pytest
 
 @pytest.mark.slow
 def test_onnx_with_classifier_outputs_logits(run: dict, tmp_path: Path) -> None:
+    _onnx_packages()
     dst = tmp_path / "classifier.onnx"
     assert (
         cli_main(["export", str(run["folder"] / "finetuned.pt"), str(dst), "with_head=true"])
@@ -165,6 +177,8 @@ def test_every_format_the_command_offers_writes_a_file_its_own_reader_loads(
     run: dict, tmp_path: Path, fmt: str
 ) -> None:
     assert set(FORMATS) == set(READERS), "a format without a reader here: add one"
+    if fmt == "onnx":
+        _onnx_packages()
     (path, *_) = export(load_weights(run["folder"]), tmp_path / f"backbone.{fmt}", fmt)
     assert READERS[fmt](path) > 0
     with pytest.raises(ConfigError, match="expected one of safetensors, torchscript, onnx"):
@@ -174,16 +188,13 @@ def test_every_format_the_command_offers_writes_a_file_its_own_reader_loads(
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # one process on purpose
 def test_sharded_fsdp_run_exports_like_any_other(run: dict, tmp_path: Path) -> None:
     """An FSDP run's ``dcp-*`` checkpoint (written here by one process) is gathered for export and loading."""
-    sharded = pytest.importorskip("openseer.train.sharded_checkpoint")
     from openseer.swav import EmbeddingQueue
 
     cfg = run["cfg"]
     model = randomize_batchnorm(build_model(cfg.model), seed=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     queue = EmbeddingQueue(len(cfg.swav.crops_for_assign), 0, cfg.model.out_dim, torch.device("cpu"))
-    sharded.save_sharded(
-        tmp_path / "fsdp" / "checkpoints", 5, model, optimizer, queue, {"config": to_dict(cfg)}
-    )
+    save_sharded(tmp_path / "fsdp" / "checkpoints", 5, model, optimizer, queue, {"config": to_dict(cfg)})
     dst = tmp_path / "fsdp.safetensors"
     assert cli_main(["export", str(tmp_path / "fsdp"), str(dst)]) == 0
     weights = load_weights(dst)
