@@ -3,24 +3,9 @@ the extrapolated cache fill and the CPU; --upscale writes its enlarged photos on
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 from PIL import Image
+from support.benchmarks import benchmark_module
 from support.photos import photo_jpeg
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module() -> ModuleType:
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # the script imports its sibling _common
-    spec = importlib.util.spec_from_file_location("decode_benchmark", ROOT / "benchmarks" / "decode.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_last_line_has_both_rates_the_ratio_and_the_fill(tmp_path, cache_dir, capsys):
@@ -29,7 +14,7 @@ def test_the_last_line_has_both_rates_the_ratio_and_the_fill(tmp_path, cache_dir
     for i in range(5):
         photo_jpeg(folder / f"{i}.jpg", 300 + 7 * i, 200, seed=i)
     (folder / "broken.jpg").write_bytes(b"not a photo")
-    bench = _module()
+    bench = benchmark_module("decode")
     line = bench.main([str(folder), "--size", "32", "--rounds", "1", "--threads", "1"])
     figures = dict(pair.split("=", 1) for pair in line.split())
     assert set(figures) == {
