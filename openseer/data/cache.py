@@ -326,7 +326,7 @@ def _open(files: _Files, size: int, n: int) -> Decoded | None:
         state = _State.read(files.index, size, n)
         if state.done != n:
             raise ValueError("the index describes an unfinished fill")
-        nbytes = state.rows * 3 * size * size
+        nbytes = cache_bytes(state.rows, size)
         if files.data.stat().st_size != nbytes:
             raise ValueError(f"{files.data.name} holds {files.data.stat().st_size} bytes, expected {nbytes}")
         if state.rows:
@@ -338,7 +338,7 @@ def _open(files: _Files, size: int, n: int) -> Decoded | None:
         logger.warning("ignoring unreadable decoded-image cache %s (%s); rebuilding", files.index, exc)
         return None
     keep = torch.ones(n, dtype=torch.bool)
-    keep[[i for i, _, _ in state.skipped]] = False
+    keep[torch.tensor([i for i, _, _ in state.skipped], dtype=torch.int64)] = False
     kept = torch.nonzero(keep).flatten()
     return images, kept, SkipLog([(p, r) for _, p, r in state.skipped])
 
@@ -358,7 +358,7 @@ def _resume(files: _Files, size: int, n: int) -> _State:
     """The progress of an interrupted fill of this entry whose rows are all on disk, else a fresh start."""
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         state = _State.read(files.progress, size, n)
-        if state.done < n and files.partial.stat().st_size >= state.rows * 3 * size * size:
+        if state.done < n and files.partial.stat().st_size >= cache_bytes(state.rows, size):
             return state
     return _State(size=size, paths=n)
 
@@ -370,10 +370,8 @@ def _fill(
     num_threads: int,
     progress: bool,
     max_pixels: int,
-    chunk: int | None = None,
 ) -> None:
     """Decode ``paths`` into the entry ``files``, appending one chunk at a time to the partial file."""
-    row = 3 * size * size
     state = _resume(files, size, len(paths))
     if state.done:
         logger.info("resuming the decoded-image cache at image %d of %d", state.done, len(paths))
@@ -382,10 +380,12 @@ def _fill(
     try:
         files.index.unlink(missing_ok=True)  # a stale index must never describe the rows written below
         with open(files.partial, "r+b" if state.done else "wb") as out:
-            out.truncate(state.rows * row)  # rows past the last recorded chunk were never committed
-            out.seek(state.rows * row)
+            out.truncate(
+                cache_bytes(state.rows, size)
+            )  # rows past the last recorded chunk were never committed
+            out.seek(cache_bytes(state.rows, size))
             for rows, kept, skipped in _decode_chunks(
-                paths, size, num_threads, max_pixels, chunk or _CHUNK, state.done, bar
+                paths, size, num_threads, max_pixels, _CHUNK, state.done, bar
             ):
                 out.write(memoryview(rows.numpy()).cast("B"))
                 out.flush()

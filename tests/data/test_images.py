@@ -212,18 +212,20 @@ def test_reduced_decode_matches_the_full_decode_in_every_orientation(
             assert mean < _differences(expected, _shrink(reduced.image, other, target))[0]
 
 
-@pytest.mark.parametrize("kind", ["grey", "cmyk", "progressive", "subsampled-444"])
+_JPEG_KINDS = {
+    "grey": lambda img, path: img.convert("L").save(path, quality=90),
+    "cmyk": lambda img, path: img.convert("CMYK").save(path, quality=90),
+    "progressive": lambda img, path: img.save(path, quality=90, progressive=True),
+    "no chroma subsampling": lambda img, path: img.save(path, quality=90, subsampling=0),
+    # cameras' multi-picture files, named .jpg like the others
+    "mpo": lambda img, path: img.save(path, format="MPO", save_all=True, append_images=[img.rotate(90)]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_JPEG_KINDS))
 def test_reduced_decode_of_other_jpeg_kinds(tmp_path, kind):
-    picture = synthetic_photo(640, 480, seed=3)
     path = tmp_path / "k.jpg"
-    if kind == "grey":
-        picture = picture.convert("L")
-        picture.save(path, quality=90)
-    elif kind == "cmyk":
-        picture = picture.convert("CMYK")
-        picture.save(path, quality=90)
-    else:
-        picture.save(path, quality=90, progressive=kind == "progressive", subsampling=0)
+    _JPEG_KINDS[kind](synthetic_photo(640, 480, seed=3), path)
     full, reduced = load_rgb_reduced(path), load_rgb_reduced(path, min_side=100)
     assert reduced.image.mode == "RGB" and reduced.image.size == (160, 120)
     mean, p99 = _differences(
