@@ -2,6 +2,10 @@
 
 Large scraped image collections always contain broken files; pretraining must skip them
 with a reason instead of crashing a DataLoader worker hours into a run.
+
+A caller that shrinks the image anyway can ask for a JPEG at reduced size (``min_side``): libjpeg then
+decodes it at 1/2, 1/4 or 1/8 scale (DCT scaling, Pillow's ``Image.draft``), far less work than the whole
+photo, but never below the side the caller needs.
 """
 
 from __future__ import annotations
@@ -62,8 +66,8 @@ class Reduced(NamedTuple):
         image: the decoded 8-bit RGB image, ``W' x H'``.
         size: ``(W, H)``, the full-size picture's width and height (EXIF orientation applied).
         box: ``(left, top, right, bottom)`` in ``image``'s pixel coordinates onto which the full-size picture maps:
-            a point ``(x, y)`` of the full-size picture is at ``(left + x * (right - left) / W, ...)`` in ``image``.
-            ``(0, 0, W, H)`` when the file was decoded at full size.
+            its point ``(x, y)`` is at ``(left + x * (right - left) / W, top + y * (bottom - top) / H)`` in
+            ``image``. ``(0, 0, W, H)`` when the file was decoded at full size.
     """
 
     image: Image.Image
@@ -80,9 +84,8 @@ def load_rgb(
     data are rescaled to 0..255, and animated files yield their first frame.
 
     ``min_side``: the shorter side the caller needs. A JPEG whose shorter side is at least twice that is decoded
-    at 1/2, 1/4 or 1/8 of its size (the largest reduction that keeps the shorter side >= ``min_side``), which
-    is several times faster than decoding it whole; other formats, and every file when ``None``, are decoded at
-    full size. :func:`load_rgb_reduced` also says where the full-size picture lies in the result.
+    at 1/2, 1/4 or 1/8 of its size (the largest reduction that keeps the shorter side >= ``min_side``), far
+    less work than decoding it whole; other formats, and every file when ``None``, are decoded at full size. :func:`load_rgb_reduced` also says where the full-size picture lies in the result.
 
     Raises:
         BadImageError: for every kind of failure (never any other exception type).
