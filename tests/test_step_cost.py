@@ -3,27 +3,12 @@ line names every variant's step and FLOP ratios."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module() -> ModuleType:
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # the script imports its sibling _common
-    spec = importlib.util.spec_from_file_location("step_cost", ROOT / "benchmarks" / "step_cost.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from support.benchmarks import benchmark_module
 
 
 def test_a_variant_keeps_spaces_inside_a_value_and_splits_between_pairs() -> None:
-    parse = _module().parse_variant
+    parse = benchmark_module("step_cost").parse_variant
     name, overrides = parse("crop24=crops=[{size: 24, count: 2, scale: [0.2, 1.0]}] optim.batch_size=128")
     assert name == "crop24"
     assert overrides == ["crops=[{size: 24, count: 2, scale: [0.2, 1.0]}]", "optim.batch_size=128"]
@@ -34,7 +19,7 @@ def test_a_variant_keeps_spaces_inside_a_value_and_splits_between_pairs() -> Non
 
 @pytest.mark.slow
 def test_the_last_line_has_each_variants_ratios() -> None:
-    line = _module().main(
+    line = benchmark_module("step_cost").main(
         [
             "--precision",
             "fp32",

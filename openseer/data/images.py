@@ -2,21 +2,28 @@
 
 Large scraped image collections always contain broken files; pretraining must skip them
 with a reason instead of crashing a DataLoader worker hours into a run.
+
+A caller that shrinks the image anyway can ask for a JPEG at reduced size (``min_side``): libjpeg then
+decodes it at 1/2, 1/4 or 1/8 scale (DCT scaling, Pillow's ``Image.draft``), far less work than the whole
+photo, but never below the side the caller needs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
 
 from openseer.fileio.atomic import atomic_write_text
 
@@ -52,15 +59,49 @@ class BadImageError(Exception):
         return (type(self), (self.path, self.reason))
 
 
-def load_rgb(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+class Reduced(NamedTuple):
+    """An image decoded at reduced size, and where the full-size picture lies in it.
+
+    Attributes:
+        image: the decoded 8-bit RGB image, ``W' x H'``.
+        size: ``(W, H)``, the full-size picture's width and height (EXIF orientation applied).
+        box: ``(left, top, right, bottom)`` in ``image``'s pixel coordinates onto which the full-size picture maps:
+            its point ``(x, y)`` is at ``(left + x * (right - left) / W, top + y * (bottom - top) / H)`` in
+            ``image``. ``(0, 0, W, H)`` when the file was decoded at full size.
+    """
+
+    image: Image.Image
+    size: tuple[int, int]
+    box: tuple[float, float, float, float]
+
+
+def load_rgb(
+    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> Image.Image:
     """Decode ``path`` into a fully loaded 8-bit RGB image (size ``W x H``, mode ``"RGB"``).
 
     EXIF orientation is applied, transparency is composited on white, 16-bit and float
     data are rescaled to 0..255, and animated files yield their first frame.
 
+    ``min_side``: the shorter side the caller needs. A JPEG whose shorter side is at least twice that is decoded
+    at 1/2, 1/4 or 1/8 of its size (the largest reduction that keeps the shorter side >= ``min_side``), far
+    less work than decoding it whole; other formats, and every file when ``None``, are decoded at full size. :func:`load_rgb_reduced` also says where the full-size picture lies in the result.
+
     Raises:
         BadImageError: for every kind of failure (never any other exception type).
     """
+    return load_rgb_reduced(path, max_pixels, min_side).image
+
+
+def load_rgb_reduced(
+    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> Reduced:
+    """:func:`load_rgb`, with the full-size picture's size and its box in the (maybe reduced) image.
+
+    The pixel limit applies to the file's full size, before anything is decoded.
+    """
+    if min_side is not None and min_side < 1:
+        raise ValueError(f"min_side must be >= 1 or None, got {min_side}")
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -71,21 +112,93 @@ def load_rgb(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS)
                 raise BadImageError(path, f"zero-size image ({width}x{height})")
             if width * height > max_pixels:
                 raise BadImageError(path, f"decompression bomb: {width * height} pixels > limit")
+            box = _draft(img, min_side)
             img.load()  # decode now so truncated data fails here, not in a transform
-            _apply_orientation(img, path)
-            return _to_rgb(img)
+            stored = img.size
+            orientation = _apply_orientation(img, path)
+            size = (height, width) if orientation in _SWAPS_AXES else (width, height)
+            return Reduced(_to_rgb(img), size, _orient_box(box, stored, orientation))
     except BadImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise arbitrary types on junk input
         raise BadImageError(path, _reason(exc)) from exc
 
 
-def _apply_orientation(img: Image.Image, path: Path) -> None:
-    """Rotate ``img`` in place per its EXIF tag; broken EXIF keeps the pixels as stored."""
+def crop_source_side(size: int, min_scale: float, min_ratio: float = 3 / 4) -> int:
+    """The shorter image side at which every random-resized crop of ``size`` px spans at least ``size`` source
+    pixels on each side: the ``min_side`` that keeps a reduced decode from upsampling any such crop.
+
+    A crop of area fraction ``s`` and aspect ``r`` of a ``W x H`` image is ``sqrt(s W H r)`` wide and
+    ``sqrt(s W H / r)`` high (torchvision's ``RandomResizedCrop``, default aspects ``(3/4, 4/3)``); both are at
+    least ``sqrt(s * min(r, 1/r)) * min(W, H)``, and its fallback crops are larger still. So a shorter side of
+    ``size / sqrt(min_scale * min_ratio)`` suffices (e.g. 692 px for SwAV's 224 px crops of scale >= 0.14).
+    """
+    if size < 1 or not 0 < min_scale <= 1 or not 0 < min_ratio <= 1:
+        raise ValueError(
+            f"need size >= 1 and min_scale, min_ratio in (0, 1], got {size}, {min_scale}, {min_ratio}"
+        )
+    return math.ceil(size / math.sqrt(min_scale * min_ratio) - 1e-9)
+
+
+def _draft(img: Image.Image, min_side: int | None) -> tuple[float, float, float, float]:
+    """Ask a JPEG decoder for a reduced size (DCT scaling); the box of the full picture in the stored result.
+
+    The request is square, so the reduced shorter side is >= ``min_side`` whichever axis the EXIF orientation
+    later puts first: draft picks the largest scale 1/s (s in 1, 2, 4, 8) with ``s * min_side <= min(W, H)``.
+    """
+    width, height = img.size
+    if min_side is not None and isinstance(img, JpegImageFile):  # MPO, the camera format, is a JPEG too
+        drafted = img.draft(None, (min_side, min_side))
+        if drafted is not None:
+            left, top, right, bottom = drafted[1]
+            return (float(left), float(top), float(right), float(bottom))
+    return (0.0, 0.0, float(width), float(height))
+
+
+# EXIF orientation -> (flip left-right, flip top-bottom, then swap the axes), as ImageOps.exif_transpose applies it
+_ORIENTATIONS = {
+    2: (True, False, False),  # FLIP_LEFT_RIGHT
+    3: (True, True, False),  # ROTATE_180
+    4: (False, True, False),  # FLIP_TOP_BOTTOM
+    5: (False, False, True),  # TRANSPOSE
+    6: (False, True, True),  # ROTATE_270
+    7: (True, True, True),  # TRANSVERSE
+    8: (True, False, True),  # ROTATE_90
+}
+_SWAPS_AXES = frozenset(k for k, (_, _, swap) in _ORIENTATIONS.items() if swap)
+
+
+def _orient_box(
+    box: tuple[float, float, float, float], size: tuple[int, int], orientation: int
+) -> tuple[float, float, float, float]:
+    """``box`` in an image of ``size`` (W, H), once that image is transposed per EXIF ``orientation``.
+
+    A reduced JPEG has a partly covered last column and row; flipping moves them to the other side, so the box
+    moves with them.
+    """
+    flip_x, flip_y, swap = _ORIENTATIONS.get(orientation, (False, False, False))
+    left, top, right, bottom = box
+    width, height = size
+    if flip_x:
+        left, right = width - right, width - left
+    if flip_y:
+        top, bottom = height - bottom, height - top
+    return (top, left, bottom, right) if swap else (left, top, right, bottom)
+
+
+def _apply_orientation(img: Image.Image, path: Path) -> int:
+    """Rotate ``img`` in place per its EXIF tag; broken EXIF keeps the pixels as stored.
+
+    Returns the EXIF orientation that was applied (1 when the pixels were left as stored).
+    """
+    core = img.im
+    orientation = 1
     try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
         ImageOps.exif_transpose(img, in_place=True)
     except Exception as exc:  # noqa: BLE001 - a bad metadata block should not drop the image
         logger.debug("ignoring unreadable EXIF orientation in %s: %s", path, exc)
+    return orientation if img.im is not core and orientation in _ORIENTATIONS else 1
 
 
 def _reason(exc: BaseException) -> str:

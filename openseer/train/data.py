@@ -158,7 +158,11 @@ def full_global_batches(n_images: int, batch_size: int, world_size: int) -> int:
 
 
 class TensorBatches:
-    """Batched multi-crop over a uint8 tensor.
+    """Batched multi-crop over a uint8 tensor (in memory, or memory-mapped from the decoded-image cache: a step
+    reads only the rows of its batch).
+
+    ``rows``: the rows of ``images`` to draw from (e.g. the training part of a cached set), in place of
+    ``images[rows]``, which would copy them all.
 
     ``prefetch > 0``: augmentation runs that many steps ahead in a background thread; ``0``: in the consumer's
     thread, when asked for. The default (None) is 2 on a GPU, whose step leaves the host free, and 0 on a CPU:
@@ -178,18 +182,20 @@ class TensorBatches:
         device: torch.device | str = "cpu",
         channels_last: bool = True,
         prefetch: int | None = None,
+        rows: torch.Tensor | None = None,
     ) -> None:
         self.images, self.batch_size, self.crops, self.aug = images, batch_size, list(crops), aug
+        self.rows, self._count = rows, len(images) if rows is None else len(rows)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device, self.channels_last = torch.device(device), channels_last
         self.prefetch = prefetch if prefetch is not None else (2 if self.device.type == "cuda" else 0)
-        self.steps_per_epoch = full_global_batches(len(images), batch_size, world_size)
+        self.steps_per_epoch = full_global_batches(self._count, batch_size, world_size)
         self.skipped = SkipLog()
 
     def _make(self, perm: torch.Tensor, epoch: int, step: int) -> list[torch.Tensor]:
         start = (step * self.world_size + self.rank) * self.batch_size
         idx = perm[start : start + self.batch_size]
-        batch = self.images[idx]
+        batch = self.images[idx if self.rows is None else self.rows[idx]]
         if self.device.type == "cuda":  # page-locked, so the copy overlaps the step running on the GPU
             batch = batch.pin_memory()
         batch = batch.to(self.device, non_blocking=True)
@@ -197,7 +203,7 @@ class TensorBatches:
         return batched_multicrop(batch, self.crops, self.aug, generator=gen, channels_last=self.channels_last)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[list[torch.Tensor]]:
-        perm = _epoch_permutation(len(self.images), self.seed, epoch)
+        perm = _epoch_permutation(self._count, self.seed, epoch)
         if self.prefetch <= 0:
             for step in range(start, self.steps_per_epoch):
                 yield self._make(perm, epoch, step)

@@ -1,4 +1,5 @@
-"""load_rgb: every colour mode to 8-bit RGB, every broken file to BadImageError."""
+"""load_rgb: every colour mode to 8-bit RGB, every broken file to BadImageError; JPEGs decoded at reduced size
+never below the size asked for, and close to the full decode resampled alike."""
 
 from __future__ import annotations
 
@@ -13,11 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from support.photos import MEAN_TOLERANCE, P99_TOLERANCE, photo_jpeg, synthetic_photo
+from torchvision.transforms import RandomResizedCrop
 
-from openseer.data.images import IMAGE_EXTENSIONS, BadImageError, SkipLog, load_rgb
+from openseer.data.images import (
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    SkipLog,
+    crop_source_side,
+    load_rgb,
+    load_rgb_reduced,
+)
 
 
 def _pixels(img: Image.Image) -> np.ndarray:
@@ -128,6 +139,160 @@ def test_exif_orientation_applied(tmp_path):
     path = _save(Image.new("RGB", (40, 20), "white"), tmp_path / "o.jpg", exif=exif)
     assert Image.open(path).size == (40, 20)
     assert load_rgb(path).size == (20, 40)
+
+
+# ============ reduced-size decoding of JPEGs ============
+
+
+def _scale(short: int, min_side: int) -> int:
+    """The reduction the contract promises: the largest of 1, 2, 4, 8 that keeps the shorter side >= min_side."""
+    return max(f for f in (1, 2, 4, 8) if f == 1 or f * min_side <= short)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1001, 757), (757, 1001), (640, 480), (333, 2011), (97, 61)])
+@pytest.mark.parametrize("min_side", [1, 47, 96, 120, 160, 300])
+def test_reduced_decode_never_goes_below_min_side(tmp_path, width, height, min_side):
+    path = _save(Image.new("RGB", (width, height), (90, 120, 150)), tmp_path / "flat.jpg")
+    reduced = load_rgb_reduced(path, min_side=min_side)
+    f = _scale(min(width, height), min_side)
+    assert reduced.image.size == (-(-width // f), -(-height // f)) and reduced.image.mode == "RGB"
+    assert min(reduced.image.size) >= min(min_side, width, height)
+    assert reduced.size == (width, height) and reduced.box == (0, 0, width / f, height / f)
+    assert load_rgb(path, min_side=min_side).size == reduced.image.size
+
+
+def test_only_jpegs_are_reduced_and_none_means_whole(tmp_path):
+    picture = synthetic_photo(400, 300)
+    for name in ("a.png", "a.webp", "a.bmp"):
+        path = _save(picture, tmp_path / name)
+        reduced = load_rgb_reduced(path, min_side=40)
+        assert reduced.image.size == (400, 300) and reduced.box == (0, 0, 400, 300)
+        np.testing.assert_array_equal(_pixels(reduced.image), _pixels(load_rgb(path)))
+    jpeg = _save(picture, tmp_path / "a.jpg", quality=90)
+    assert load_rgb(jpeg).size == load_rgb(jpeg, min_side=None).size == (400, 300)
+    assert load_rgb(jpeg, min_side=40).size == (100, 75)  # 1/8 would leave 38 < 40 px
+    with pytest.raises(ValueError):
+        load_rgb(jpeg, min_side=0)
+
+
+def _shrink(img: Image.Image, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(img.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.int16)
+
+
+def _differences(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    error = np.abs(reference - other)
+    return float(error.mean()), float(np.percentile(error, 99))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize(
+    ("width", "height", "min_side"), [(1007, 591, 140), (2047, 1535, 180), (600, 800, 150)]
+)
+def test_reduced_decode_matches_the_full_decode_in_every_orientation(
+    tmp_path, orientation, width, height, min_side
+):
+    """Stored sizes that are not multiples of the reduction leave a partly covered last column and row, which
+    the EXIF flips move to the other side: the box follows them, so both decodes show the same area (and a box
+    with them on the wrong side does worse)."""
+    path = photo_jpeg(tmp_path / "p.jpg", width, height, seed=width + orientation, orientation=orientation)
+    full, reduced = load_rgb_reduced(path), load_rgb_reduced(path, min_side=min_side)
+    swapped = orientation >= 5
+    assert full.size == reduced.size == ((height, width) if swapped else (width, height)) == full.image.size
+    assert min(reduced.image.size) >= min_side and max(reduced.image.size) < max(full.size) // 2
+    k = min_side / min(full.size)
+    target = (round(full.size[0] * k), round(full.size[1] * k))
+    expected = _shrink(full.image, full.box, target)
+    mean, p99 = _differences(expected, _shrink(reduced.image, reduced.box, target))
+    assert mean <= MEAN_TOLERANCE and p99 <= P99_TOLERANCE, (mean, p99)
+    # the partial pixels sit on one side of each axis: the box on the other side shows a shifted picture
+    left, top, right, bottom = reduced.box
+    w, h = reduced.image.size
+    for other in ((w - right, top, w - left, bottom), (left, h - bottom, right, h - top)):
+        if other != reduced.box:
+            assert mean < _differences(expected, _shrink(reduced.image, other, target))[0]
+
+
+_JPEG_KINDS = {
+    "grey": lambda img, path: img.convert("L").save(path, quality=90),
+    "cmyk": lambda img, path: img.convert("CMYK").save(path, quality=90),
+    "progressive": lambda img, path: img.save(path, quality=90, progressive=True),
+    "no chroma subsampling": lambda img, path: img.save(path, quality=90, subsampling=0),
+    # cameras' multi-picture files, named .jpg like the others
+    "mpo": lambda img, path: img.save(path, format="MPO", save_all=True, append_images=[img.rotate(90)]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_JPEG_KINDS))
+def test_reduced_decode_of_other_jpeg_kinds(tmp_path, kind):
+    path = tmp_path / "k.jpg"
+    _JPEG_KINDS[kind](synthetic_photo(640, 480, seed=3), path)
+    full, reduced = load_rgb_reduced(path), load_rgb_reduced(path, min_side=100)
+    assert reduced.image.mode == "RGB" and reduced.image.size == (160, 120)
+    mean, p99 = _differences(
+        _shrink(full.image, full.box, (133, 100)), _shrink(reduced.image, reduced.box, (133, 100))
+    )
+    assert mean <= MEAN_TOLERANCE and p99 <= P99_TOLERANCE, (mean, p99)
+
+
+def test_reduced_decode_keeps_the_checks(tmp_path):
+    path = photo_jpeg(tmp_path / "whole.jpg", 800, 600)
+    data = path.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    assert _reason_for(tmp_path / "cut.jpg", min_side=50) == "truncated file"
+    # the pixel limit is the file's full size, checked before anything is decoded
+    assert (
+        _reason_for(path, min_side=50, max_pixels=800 * 600 - 1)
+        == "decompression bomb: 480000 pixels > limit"
+    )
+    assert load_rgb(path, min_side=50, max_pixels=800 * 600).size == (100, 75)
+
+
+def test_crop_source_side_keeps_every_random_resized_crop_at_its_size():
+    assert crop_source_side(224, 0.14) == 692  # SwAV's global crops
+    assert crop_source_side(96, 0.05) == 496  # and its local ones
+    assert crop_source_side(96, 1.0, 1.0) == 96
+    torch.manual_seed(0)
+    for size, scale in [(224, (0.14, 1.0)), (96, (0.05, 0.14)), (96, (0.25, 1.0))]:
+        side = crop_source_side(size, scale[0])
+        for aspect in (1.0, 4 / 3, 3.0, 0.2):
+            shape = (side, round(side * aspect)) if aspect >= 1 else (round(side / aspect), side)
+            image = torch.empty((3, *shape))
+            crops = [RandomResizedCrop.get_params(image, list(scale), [3 / 4, 4 / 3]) for _ in range(500)]
+            assert min(min(h, w) for _, _, h, w in crops) >= size
+        # the check can fail: a square of half that side does give crops smaller than the output
+        small = torch.empty((3, side // 2, side // 2))
+        smaller = [RandomResizedCrop.get_params(small, list(scale), [3 / 4, 4 / 3]) for _ in range(200)]
+        assert min(min(h, w) for _, _, h, w in smaller) < size
+    with pytest.raises(ValueError):
+        crop_source_side(96, 0.0)
+
+
+def test_random_crops_of_a_reduced_decode_match_those_of_the_full_decode(tmp_path):
+    """The loader's bound: at ``min_side = crop_source_side``, the smallest crop of the reduced decode resamples
+    to the same pixels as that crop of the full decode, within the reduced decode's tolerance."""
+    size, min_scale = 96, 0.14
+    path = photo_jpeg(tmp_path / "p.jpg", 2400, 1800, seed=5, orientation=6)
+    full, reduced = load_rgb_reduced(path), load_rgb_reduced(path, min_side=crop_source_side(size, min_scale))
+    assert min(reduced.image.size) >= crop_source_side(size, min_scale) > min(full.image.size) // 8
+    width, height = full.size
+    kx, ky = (reduced.box[2] - reduced.box[0]) / width, (reduced.box[3] - reduced.box[1]) / height
+    torch.manual_seed(1)
+    for _ in range(5):
+        top, left, h, w = RandomResizedCrop.get_params(
+            torch.empty(3, height, width), [min_scale, min_scale], [0.75, 0.75]
+        )
+        crop = (left, top, left + w, top + h)
+        mapped = (
+            reduced.box[0] + crop[0] * kx,
+            reduced.box[1] + crop[1] * ky,
+            reduced.box[0] + crop[2] * kx,
+            reduced.box[1] + crop[3] * ky,
+        )
+        assert min(mapped[2] - mapped[0], mapped[3] - mapped[1]) >= size
+        mean, p99 = _differences(
+            _shrink(full.image, crop, (size, size)), _shrink(reduced.image, mapped, (size, size))
+        )
+        assert mean <= MEAN_TOLERANCE and p99 <= P99_TOLERANCE, (mean, p99)
 
 
 def test_one_by_one_is_a_valid_image(tmp_path):
@@ -295,16 +460,20 @@ _VALID = _valid_files()
     cut=st.floats(0.0, 1.0),
     flips=st.lists(st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(0, 255)), max_size=4),
     tail=st.binary(max_size=200),
+    min_side=st.sampled_from([None, 1, 3]),
 )
-def test_damaged_real_files_only_ever_raise_bad_image_error(tmp_path_factory, name, cut, flips, tail):
+def test_damaged_real_files_only_ever_raise_bad_image_error(
+    tmp_path_factory, name, cut, flips, tail, min_side
+):
     """Valid JPEG/PNG/GIF/WebP files, cut short, with a few bytes overwritten and junk appended: headers and
-    magic numbers are real, so the decoders go deep before they meet the damage."""
+    magic numbers are real, so the decoders go deep before they meet the damage (also with JPEG's DCT scaling)."""
     data = bytearray(_VALID[name][: max(1, round(cut * len(_VALID[name])))])
     for where, value in flips:
         data[int(where * len(data))] = value
     path = tmp_path_factory.mktemp("damaged", numbered=True) / "x.img"
     path.write_bytes(bytes(data) + tail)
-    _decodes_or_reports(path, max_pixels=1 << 22)  # a damaged header may declare any size: keep memory small
+    # a damaged header may declare any size: keep memory small; JPEGs may also be decoded at reduced size
+    _decodes_or_reports(path, max_pixels=1 << 22, min_side=min_side)
 
 
 def test_skip_log_counts_summarises_and_pickles():
