@@ -114,10 +114,17 @@ def pretraining_data(split: Split, cfg: DataConfig, progress: bool = False) -> P
 
 
 def _decoded(part: EvalData, images: torch.Tensor, rows: torch.Tensor) -> EvalData:
-    """``part`` as in-memory images: rows (N,) of ``images`` for each of its files, -1 for those that failed."""
+    """``part`` as in-memory images: rows (N,) of ``images`` for each of its files, -1 for those that failed.
+
+    The decoded rows of one part are consecutive (the cache keeps the files that decoded, in order), so the part
+    is a slice of ``images``: a view, never a copy of a cache that may be larger than memory."""
     ok = rows >= 0
     targets = part.targets[ok] if part.targets is not None else None
-    return EvalData(part.name, targets, list(part.classes), images=images[rows[ok]])
+    kept = rows[ok]
+    first = int(kept[0]) if len(kept) else 0
+    if not torch.equal(kept, torch.arange(first, first + len(kept))):
+        raise ValueError("the decoded rows of one part of the split must be consecutive")
+    return EvalData(part.name, targets, list(part.classes), images=images[first : first + len(kept)])
 
 
 def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
