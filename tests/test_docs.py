@@ -20,6 +20,7 @@ from openseer.config import preset_names
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
+MARKDOWN = [ROOT / "README.md", *PAGES]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 
 
@@ -90,9 +91,15 @@ def test_a_field_without_a_docstring_is_a_problem_for_the_generators(
 
 
 def _command_lines(page: Path) -> list[str]:
-    """``openseer ...`` invocations in the page's shell blocks (continuations joined, comments dropped)."""
+    """``openseer ...`` invocations in the page's shell blocks (continuations joined, comments dropped) and on the
+    ``$ `` prompt lines of its console blocks (transcripts: command, then its output)."""
+    shell = _blocks(page, ("bash", "sh", "shell"))
+    prompts = [
+        "\n".join(line for line in block.splitlines() if line.startswith("$ "))
+        for block in _blocks(page, ("console",))
+    ]
     found = []
-    for block in _blocks(page, ("bash", "sh", "shell")):
+    for block in [*shell, *prompts]:
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"(^|\s)#.*$", "", line).strip().removeprefix("$ ")
             for part in line.split("&&"):
@@ -105,7 +112,7 @@ def _command_lines(page: Path) -> list[str]:
     return found
 
 
-DOCUMENTED = [(page.name, cmd) for page in [*PAGES, ROOT / "README.md"] for cmd in _command_lines(page)]
+DOCUMENTED = [(page.name, cmd) for page in MARKDOWN for cmd in _command_lines(page)]
 
 
 @pytest.mark.parametrize(("page", "command"), DOCUMENTED, ids=[f"{p}: {c[:60]}" for p, c in DOCUMENTED])
@@ -125,15 +132,90 @@ def test_docs_show_every_command_of_ours() -> None:
     assert {"pretrain", "import-weights", "export"} <= shown
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
-def test_python_snippets_compile_and_links_resolve(page: Path) -> None:
+# The README opens with these two commands, byte for byte: set up and run the main job, set up and run the tests
+# (.ci/run runs the second's steps).
+README_COMMANDS = (
+    "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/openseer pretrain --config cpu "
+    "run.budget_minutes=5",
+    "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest -q -n 2",
+)
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    text = (ROOT / "README.md").read_text()
+    first = FENCE.search(text)
+    assert first is not None and first.group(1) == "bash", "README.md must open with a bash block"
+    assert text[: first.start()].strip() == "# openseer", "nothing but the title comes before the commands"
+    commands = [line for line in first.group(2).splitlines() if line and not line.startswith("#")]
+    assert commands == list(README_COMMANDS)
+
+
+def test_readme_is_short_and_links_every_docs_page() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 220, "README.md is a page read in minutes: measured tables go to docs/"
+    linked = set(re.findall(r"\]\(docs/([\w-]+\.md)", text))
+    pages = {"quickstart", "commands", "cli", "config", "weights", "scaling", "conformance", "benchmarks"}
+    pages |= {"troubleshooting", "python-api"}
+    assert {f"{p}.md" for p in pages} <= linked
+
+
+def test_readme_results_are_figures_of_the_benchmarks_page() -> None:
+    """The README's one results table repeats rows of docs/benchmarks.md's time-to-accuracy table, not others."""
+    header, *rows = _table((ROOT / "README.md").read_text(), "## Results")
+    assert header[:4] == ["budget", "kNN top-1", "linear probe", "steps"]
+    bench = (DOCS / "benchmarks.md").read_text()
+    heading = "### Time to accuracy (CIFAR-10 folder, kNN top-1 on the 5,000 held-out images)"
+    source = {row[0]: row for row in _table(bench, heading)[1:]}
+    for budget, knn, linear, steps, lightly in rows:
+        measured = source[budget]
+        assert measured[1] == f"**{knn}** (linear probe {linear})", budget
+        assert measured[2].startswith(f"{steps}, "), budget
+        assert lightly == measured[-1], budget
+
+
+@pytest.mark.parametrize("page", MARKDOWN, ids=[p.name for p in MARKDOWN])
+def test_python_snippets_compile(page: Path) -> None:
     for i, block in enumerate(_blocks(page, ("python",))):
         compile(block, f"{page.name}[python block {i}]", "exec")
-    for target in re.findall(r"\]\(([^)#:]+\.md)(?:#[^)]*)?\)", page.read_text()):
-        assert (page.parent / target).exists(), f"{page.name} links to a missing page {target}"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def _prose(text: str) -> str:
+    """``text`` without fenced blocks and inline code, where brackets and ``#`` are not Markdown."""
+    return re.sub(r"`[^`\n]*`", "", FENCE.sub("", text))
+
+
+def _anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives ``page``'s headings: lower case, punctuation dropped, spaces to hyphens, a repeated
+    heading numbered from -1."""
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", FENCE.sub("", page.read_text()), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+@pytest.mark.parametrize("page", MARKDOWN, ids=[p.name for p in MARKDOWN])
+def test_relative_links_resolve(page: Path) -> None:
+    """Every relative link (pages, images, source files) names a file that exists, and its #anchor a heading."""
+    links = re.findall(r"\]\(([^)\s]+)\)", _prose(page.read_text()))
+    for link in links:
+        if re.match(r"[a-z]+:", link):  # http:, https:, mailto:
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        assert target.exists(), f"{page.name} links to a missing file {path}"
+        if anchor:
+            assert target.suffix == ".md", f"{page.name}: #{anchor} on {path}, which is not a page"
+            assert anchor in _anchors(target), (
+                f"{page.name} links to {link}, a heading {path or page.name} lacks"
+            )
+
+
+@pytest.mark.parametrize("page", MARKDOWN, ids=[p.name for p in MARKDOWN])
 def test_python_snippets_import_names_that_exist(page: Path) -> None:
     """Every ``from openseer... import name`` / ``import openseer...`` of a page's Python blocks resolves."""
     for block in _blocks(page, ("python",)):
