@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FILE = "autotune.json"  # under default_cache_dir(): measured timings per hardware model and config
 RUN_FILE = "autotune.json"  # in the run folder: what was chosen and why
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the trial steps are the run's own (prototype freezing, non-finite check)
 COMPILE_PRIOR_S = 120.0
 """Expected compile time before one was measured for this machine and config: about what the cpu preset's step
 took with cold caches on a 2-core CPU (``benchmarks/throughput.py --compile-cold-warm``)."""
