@@ -3,6 +3,7 @@ the end-of-pretraining kNN score for networks that are not openseer's."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import sys
 import tarfile
@@ -17,12 +18,11 @@ from openseer.data.cache import default_cache_dir
 from openseer.data.labelled import EvalData
 from openseer.data.preprocess import Preprocess
 from openseer.hardware import hardware_name, usable_cores
-from openseer.models import build_model
-from openseer.train.autotune import trial_optimizer
+from openseer.models import SwAVModel
 from openseer.train.compile_cache import persist_compile_caches
 from openseer.train.config import PretrainConfig
-from openseer.train.pretrain import objective
-from openseer.train.step import autocast_for, training_step
+from openseer.train.parallel import build_for_strategy
+from openseer.train.step import learning_rates, step_parts, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 # the generators the benchmarks share with the test suite (tests/support: tiny configs, the bad-input corpus,
@@ -101,30 +101,31 @@ def swav_step_fn(
     device: torch.device,
     precision: str | None = None,
     compiled: bool | None = None,
+    model: SwAVModel | None = None,
 ) -> Callable[[list[torch.Tensor]], int]:
-    """One SwAV training step as the pretraining loop runs it (``openseer.train.autotune.training_step``: no
-    queue, no logging, no non-finite check): prototypes re-normalised, multi-crop forward under autocast, the
-    loop's own ``objective`` (fp32 Sinkhorn codes, swapped-prediction loss), backward, LARS/SGD step at the
-    peak learning rate. Returns the batch size.
+    """The pretraining loop's own step (``openseer.train.step.train_step``) on ready-made crops, as the run's
+    first steps run it (steps counted from 0, prototype freezing and loss scaling as configured), at the peak
+    learning rate, without the queue: prototypes re-normalised, multi-crop forward under autocast, fp32 Sinkhorn
+    codes and swapped-prediction loss, backward, non-finite check, LARS/SGD step. Returns the batch size.
 
     ``precision``/``compiled``: the path to time; None takes the config's (an 'auto' one: fp32, eager).
+    ``model``: the one to train (with hooks, say); None: the run's (``build_for_strategy``) on ``device``.
     """
     if precision is None:
         precision = cfg.run.precision if cfg.run.precision != "auto" else "fp32"
     if compiled is None:
         compiled = cfg.run.compile is True
-    model = build_model(cfg.model).to(device)
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if model is None:
+        model = build_for_strategy(cfg, device)
     if compiled:
         persist_compile_caches()
     forward = torch.compile(model) if compiled else model
-    run_step = training_step(
-        cfg, model, forward, trial_optimizer(cfg, model), autocast_for(device, precision), objective
-    )
+    parts = step_parts(cfg, model, forward, precision, device)
+    _, peak_lr, _ = learning_rates(cfg.optim, 1)
+    steps = itertools.count()
 
     def step(crops: list[torch.Tensor]) -> int:
-        run_step(crops)
+        train_step(parts, crops, next(steps), peak_lr)
         return crops[0].shape[0]
 
     return step

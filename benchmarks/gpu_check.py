@@ -5,7 +5,7 @@ finish before the deadline is skipped and says so):
 
 1. ``peak``: the GPU's name and its bf16 matrix-product rate (median of timed 8192^3 products), the ceiling of
    the MFU figures below.
-2. ``rg8`` and ``rg32``: the SwAV training step (``_common.swav_step_fn``: the loop's objective, LARS, every
+2. ``rg8`` and ``rg32``: the SwAV training step (``_common.swav_step_fn``: the loop's step, LARS, every
    tensor adapted) of RegNetY-8GF and RegNetY-32GF with SEER's head (-8192-8192-256, 16,000 prototypes, 10
    Sinkhorn iterations) on SEER's crops, 2x224 + 4x96, a small batch per GPU (``--batch``, default 16), bf16
    autocast: images/s, training FLOPs per image (``FlopCounterMode``, forward + backward) and MFU.
@@ -185,9 +185,8 @@ def _process_group_of_one(device: torch.device):  # noqa: ANN202 - a context man
 def section_fsdp(check: Check, device: torch.device, args: argparse.Namespace) -> None:
     from _common import images_per_second, synthetic_crops
 
-    from openseer.optim import LARS, param_groups
     from openseer.train.parallel import build_for_strategy, parallelize
-    from openseer.train.pretrain import objective
+    from openseer.train.step import learning_rates, step_parts, train_step
 
     arch = "regnety_200mf" if args.cpu_smoke else "regnety_8gf"
     extra = ("parallel.strategy=fsdp", "parallel.activation_checkpointing=true")  # after the defaults: wins
@@ -198,26 +197,22 @@ def section_fsdp(check: Check, device: torch.device, args: argparse.Namespace) -
         forward = parallelize(model, cfg.parallel, device, cfg.run.precision)
         seen: dict[str, torch.dtype] = {}
 
-        def record(module: torch.nn.Module, inputs: tuple) -> None:
+        def record_prototypes(module: torch.nn.Module, inputs: tuple) -> None:
             seen.setdefault("prototypes", module.weight.dtype)
 
-        model.head.prototypes.register_forward_pre_hook(record)
-        optimizer = LARS(param_groups(model, cfg.optim.weight_decay), momentum=cfg.optim.momentum)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.optim.base_lr * cfg.optim.batch_size / 256
+        def record_scores(module: torch.nn.Module, inputs: tuple, out: tuple) -> None:
+            seen.setdefault("scores", out[1].dtype)
+
+        model.head.prototypes.register_forward_pre_hook(record_prototypes)
+        model.head.register_forward_hook(record_scores)
+        # the loop's step (openseer.train.step) at the peak learning rate, bf16 autocast (run.precision)
+        parts = step_parts(cfg, model, forward, cfg.run.precision, device)
+        _, peak_lr, _ = learning_rates(cfg.optim, 1)
         crops = synthetic_crops(cfg, device)
         losses: list[float] = []
 
         def step() -> int:
-            model.head.normalize_prototypes()
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                z, scores = forward(crops)
-            loss, _ = objective(cfg, model, z, scores)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen.setdefault("scores", scores.dtype)
-            losses.append(float(loss.detach()))
+            losses.append(float(train_step(parts, crops, len(losses), peak_lr).loss))
             return cfg.optim.batch_size
 
         rate = images_per_second(step, args.steps, args.warmup, device)

@@ -39,11 +39,17 @@ FALLBACK = ("regnety_256gf", "regnety_128gf", "regnety_64gf", "regnety_32gf", "r
 GIB = 2**30
 
 
-def _config(arch: str):  # noqa: ANN202 - PretrainConfig
+def _config(arch: str, sizes: tuple[int, ...] = ()):  # noqa: ANN202 - PretrainConfig
+    """The seer-rg256gf preset with trunk ``arch`` and, when given, one crop of each of ``sizes`` instead of
+    SEER's."""
     from openseer.config import load_config
     from openseer.train.config import PretrainConfig
 
-    return load_config(PretrainConfig, ["seer-rg256gf"], [f"model.arch={arch}"])
+    overrides = [f"model.arch={arch}"]
+    if sizes:
+        crops = ", ".join(f"{{size: {s}, count: 1, scale: [0.14, 1.0]}}" for s in sizes)
+        overrides.append(f"crops=[{crops}]")
+    return load_config(PretrainConfig, ["seer-rg256gf"], overrides)
 
 
 # Calibrated on this machine: RegNetY-200MF peaks at 2.2 GiB per process (runtime alone), RegNetY-128GF at 9.3 GiB
@@ -108,42 +114,31 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, out: d
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
     from openseer import distributed
     from openseer.models import build_model
-    from openseer.optim import LARS, param_groups
-    from openseer.swav import sinkhorn, swav_loss
     from openseer.train.config import ParallelConfig
     from openseer.train.parallel import parallelize
+    from openseer.train.step import learning_rates, step_parts, train_step
 
     cpu = torch.device("cpu")
     distributed.init_from_env(cpu, timeout_s=1800)
-    cfg = _config(args.arch)
+    sizes = tuple(int(s) for s in args.crops.split(","))
+    cfg = _config(args.arch, sizes)
     with torch.device("meta"):
         model = build_model(cfg.model)
     parallelize(model, ParallelConfig(strategy="fsdp", activation_checkpointing=True), cpu, args.precision)
     model.to_empty(device=cpu)
     torch.manual_seed(rank)
     init_shards(model)
-    optimizer = LARS(param_groups(model, cfg.optim.weight_decay), momentum=0.9)
-    for group in optimizer.param_groups:
-        group["lr"] = 0.1
-    sizes = [int(s) for s in args.crops.split(",")]
+    # the loop's step (openseer.train.step): its optimiser, loss and Sinkhorn settings, at the peak learning rate
+    parts = step_parts(cfg, model, model, args.precision, cpu)
+    _, peak_lr, _ = learning_rates(cfg.optim, world)
     crops = [torch.randn(args.batch, 3, s, s) for s in sizes]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
-    bs, times = args.batch, []
-    for _ in range(args.steps):
+    times = []
+    for step in range(args.steps):
         start = time.perf_counter()
-        model.head.normalize_prototypes()
-        with autocast:
-            _, scores = model(crops)
-        codes = [
-            sinkhorn(scores[bs * c : bs * (c + 1)].detach(), 0.05, cfg.swav.sinkhorn_iters) for c in (0, 1)
-        ]
-        loss = swav_loss(scores, codes, len(crops), [0, 1], cfg.swav.temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = train_step(parts, crops, step, peak_lr).loss
         times.append(time.perf_counter() - start)
         if rank == 0:
-            print(f"step {len(times)}: {times[-1]:.1f} s, loss {float(loss.detach()):.3f}", flush=True)
+            print(f"step {len(times)}: {times[-1]:.1f} s, loss {float(loss):.3f}", flush=True)
     peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, times[-1]])
     distributed.all_reduce_max(peak)  # the worst rank
     if rank == 0:

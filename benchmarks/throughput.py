@@ -53,11 +53,10 @@ from _common import (  # the sibling module (its folder is on sys.path when run)
 
 from openseer.config import load_config
 from openseer.hardware import device_native_bf16
-from openseer.models import build_model
 from openseer.train import autotune as at
 from openseer.train.config import PretrainConfig
-from openseer.train.pretrain import objective, pretrain
-from openseer.train.step import autocast_for, training_step
+from openseer.train.parallel import build_for_strategy
+from openseer.train.pretrain import pretrain
 
 
 def end_to_end_rate(cfg: PretrainConfig, warmup: int) -> float:
@@ -128,9 +127,7 @@ def layer_formats(
 
     from torch import nn
 
-    model = build_model(cfg.model).to(device)
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_for_strategy(cfg, device)
     seen: Counter = Counter()
 
     def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
@@ -149,9 +146,7 @@ def layer_formats(
     for m in model.modules():
         if isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.BatchNorm1d | nn.Linear):
             m.register_forward_hook(hook)
-    training_step(
-        cfg, model, model, at.trial_optimizer(cfg, model), autocast_for(device, precision), objective
-    )(crops)
+    swav_step_fn(cfg, device, precision, compiled=False, model=model)(crops)
     return "\n".join(f"  {k[0]}: {k[1]} {k[2]} -> {k[3]} {k[4]} x{n}" for k, n in sorted(seen.items()))
 
 
@@ -162,9 +157,7 @@ def time_paths(
 
     Without native bf16 the bf16 step is emulated (minutes on a CPU): one timed step, and never compiled.
     """
-    model = build_model(cfg.model).to(device)
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_for_strategy(cfg, device)
     crops = synthetic_crops(cfg, device)
     groups = [
         ([at.Candidate("fp32", False)], steps),
@@ -176,7 +169,7 @@ def time_paths(
         )
     trials, compiled = [], None
     for cands, n in groups:
-        more, compiled = at.measure(cfg, model, model, cands, crops, objective, steps=n, compiled=compiled)
+        more, compiled = at.measure(cfg, model, model, cands, crops, steps=n, compiled=compiled)
         trials += more
     return trials
 

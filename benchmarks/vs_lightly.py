@@ -45,9 +45,9 @@ from torch.utils.data import DataLoader, Dataset
 from openseer.api import pretrain  # trains, then the one end-of-run evaluation
 from openseer.config import load_config
 from openseer.models.backbone import build_backbone, feature_dim
-from openseer.train.autotune import trial_optimizer
 from openseer.train.config import PretrainConfig
 from openseer.train.data import PretrainData, TensorBatches, prepare_data
+from openseer.train.step import build_optimizer, learning_rates
 
 try:
     from lightly.loss import SwaVLoss
@@ -159,7 +159,12 @@ def identical_work(
         cfg.model.prototypes,
         cfg.swav.freeze_prototypes_iters,
     )
-    optimizer = trial_optimizer(cfg, model)  # the one openseer's side steps with (swav_step_fn)
+    optimizer = build_optimizer(
+        cfg, model
+    )  # the one openseer's side steps with (swav_step_fn), at its peak rate
+    _, peak_lr, _ = learning_rates(cfg.optim, 1)
+    for group in optimizer.param_groups:
+        group["lr"] = peak_lr
     criterion = SwaVLoss(cfg.swav.temperature, cfg.swav.sinkhorn_iters, cfg.swav.epsilon)
     theirs = lightly_step_fn(model, criterion, optimizer, cfg.crops[0].count)
     their_batches = endless(lightly_loader(paths, transform, cfg.optim.batch_size, workers=2))

@@ -2,8 +2,8 @@
 
 from openseer.swav.health import cluster_health
 from openseer.swav.loss import swav_loss
-from openseer.swav.objective import swav_objective
+from openseer.swav.objective import SwAVLoss
 from openseer.swav.queue import EmbeddingQueue
 from openseer.swav.sinkhorn import sinkhorn
 
-__all__ = ["EmbeddingQueue", "cluster_health", "sinkhorn", "swav_loss", "swav_objective"]
+__all__ = ["EmbeddingQueue", "SwAVLoss", "cluster_health", "sinkhorn", "swav_loss"]

@@ -1,12 +1,13 @@
 """The run's fast paths chosen by measurement: bf16 autocast and ``torch.compile`` (``run.precision=auto``,
 ``run.compile=auto``).
 
-Whether bf16 or compilation makes a training step faster depends on the processor, not on the model alone. On
-one AMD EPYC with AVX512_BF16 a bf16 matrix product ran 2.6x fp32 while the cpu preset's step under bf16
-autocast was only 4% faster, and the compiled step was slower than eager (258 against 290 img/s) after 112 s of
-compilation inside a 20-minute budget. So ``auto`` times a few steps of each candidate on the run's own first
-batch at start-up and keeps the fastest that also learns like the reference (the loss of the same steps from the
-same weights agrees within ``LOSS_RTOL``); the weights, BatchNorm statistics and RNG are restored afterwards.
+Whether bf16 or compilation makes a training step faster depends on the processor, not on the model alone: a
+processor whose bf16 matrix products are much faster than fp32 can still run the whole step barely faster under
+bf16 autocast, and a compiled step can be slower than eager after minutes of compilation inside a short budget
+(measured with ``benchmarks/throughput.py``; the figures are in the README). So ``auto`` times a few steps of each
+candidate on the run's own first batch at start-up and keeps the fastest that also learns like the reference (the
+loss of the same steps from the same weights agrees within ``LOSS_RTOL``); the weights, BatchNorm statistics and
+RNG are restored afterwards. The trial steps are the run's own step (``openseer.train.step.train_step``).
 
 * bf16 is a candidate only where the hardware computes it natively (x86: avx512_bf16 or AMX; Arm: the bf16
   extension; CUDA: compute capability 8 or newer). Elsewhere oneDNN emulates it and it only costs.
@@ -29,7 +30,6 @@ timing part.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -51,6 +51,7 @@ from openseer.data.cache import default_cache_dir
 # the package's atomic file write (temp file in the same folder, fsync, os.replace)
 from openseer.fileio.atomic import atomic_write_text
 from openseer.hardware import device_native_bf16, hardware_name
+from openseer.models import SwAVModel
 from openseer.train.compile_cache import (
     compile_cache_warm,
     compiled_in_process,
@@ -58,20 +59,20 @@ from openseer.train.compile_cache import (
     persist_compile_caches,
 )
 from openseer.train.config import PretrainConfig
-from openseer.train.step import Objective, autocast_for, build_optimizer, training_step
+from openseer.train.step import learning_rates, step_parts, train_step
 
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "autotune.json"  # under default_cache_dir(): measured timings per hardware model and config
 RUN_FILE = "autotune.json"  # in the run folder: what was chosen and why
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the trial steps are the run's own (prototype freezing, non-finite check)
 COMPILE_PRIOR_S = 120.0
-"""Expected compile time before one was measured for this machine and config (cpu preset, cold cache: 112 s on
-an AMD EPYC with AVX-512)."""
+"""Expected compile time before one was measured for this machine and config: about what the cpu preset's step
+took with cold caches on a 2-core CPU (``benchmarks/throughput.py --compile-cold-warm``)."""
 WARM_COMPILE_FRACTION = 0.25
-"""Share of a measured compile time expected again once inductor's caches hold that compile: for the cpu
-preset's step, 16.7 s warm against 133 s cold in fresh processes (AMD EPYC Zen 3, 2 cores, machine shared);
-a quarter is assumed to stay on the safe side."""
+"""Share of a measured compile time expected again once inductor's caches hold that compile: above the share
+measured for the cpu preset's step in fresh processes (``benchmarks/throughput.py --compile-cold-warm``), to stay
+on the safe side."""
 MAX_COMPILE_FRACTION = 0.1
 """Compilation is not even tried when its expected cost exceeds this share of the run."""
 MIN_PLANNED_STEPS_TO_COMPILE = 200
@@ -280,14 +281,6 @@ def write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
 # ============ timing ============
 
 
-def trial_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The run's optimiser at its peak learning rate (a trial step must move the weights as a real one)."""
-    opt = build_optimizer(cfg, model)
-    for group in opt.param_groups:
-        group["lr"] = cfg.optim.base_lr * cfg.optim.lr_scale(distributed.world_size())
-    return opt
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -295,22 +288,25 @@ def _sync(device: torch.device) -> None:
 
 def measure(
     cfg: PretrainConfig,
-    model: torch.nn.Module,
+    model: SwAVModel,
     train_model: torch.nn.Module,
     candidates: Sequence[Candidate],
     crops: list[torch.Tensor],
-    objective: Objective,
     steps: int | None = None,
     compiled: torch.nn.Module | None = None,
 ) -> tuple[list[Trial], torch.nn.Module | None]:
     """Times ``candidates`` on ``crops``, each from the same weights, then restores weights and buffers.
 
-    ``train_model`` is what the loop calls (``model`` or its DDP wrapper); a compiled candidate runs
-    ``compiled`` (made here with ``torch.compile(train_model)`` when None). Returns the trials and the compiled
-    module, so a run that keeps compilation does not compile twice. ``steps``: timed steps (``TRIAL_STEPS``).
+    Each candidate runs the run's own step (:func:`~openseer.train.step.train_step` with the run's optimiser,
+    prototype freezing, loss scaling and loss settings) as the run's first steps, at the peak learning rate;
+    without the queue, which the run fills from its own first steps. ``train_model`` is what the loop calls
+    (``model`` or its DDP wrapper); a compiled candidate runs ``compiled`` (made here with
+    ``torch.compile(train_model)`` when None). Returns the trials and the compiled module, so a run that keeps
+    compilation does not compile twice. ``steps``: timed steps (``TRIAL_STEPS``).
     """
     device = crops[0].device
     steps = steps if steps is not None else TRIAL_STEPS
+    _, peak_lr, _ = learning_rates(cfg.optim, distributed.world_size())
     saved = copy.deepcopy(model.state_dict())
     trials = []
     try:
@@ -320,24 +316,17 @@ def measure(
                     persist_compile_caches()
                     compiled = torch.compile(train_model)
                 forward = compiled if cand.compiled else train_model
-                step = training_step(
-                    cfg,
-                    model,
-                    forward,
-                    trial_optimizer(cfg, model),
-                    autocast_for(device, cand.precision),
-                    objective,
-                )
+                parts = step_parts(cfg, model, forward, cand.precision, device)
                 warm = 2 if cand.compiled else 1
                 losses, times = [], []
                 start = time.perf_counter()
-                for _ in range(warm):
-                    losses.append(step(crops))
+                for i in range(warm):
+                    losses.append(train_step(parts, crops, i, peak_lr).loss)
                 _sync(device)
                 warmup_s = time.perf_counter() - start
-                for _ in range(steps):
+                for i in range(warm, warm + steps):
                     t0 = time.perf_counter()
-                    losses.append(step(crops))
+                    losses.append(train_step(parts, crops, i, peak_lr).loss)
                     _sync(device)
                     times.append(time.perf_counter() - t0)
                 trial = Trial(cand, statistics.median(times), warmup_s, warm, [float(v) for v in losses])
@@ -363,10 +352,10 @@ def _ratio(trials: Sequence[Trial], slow: Candidate, fast: Candidate) -> float |
 
 @dataclass
 class FastPaths:
-    """What the loop uses: ``with autocast: z, scores = forward(crops)``."""
+    """What the loop's step runs with: ``forward`` (the model as the loop calls it, or that compiled), and the
+    decision, whose ``precision`` gives the autocast (``openseer.train.step.step_parts``)."""
 
     forward: Callable
-    autocast: contextlib.AbstractContextManager
     decision: Decision
 
 
@@ -377,11 +366,10 @@ def _planned_steps(cfg: PretrainConfig, steps_per_epoch: int) -> int:
 
 def choose_fast_paths(
     cfg: PretrainConfig,
-    model: torch.nn.Module,
+    model: SwAVModel,
     train_model: torch.nn.Module,
     batches: Any,
     device: torch.device,
-    objective: Objective,
     out_dir: Path | None = None,
     cache_path: Path | None = None,
 ) -> FastPaths:
@@ -392,7 +380,7 @@ def choose_fast_paths(
     ``out_dir/autotune.json``.
     """
     started = time.perf_counter()
-    decision, compiled = _decide(cfg, model, train_model, batches, device, objective, cache_path)
+    decision, compiled = _decide(cfg, model, train_model, batches, device, cache_path)
     decision.autotune_s = time.perf_counter() - started
     if decision.compile:
         persist_compile_caches()
@@ -411,16 +399,15 @@ def choose_fast_paths(
     if out_dir is not None and distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / RUN_FILE, json.dumps(asdict(decision), indent=2))
-    return FastPaths(forward, autocast_for(device, decision.precision), decision)
+    return FastPaths(forward, decision)
 
 
 def _decide(
     cfg: PretrainConfig,
-    model: torch.nn.Module,
+    model: SwAVModel,
     train_model: torch.nn.Module,
     batches: Any,
     device: torch.device,
-    objective: Objective,
     cache_path: Path | None,
 ) -> tuple[Decision, torch.nn.Module | None]:
     """The decision, and the module compiled while measuring when the decision is to compile."""
@@ -479,7 +466,7 @@ def _decide(
         if crops is None:
             return Decision(base_p, base_c, "no readable first batch", "fixed", hardware, native), None
         # `compiled`: the module compiled here when run.compile=true
-        trials, compiled = measure(cfg, model, train_model, eager, crops, objective)
+        trials, compiled = measure(cfg, model, train_model, eager, crops)
         source = "measured"
     horizon = budget_s if budget_s is not None else planned * trials[0].step_s
 
@@ -497,8 +484,8 @@ def _decide(
                         base_p, base_c, "no readable first batch", "fixed", hardware, native
                     ), None
                 if source == "cache":  # timings of one session only: measure the eager ones again too
-                    trials, _ = measure(cfg, model, train_model, eager, crops, objective)
-                more, compiled = measure(cfg, model, train_model, comp, crops, objective, compiled=compiled)
+                    trials, _ = measure(cfg, model, train_model, eager, crops)
+                more, compiled = measure(cfg, model, train_model, comp, crops, compiled=compiled)
                 trials += more
                 source = "measured"
     # compiled while measuring: nothing more to pay; from the cache: the warm compile still to come

@@ -150,15 +150,15 @@ def test_dead_rank_ends_the_other_with_a_clear_error(folder: Path, tmp_path: Pat
 
 
 def _fail_on_rank_1(fate: str, marker: str, at_step: int) -> None:
-    """Wrap the SwAV objective of the training loop so that rank 1 exits without a word (or stops answering) at its
+    """Wrap the SwAV loss of the training loop so that rank 1 exits without a word (or stops answering) at its
     ``at_step``-th step."""
-    import openseer.train.pretrain as loop
+    from openseer.swav import SwAVLoss
 
-    original, calls = loop.swav_objective, [0]
+    original, calls = SwAVLoss.__call__, [0]
 
-    def swav_objective(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - pass-through
+    def fail(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - pass-through
         calls[0] += 1
-        out = original(*args, **kwargs)  # its Sinkhorn collectives done: rank 0 goes on into backward
+        out = original(self, *args, **kwargs)  # its Sinkhorn collectives done: rank 0 goes on into backward
         if distributed.rank() == 1 and calls[0] == at_step:
             Path(marker).write_text(str(time.time()))
             if fate == "exit":
@@ -166,7 +166,7 @@ def _fail_on_rank_1(fate: str, marker: str, at_step: int) -> None:
             time.sleep(600)
         return out
 
-    loop.swav_objective = swav_objective
+    SwAVLoss.__call__ = fail
 
 
 if __name__ == "__main__":

@@ -27,13 +27,16 @@ def worker(out: Path) -> None:
     from openseer.swav import EmbeddingQueue, sinkhorn
     from openseer.train.config import ParallelConfig, PretrainConfig
     from openseer.train.parallel import parallelize
-    from openseer.train.pretrain import objective
+    from openseer.train.step import step_parts
 
     assert distributed.init_from_env(torch.device("cpu"), timeout_s=30)
     rank = distributed.rank()
     cfg = from_dict(
         PretrainConfig,
-        {"crops": [{"size": 16, "count": 2, "scale": [0.3, 1.0]}], "model": {"out_dim": 16, "prototypes": 10}},
+        {
+            "crops": [{"size": 16, "count": 2, "scale": [0.3, 1.0]}],
+            "model": {"out_dim": 16, "prototypes": 10},
+        },
     )
     torch.manual_seed(0)
     backbone = build_backbone("regnety_200mf", stem="small")
@@ -50,7 +53,7 @@ def worker(out: Path) -> None:
     assert queue.full == (rank == 0)
     crops = [torch.randn(BATCH, 3, 16, 16, generator=torch.Generator().manual_seed(rank)) for _ in range(2)]
     z, scores = forward(crops)
-    loss, codes = objective(cfg, model, z, scores, queue)
+    loss, codes = step_parts(cfg, model, forward, "fp32", torch.device("cpu"), queue).loss(z, scores)
     # the codes of the global batch without the queue (every process calls this collective alike)
     plain = sinkhorn(scores[:BATCH].detach(), cfg.swav.epsilon, cfg.swav.sinkhorn_iters)
     result = {

@@ -1,7 +1,7 @@
 """A 2-process run with the embedding queue, stopped and resumed: every process gets back its own queue.
 
 Each process runs this file as a script (``python test_queue_resume.py PHASE RECORDS overrides...``) with
-torchrun's variables set; the script wraps the loop's SwAV objective to record the queue it is handed: in the
+torchrun's variables set; the script wraps the loop's SwAV loss to record the queue it holds: in the
 first run after every step (the last record is what the final checkpoint saved), in the resumed run on entry
 to its first step (what the resume restored).
 """
@@ -72,28 +72,28 @@ def test_each_process_resumes_with_its_own_queue(tmp_path: Path, strategy: str) 
 
 
 def _record_queues(phase: str, records: Path) -> None:
-    """Wrap the loop's SwAV objective so that it saves the queue of this process (see the module docstring)."""
-    import openseer.train.pretrain as loop
+    """Wrap the loop's SwAV loss so that it saves the queue of this process (see the module docstring)."""
     from openseer import distributed
+    from openseer.swav import SwAVLoss
 
-    original, calls = loop.swav_objective, [0]
+    original, calls = SwAVLoss.__call__, [0]
 
     def snapshot(queue) -> None:  # noqa: ANN001 - EmbeddingQueue
         path = records / f"{phase}-{distributed.rank()}.pt"
         torch.save({"embeddings": queue.embeddings.clone().cpu(), "filled": queue.filled}, path)
 
-    def swav_objective(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - pass-through
-        queue = args[-1] if len(args) == 9 else kwargs.get("queue")
+    def record(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - pass-through
+        queue = self.queue if kwargs.get("with_queue", True) else None
         assert queue is not None, "the queue must be in use from the first step"
         calls[0] += 1
         if phase == "resume" and calls[0] == 1:
             snapshot(queue)
-        out = original(*args, **kwargs)
+        out = original(self, *args, **kwargs)
         if phase == "first":
             snapshot(queue)
         return out
 
-    loop.swav_objective = swav_objective
+    SwAVLoss.__call__ = record
 
 
 if __name__ == "__main__":

@@ -152,11 +152,6 @@ def test_only_rank_0_writes_the_run_folder_each_file_once_and_whole(two_process_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the training loop saves again after its last step although that step's checkpoint was just written "
-    "(run.max_steps a multiple of run.checkpoint_every): openseer/train/pretrain.py",
-)
 def test_every_checkpoint_is_written_once(two_process_run: dict) -> None:
     (replaced, _, _), _ = two_process_run["writes"]
     checkpoints = {name: n for name, n in replaced.items() if name.startswith("checkpoints/")}

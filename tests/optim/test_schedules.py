@@ -80,7 +80,7 @@ def test_rejects_empty_schedule():
 
 # ---- warm-up length on the schedule's own scale ----
 
-GRID = 10_000  # cells of the schedule of a run bounded by minutes (openseer.train.pretrain._BUDGET_GRID)
+GRID = 10_000  # cells of the schedule of a run bounded by minutes (openseer.train.pretrain.BUDGET_GRID)
 
 
 def test_warmup_of_a_step_or_epoch_bounded_run_is_the_configured_count():

@@ -18,7 +18,6 @@ from openseer.models import build_model
 from openseer.train import autotune as at
 from openseer.train.config import PretrainConfig
 from openseer.train.data import TensorBatches
-from openseer.train.pretrain import objective
 from openseer.train.step import autocast_for
 
 FP32, BF16 = at.Candidate("fp32", False), at.Candidate("bf16", False)
@@ -145,7 +144,7 @@ def test_a_run_that_compiles_marks_its_step_warm(tmp_path: Path, monkeypatch):
     model, batches = _setup(cfg)
     key = at.step_key(cfg, torch.device("cpu"))
     assert not at.compile_cache_warm(key)
-    fast = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), objective, tmp_path)
+    fast = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), tmp_path)
     assert fast.decision.compile and fast.forward is not model  # compiled lazily, at the first step
     assert at.compile_cache_warm(key)
 
@@ -171,7 +170,7 @@ def test_fixed_settings_measure_nothing(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(at, "measure", lambda *a, **k: pytest.fail("measured"))
     cfg = _tiny(tmp_path, run__precision="fp32", run__compile=False)
     model, batches = _setup(cfg)
-    fast = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), objective, tmp_path)
+    fast = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), tmp_path)
     assert (fast.decision.precision, fast.decision.compile, fast.decision.source) == ("fp32", False, "fixed")
     assert fast.forward is model
     assert json.loads((tmp_path / at.RUN_FILE).read_text())["precision"] == "fp32"
@@ -182,7 +181,7 @@ def test_auto_without_native_bf16_and_a_short_run_measures_nothing(tmp_path: Pat
     monkeypatch.setattr(at, "device_native_bf16", lambda device: False)
     cfg = _tiny(tmp_path, run__precision="auto", run__compile="auto", run__max_steps=5)
     model, batches = _setup(cfg)
-    fast = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), objective, tmp_path)
+    fast = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), tmp_path)
     d = fast.decision
     assert (d.precision, d.compile, d.source) == ("fp32", False, "fixed")
     assert "too few to compile" in d.reason
@@ -194,13 +193,13 @@ def test_auto_with_a_short_budget_does_not_try_to_compile(tmp_path: Path, monkey
     cfg = _tiny(tmp_path, run__compile="auto", run__budget_minutes=5)
     model, batches = _setup(cfg)
 
-    def fake_measure(cfg, model, train_model, candidates, crops, objective, **kw):
+    def fake_measure(cfg, model, train_model, candidates, crops, **kw):
         assert not any(c.compiled for c in candidates), "compiled within a 5-minute budget"
         return [_trial(c, 1.0) for c in candidates], None
 
     monkeypatch.setattr(at, "measure", fake_measure)
     cache = tmp_path / "cache.json"
-    d = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), objective, None, cache).decision
+    d = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), None, cache).decision
     assert d.compile is False and "compile not tried" in d.reason
     assert d.source == "fixed" and not cache.exists()  # nothing to compare: nothing timed
 
@@ -214,7 +213,7 @@ def test_measured_choice_restores_weights_and_is_cached(tmp_path: Path, monkeypa
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     cache = tmp_path / "cache.json"
-    fast = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), objective, tmp_path, cache)
+    fast = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), tmp_path, cache)
     d = fast.decision
     assert d.source == "measured" and set(d.step_s) == {"fp32-eager", "bf16-eager"}
     assert d.precision in ("fp32", "bf16") and d.bf16_speedup is not None and d.bf16_speedup > 0
@@ -229,7 +228,7 @@ def test_measured_choice_restores_weights_and_is_cached(tmp_path: Path, monkeypa
     assert fp32.losses[-1] < fp32.losses[0]  # the trial steps do learn
 
     monkeypatch.setattr(at, "measure", lambda *a, **k: pytest.fail("measured again despite the cache"))
-    again = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), objective, None, cache)
+    again = at.choose_fast_paths(cfg, model, model, batches, torch.device("cpu"), None, cache)
     assert again.decision.source == "cache" and again.decision.precision == d.precision
 
 
@@ -249,13 +248,13 @@ def test_a_measured_compile_is_expected_warm_next_time(tmp_path: Path, monkeypat
     at.write_cache(cache, key, {"trials": [_trial(FP32, 1.0).to_dict()], "compile_s": 100.0})
     asked: list[at.Candidate] = []
 
-    def fake_measure(cfg, model, train_model, candidates, crops, objective, **kw):
+    def fake_measure(cfg, model, train_model, candidates, crops, **kw):
         asked.extend(candidates)
         return [_trial(c, 1.0) for c in candidates], None
 
     monkeypatch.setattr(at, "measure", fake_measure)
     monkeypatch.setattr(at, "mark_compiled", lambda key, root=None: None)  # not in the user's cache folder
-    d = at.choose_fast_paths(cfg, model, model, batches, cpu, objective, None, cache).decision
+    d = at.choose_fast_paths(cfg, model, model, batches, cpu, None, cache).decision
     assert any(c.compiled for c in asked) is tried
     assert d.compile is False  # equally fast in this fake: eager kept
     assert d.source == ("measured" if tried else "fixed")  # not tried: decided from the budget, not timed
@@ -282,7 +281,7 @@ def test_a_compile_after_one_in_the_same_process_is_not_recorded(tmp_path: Path,
         cache = tmp_path / f"cache-{compiled_before}.json"
         at.write_cache(cache, key, {"trials": [_trial(FP32, 1.0).to_dict()], "compile_s": 100.0})
         monkeypatch.setattr(at, "compiled_in_process", lambda key, note=False, seen=compiled_before: seen)
-        at.choose_fast_paths(cfg, model, model, batches, cpu, objective, None, cache)
+        at.choose_fast_paths(cfg, model, model, batches, cpu, None, cache)
         (entry,) = at.read_cache(cache).values()
         assert entry["compile_s"] == recorded
 

@@ -59,6 +59,11 @@ def test_budgeted_run_leaves_warmup_after_its_share_of_the_time(
     lrs = [line["lr"] for line in lines if "lr" in line]  # the last line holds the run's summary
     assert len(lrs) >= 10, "too few steps in the budget to see the schedule"
     peak = max(range(len(lrs)), key=lrs.__getitem__)
+    # the run warms up: its first step is at the warm-up's start (optim.start_lr), below the peak that comes
+    # after it (without a warm-up the first step would be the peak) ...
+    assert lrs[0] == pytest.approx(cfg.optim.start_lr * cfg.optim.lr_scale(1)) and lrs[0] < 0.5 * lrs[peak]
+    assert peak >= 1 and lrs[: peak + 1] == sorted(lrs[: peak + 1])
+    # ... for 5% of its time, not for the half that 5,000 steps read as cells of the time grid would be
     assert peak / len(lrs) < 0.25, f"lr still warming up after {peak} of {len(lrs)} steps"
     assert lrs[-1] < lrs[peak]
 

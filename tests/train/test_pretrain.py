@@ -14,6 +14,8 @@ from support import make_image_folder, tiny_overrides
 from openseer.cli import main as cli_main
 from openseer.config import ConfigError, load_config
 from openseer.fileio.checkpoint import latest_checkpoint, load_checkpoint
+from openseer.swav import SwAVLoss
+from openseer.train import pretrain as pretrain_module
 from openseer.train.config import PretrainConfig, SwAVConfig
 from openseer.train.pretrain import pretrain
 
@@ -21,6 +23,41 @@ from openseer.train.pretrain import pretrain
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("imgs"), per_class=16, formats=("jpg", "png"))
+
+
+def test_one_step_of_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast lane's guard on the loop: setup, then one step of it on 8 generated images, that moves the
+    weights, is logged and checkpointed."""
+    source = make_image_folder(tmp_path / "imgs", classes=2, per_class=4, size=16)
+    real_step, moved = pretrain_module.train_step, []
+
+    def step(parts, crops, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - pass-through
+        before = [p.detach().clone() for p in parts.model.parameters()]
+        out = real_step(parts, crops, *args, **kwargs)
+        moved.append(
+            any(not torch.equal(a, b) for a, b in zip(before, parts.model.parameters(), strict=True))
+        )
+        return out
+
+    monkeypatch.setattr(pretrain_module, "train_step", step)
+    out = tmp_path / "run"
+    overrides = tiny_overrides(
+        source,
+        out,
+        crops="[{size: 16, count: 2, scale: [0.3, 1.0]}]",
+        data__holdout=0.0,
+        optim__batch_size=4,
+        optim__warmup_epochs=0,
+        run__max_steps=1,
+        run__evaluate=False,
+    )
+    result = pretrain(load_config(PretrainConfig, [], overrides))
+    assert moved == [True]
+    assert (result.steps, result.images_seen, result.nonfinite_steps) == (1, 4, 0)
+    assert math.isfinite(result.final_loss)
+    (line, _summary) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert line["step"] == 1 and line["loss"] == result.final_loss and line["lr"] > 0
+    assert load_checkpoint(latest_checkpoint(out / "checkpoints"))["step"] == 1
 
 
 @pytest.mark.slow
@@ -37,7 +74,9 @@ def test_short_run_writes_checkpoint_metrics_and_scores(folder: Path, tmp_path: 
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2
     assert 0 < summary["first_step_seconds"] <= summary["train_seconds"]  # the first step is timed on its own
-    assert summary["precision"] in ("fp32", "bf16") and isinstance(summary["compile"], bool)  # as the run used them
+    assert summary["precision"] in ("fp32", "bf16") and isinstance(
+        summary["compile"], bool
+    )  # as the run used them
 
 
 @pytest.mark.slow
@@ -192,23 +231,22 @@ def test_a_batch_of_only_unreadable_files_is_a_skipped_step(tmp_path: Path) -> N
 
 
 def _nan_loss_from(monkeypatch: pytest.MonkeyPatch, first: int, last: float = float("inf")) -> None:
-    """Make the loss of the loop's calls number first..last (1-based) NaN, as a diverging run would.
+    """Make the SwAV loss of the loop's calls number first..last (1-based) NaN, as a diverging run would.
 
     The machine is told it has no native bf16, so ``run.precision=auto`` decides without trial steps (which call
-    the objective too) on every CPU, and the count starts at the loop's first step."""
+    the loss too) on every CPU, and the count starts at the loop's first step."""
     import openseer.train.autotune as autotune
-    import openseer.train.pretrain as loop
 
     monkeypatch.setattr(autotune, "device_native_bf16", lambda device: False)
 
-    original, calls = loop.swav_objective, [0]
+    original, calls = SwAVLoss.__call__, [0]
 
-    def swav_objective(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - pass-through
+    def nan_from(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - pass-through
         calls[0] += 1
-        loss, codes = original(*args, **kwargs)
+        loss, codes = original(self, *args, **kwargs)
         return (loss * float("nan") if first <= calls[0] <= last else loss), codes
 
-    monkeypatch.setattr(loop, "swav_objective", swav_objective)
+    monkeypatch.setattr(SwAVLoss, "__call__", nan_from)
 
 
 @pytest.mark.slow
@@ -296,7 +334,9 @@ def test_progressive_resolution_grows_the_crops_over_the_run(folder: Path, tmp_p
     assert all(math.isfinite(line["loss"]) for line in lines if "loss" in line)
 
 
-@pytest.mark.parametrize("bad", ["progressive.start_scale=0", "progressive.until=1.5", "progressive.multiple=0"])
+@pytest.mark.parametrize(
+    "bad", ["progressive.start_scale=0", "progressive.until=1.5", "progressive.multiple=0"]
+)
 def test_progressive_settings_name_the_bad_key(bad: str) -> None:
     with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
         load_config(PretrainConfig, [], [bad])
