@@ -164,6 +164,35 @@ class PretrainedModel:
         return torch.cat(feats)
 
     @torch.no_grad()
+    def features(
+        self,
+        images: ImageLike | Iterable[ImageLike],
+        levels: Sequence[int] = (2, 3, 4, 5),
+        batch_size: int = 64,
+    ) -> dict[int, torch.Tensor]:
+        """The trunk's feature maps ``{level: (N, C_level, ~S / 2**level, ~S / 2**level)}``, float32 on the CPU,
+        for inputs of side S (``preprocess.size``): level l is the map at stride 2**l, 2..5 the four stages
+        (strides 4 to 32), 1 the stem.
+
+        The trunk always runs in the standard layout: one pretrained with the small stem or an ``output_stride``
+        (the ``cpu`` preset: stride 8 in all) is rebuilt with the stem and every stage strided, from the same
+        weights, as detection backbones use it (:mod:`openseer.models.dense`).
+        """
+        from openseer.eval.detect import dense_trunk
+        from openseer.models.dense import FeatureMaps, dense_layout
+
+        if getattr(self, "_dense_trunk", None) is None:  # built once, on first use
+            model = self.config.model
+            standard = dense_layout(model) == model
+            self._dense_trunk = self.backbone if standard else dense_trunk(self.weights).to(self.device)
+        maps = FeatureMaps(self._dense_trunk, levels).eval()
+        out = [maps(x) for x in self._batches(images, batch_size)]
+        return {
+            level: torch.cat([o[level].float().cpu() for o in out]) if out else torch.empty(0, channels, 0, 0)
+            for level, channels in maps.channels.items()
+        }
+
+    @torch.no_grad()
     def predict(
         self, images: ImageLike | Iterable[ImageLike], topk: int = 5, batch_size: int = 64
     ) -> list[list[tuple[str, float]]]:
