@@ -76,8 +76,10 @@ def _yolo_to_coco(cfg: YoloToCocoConfig, args: argparse.Namespace) -> int:
         f"{done.images} images, {done.annotations} objects ({done.polygons} with polygons) -> {done.out}"
         + (f"; left out {len(done.skipped)} images" if done.skipped else "")
     )
-    for path, reason in done.skipped[:10]:
+    for path, reason in done.skipped[:3]:
         print(f"  {path}: {reason}")
+    if len(done.skipped) > 3:
+        print(f"  ... and {len(done.skipped) - 3} more")
     return 0
 
 

@@ -41,6 +41,7 @@ from openseer.data.images import SkipLog
 from openseer.distributed import resolve_device
 from openseer.eval.coco_ap import coco_ap, detections_to_coco
 from openseer.eval.linear import write_result
+from openseer.eval.recipe import step_lr
 from openseer.fileio.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from openseer.models.dense import FPN_LEVELS, TRAINABLE_STAGES, backbone_with_fpn, dense_layout
 from openseer.train.pretrain import TrainingDiverged
@@ -323,8 +324,7 @@ def learning_rate(base: float, step: int, total: int, recipe: DetectRecipe) -> f
     if step < warmup:
         alpha = step / warmup
         factor = recipe.warmup_factor * (1 - alpha) + alpha
-    decay = recipe.gamma ** sum(step >= round(m * total) for m in recipe.milestones)
-    return base * factor * decay
+    return step_lr(base * factor, step, [round(m * total) for m in recipe.milestones], recipe.gamma)
 
 
 class _Losses:
@@ -428,11 +428,7 @@ def train_detector(
         save_checkpoint(state, ckpt_dir, at, keep=keep)
 
     loader = DataLoader(
-        data,
-        batch_sampler=_StepBatches(n, bs, seed, step, total),
-        num_workers=workers,
-        collate_fn=list,
-        persistent_workers=False,
+        data, batch_sampler=_StepBatches(n, bs, seed, step, total), num_workers=workers, collate_fn=list
     )
     bar = None
     if progress:
@@ -592,7 +588,8 @@ def run_detect(cfg: DetectConfig, resume: bool = False) -> dict[str, Any]:
     detections, done, unreadable, test_seconds = predict_coco(
         model, CocoDetection(test, masks=False), device, cfg.eval_batch_size, cfg.workers, cfg.progress
     )
-    scored = test.subset([i for i, img in enumerate(test.images) if img.id in set(done)])
+    read = set(done)
+    scored = test.subset([i for i, img in enumerate(test.images) if img.id in read])
     result: dict[str, Any] = {
         "kind": "detect",
         "detector": "Mask R-CNN" if masks else "Faster R-CNN",

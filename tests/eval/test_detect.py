@@ -11,8 +11,9 @@ import torch
 from support.dense import FAST_DETECT, make_shapes_coco, random_weights_file
 
 from openseer.cli import main as cli_main
+from openseer.data.coco import CocoDetection, read_coco
 from openseer.eval import detect
-from openseer.eval.detect import DetectRecipe, _StepBatches, learning_rate
+from openseer.eval.detect import DetectRecipe, _flipped, _StepBatches, learning_rate
 from openseer.fileio.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 
@@ -44,6 +45,17 @@ def test_the_batch_of_a_step_depends_only_on_the_seed_and_the_step() -> None:
     assert full[:3] != full[3:6]  # a new order every epoch
     assert list(_StepBatches(n=5, batch_size=2, seed=3, start=4, total=9)) == full[4:]
     assert list(_StepBatches(n=5, batch_size=2, seed=4, start=0, total=9)) != full
+
+
+def test_a_flip_moves_the_boxes_with_the_masks(shapes: Path) -> None:
+    image, target = CocoDetection(read_coco(shapes), masks=True)[0]  # type: ignore[misc]
+    flipped, moved = _flipped(image, target)
+    assert torch.equal(flipped, image.flip(-1)) and torch.equal(moved["masks"], target["masks"].flip(-1))
+    width = image.shape[-1]
+    assert torch.equal(moved["boxes"][:, [2, 0]], width - target["boxes"][:, [0, 2]])
+    assert (
+        torch.equal(moved["boxes"][:, 1::2], target["boxes"][:, 1::2]) and moved["labels"] is target["labels"]
+    )
 
 
 def _detect(weights: Path, train: Path, tmp_path: Path, *extra: str) -> list[str]:
