@@ -147,6 +147,20 @@ def test_resume_refuses_a_checkpoint_of_other_data(
     assert "categories of the training set differ from those of the checkpoint" in capsys.readouterr().err
 
 
+def test_unreadable_images_are_skipped_and_listed(weights: Path, shapes: Path, tmp_path: Path) -> None:
+    """One unreadable training image and one unreadable test image: the run finishes, lists both with their
+    reason, and scores the readable test images."""
+    train, test = read_coco(shapes).split(0.34, seed=0)  # the split the command makes
+    broken = sorted([train.images[0].path.name, test.images[0].path.name])
+    for name in broken:
+        (shapes.parent / name).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert cli_main(_detect(weights, shapes, tmp_path, "recipe.steps=3", "test_fraction=0.34")) == 0
+    result = json.loads((tmp_path / "eval" / "detect.json").read_text())
+    assert sorted(Path(path).name for path, _ in result["skipped_images"]) == broken
+    assert all(reason for _, reason in result["skipped_images"])
+    assert result["n_test"] == len(test) - 1
+
+
 def _not_json(path: Path) -> None:
     path.write_text("{not json")
 
