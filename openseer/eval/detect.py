@@ -277,7 +277,13 @@ def build_detector(
 
 
 def _step_seed(seed: int, step: int) -> int:
+    """Seed of torch's RNG at a step: its flips and torchvision's sampling of anchors and proposals."""
     return seed * 1_000_003 + step
+
+
+def _order_seed(seed: int, epoch: int) -> int:
+    """Seed of an epoch's order of the images: from another range than the steps' seeds."""
+    return 2**40 + seed * 1_000_003 + epoch
 
 
 class _StepBatches(Sampler[list[int]]):
@@ -297,7 +303,7 @@ class _StepBatches(Sampler[list[int]]):
             if step // self.per_epoch != epoch:
                 epoch = step // self.per_epoch
                 perm = torch.randperm(
-                    self.n, generator=torch.Generator().manual_seed(_step_seed(self.seed, -1 - epoch))
+                    self.n, generator=torch.Generator().manual_seed(_order_seed(self.seed, epoch))
                 )
             i = step % self.per_epoch
             yield perm[i * self.bs : (i + 1) * self.bs].tolist()
