@@ -118,6 +118,7 @@ class PretrainedModel:
             self._classifier.backbone if self._classifier else weights.build_backbone().to(self.device)
         )
         self.classes: list[str] | None = weights.classes if self._classifier is not None else None
+        self._dense_trunk: nn.Module | None = None  # features(): the trunk in the standard layout
 
     def __repr__(self) -> str:
         head = f", {len(self.classes)} classes" if self.classes else ""
@@ -126,7 +127,9 @@ class PretrainedModel:
             f"from {self.weights.source})"
         )
 
-    def _outputs(self, model: nn.Module, images: Images, batch_size: int) -> Iterator[torch.Tensor]:
+    def _outputs(
+        self, model: nn.Module, images: Images, batch_size: int
+    ) -> Iterator[torch.Tensor | dict[int, torch.Tensor]]:
         """``model`` on the images in order, batch by batch (float32, CPU); ValueError for an unreadable file."""
         from openseer.data.images import SkipLog
         from openseer.eval.features import forward_batches
@@ -146,6 +149,31 @@ class PretrainedModel:
         """Pooled backbone features (N, D), float32 on the CPU, one row per image in order."""
         feats = list(self._outputs(self.backbone, images, batch_size))
         return torch.cat(feats) if feats else torch.empty(0, int(self.backbone.num_features))
+
+    def features(
+        self, images: Images, levels: Sequence[int] = (2, 3, 4, 5), batch_size: int = 64
+    ) -> dict[int, torch.Tensor]:
+        """The trunk's feature maps ``{level: (N, C_level, ~S / 2**level, ~S / 2**level)}``, float32 on the CPU,
+        for inputs of side S (``preprocess.size``): level l is the map at stride 2**l, 2..5 the four stages
+        (strides 4 to 32), 1 the stem.
+
+        The trunk always runs in the standard layout: one pretrained with the small stem or an ``output_stride``
+        (the ``cpu`` preset: stride 8 in all) is rebuilt with the stem and every stage strided, from the same
+        weights, as detection backbones use it (:mod:`openseer.models.dense`).
+        """
+        from openseer.eval.detect import dense_trunk
+        from openseer.models.dense import FeatureMaps, dense_layout
+
+        if self._dense_trunk is None:  # built once, on first use
+            model = self.config.model
+            standard = dense_layout(model) == model
+            self._dense_trunk = self.backbone if standard else dense_trunk(self.weights).to(self.device)
+        maps = FeatureMaps(self._dense_trunk, levels)
+        out = list(self._outputs(maps, images, batch_size))
+        return {
+            level: torch.cat([o[level] for o in out]) if out else torch.empty(0, channels, 0, 0)
+            for level, channels in maps.channels.items()
+        }
 
     def predict(
         self, images: Images, topk: int = 5, batch_size: int = 64

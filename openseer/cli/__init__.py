@@ -3,7 +3,7 @@
     openseer COMMAND [POSITIONAL ...] [--config FILE ...] [key=value ...] [switches]
 
 The grammar and its parser are in :mod:`openseer.cli.command`; each group of commands has a module here
-(pretrain, interop, evaluate, use, shards) listing its :class:`~openseer.cli.command.Command` s.
+(pretrain, interop, evaluate, dense, use, shards) listing its :class:`~openseer.cli.command.Command` s.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from openseer.cli import evaluate, interop, pretrain, shards, use
+from openseer.cli import dense, evaluate, interop, pretrain, shards, use
 from openseer.cli.command import Command, CommandParser, add_command, resolve_config, unknown_option_hint
 from openseer.config import ConfigError, to_dict
 
@@ -22,6 +22,7 @@ COMMANDS: list[Command] = [
     *pretrain.COMMANDS,
     *interop.COMMANDS,
     *evaluate.COMMANDS,
+    *dense.COMMANDS,
     *use.COMMANDS,
     *shards.COMMANDS,
 ]

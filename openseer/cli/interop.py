@@ -64,6 +64,15 @@ def _export(cfg, args: argparse.Namespace) -> int:  # noqa: ANN001 - an ExportCo
     print(f"exported the {what} of {cfg.checkpoint} ({weights.config.model.arch}) as {cfg.format}:")
     for file in files:
         print(f"  {file}")
+    if cfg.format == "torchvision":
+        from openseer.interop.torchvision_export import TORCHVISION_REGNETS
+
+        name = TORCHVISION_REGNETS[weights.config.model.arch]
+        strict = f"(num_classes={len(weights.classes or [])})" if cfg.with_head else "()"
+        print(
+            f"load it with torchvision.models.{name}{strict}.load_state_dict(torch.load(FILE)"
+            + (")" if cfg.with_head else ", strict=False)  # every trunk key; fc stays as built")
+        )
     if cfg.verify and cfg.format == "onnx":
         import torch
 
@@ -88,7 +97,8 @@ COMMANDS = [
     ),
     Command(
         name="export",
-        help="write a checkpoint's backbone (optionally + classifier) as safetensors, TorchScript or ONNX",
+        help="write a checkpoint's backbone (optionally + classifier) as safetensors, TorchScript, ONNX or a "
+        "torchvision RegNetY state dict",
         description="Write the network of CHECKPOINT (anything openseer.load reads) to DST, in the format its "
         "suffix names unless format= is given. Example: openseer export runs/cpu backbone.onnx verify=true",
         config="openseer.interop.config:ExportConfig",

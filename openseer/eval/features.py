@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,18 +11,22 @@ from torch import nn
 
 def forward_batches(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[Any, torch.Tensor]]:
     """``(model(x) float32 on the CPU, rows)`` for each ``(x, rows)`` of ``batches`` (e.g.
     :func:`openseer.eval.inputs.image_batches`), in eval mode and without gradients; the model's mode is put
-    back afterwards. A generator, so that callers can show progress or stop early."""
+    back afterwards. An output that is a dict of tensors (feature maps by level) is moved tensor by tensor. A
+    generator, so that callers can show progress or stop early."""
     was_training = model.training
     model.eval()
     try:
         for x, rows in batches:
             # no_grad per batch, never across a yield: grad mode is global and would leak into the caller
             with torch.no_grad():
-                out = model(x).float().cpu()
-            yield out, rows
+                out = model(x)
+            if isinstance(out, dict):
+                yield {k: v.float().cpu() for k, v in out.items()}, rows
+            else:
+                yield out.float().cpu(), rows
     finally:
         model.train(was_training)
 

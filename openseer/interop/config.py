@@ -15,6 +15,7 @@ EXPORT_SUFFIXES: dict[str, str] = {
     ".pt": "torchscript",
     ".ts": "torchscript",
     ".onnx": "onnx",
+    ".pth": "torchvision",
 }
 
 
@@ -50,9 +51,10 @@ class ExportConfig:
     or a VISSL/timm file."""
     dst: str = ""
     """Output file."""
-    format: Literal["safetensors", "torchscript", "onnx"] | None = None
-    """'safetensors' (tensors, config metadata and a .yaml), 'torchscript' (traced) or 'onnx' (needs pip install
-    'openseer[export]'); null: from dst's suffix (.safetensors; .pt or .ts: torchscript; .onnx)."""
+    format: Literal["safetensors", "torchscript", "onnx", "torchvision"] | None = None
+    """'safetensors' (tensors, config metadata and a .yaml), 'torchscript' (traced), 'onnx' (needs pip install
+    'openseer[export]') or 'torchvision' (the state dict of torchvision's regnet_y_* of the same size); null:
+    from dst's suffix (.safetensors; .pt or .ts: torchscript; .onnx; .pth: torchvision)."""
     with_head: bool = False
     """Include the classifier of a fine-tuned checkpoint: the file then maps images to logits."""
     size: int | None = None
@@ -68,6 +70,6 @@ class ExportConfig:
             if suffix not in EXPORT_SUFFIXES:
                 raise ConfigError(
                     f"export: cannot tell the format from the suffix of '{self.dst}'; name it "
-                    f"({', '.join(EXPORT_SUFFIXES)}) or give format=safetensors|torchscript|onnx"
+                    f"({', '.join(EXPORT_SUFFIXES)}) or give format=safetensors|torchscript|onnx|torchvision"
                 )
             self.format = EXPORT_SUFFIXES[suffix]  # type: ignore[assignment]

@@ -1,4 +1,5 @@
-"""Deployable files from any checkpoint openseer reads: safetensors, TorchScript (traced) and ONNX.
+"""Deployable files from any checkpoint openseer reads: safetensors, TorchScript (traced), ONNX, and the state dict
+of torchvision's ``regnet_y_*`` (:mod:`openseer.interop.torchvision_export`).
 
 The exported network maps normalised images (B, 3, size, size) to pooled features (B, D) or, with a fine-tuned
 classifier (``with_head``), to logits (B, C). The batch axis is dynamic in every format; TorchScript also accepts
@@ -22,8 +23,8 @@ from openseer.weights import Weights, save_weights
 
 log = logging.getLogger(__name__)
 
-ExportFormat = Literal["safetensors", "torchscript", "onnx"]
-FORMATS: tuple[str, ...] = ("safetensors", "torchscript", "onnx")
+ExportFormat = Literal["safetensors", "torchscript", "onnx", "torchvision"]
+FORMATS: tuple[str, ...] = ("safetensors", "torchscript", "onnx", "torchvision")
 _ONNX_SINGLE_FILE_LIMIT = 1.5 * 2**30  # protobuf caps a file at 2 GiB: larger weights go to a side file
 
 
@@ -118,6 +119,12 @@ def export(
             classes=weights.classes if with_head else None,
         )
         return list(save_weights(kept, dst))
+    if fmt == "torchvision":
+        from openseer.interop.torchvision_export import export_torchvision
+
+        if with_head and weights.classifier is None:
+            raise _no_classifier(weights)
+        return [export_torchvision(weights, dst, with_head)]
     module = export_module(weights, with_head)
     example = _example(weights, size)
     if fmt == "torchscript":

@@ -17,10 +17,11 @@ from openseer.config import ConfigError, load_config, to_dict
 from openseer.fileio.checkpoint import save_checkpoint
 from openseer.interop.config import EXPORT_SUFFIXES, ExportConfig
 from openseer.interop.export import FORMATS, export, relative_error
-from openseer.models import build_model
+from openseer.models import build_backbone, build_model
 from openseer.train.config import PretrainConfig
 from openseer.train.sharded_checkpoint import save_sharded
-from openseer.weights import load_weights
+from openseer.weights import Weights, load_weights
+from openseer.weights.core import make_config
 
 # ONNX export and its check are the optional `export` extra (installed with `test`); only the tests of that format
 # skip without it, and say which package is missing
@@ -167,8 +168,21 @@ def _read_onnx(path: Path) -> int:
     return len(onnx.load(str(path)).graph.initializer)
 
 
+def _read_torchvision(path: Path) -> int:
+    import torchvision
+
+    missing, unexpected = torchvision.models.regnet_y_400mf().load_state_dict(torch.load(path), strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+    return len(torch.load(path))
+
+
 # each format's own reader, independent of openseer: what a user of the file would load it with
-READERS = {"safetensors": _read_safetensors, "torchscript": _read_torchscript, "onnx": _read_onnx}
+READERS = {
+    "safetensors": _read_safetensors,
+    "torchscript": _read_torchscript,
+    "onnx": _read_onnx,
+    "torchvision": _read_torchvision,
+}
 
 
 @pytest.mark.slow
@@ -179,7 +193,12 @@ def test_every_format_the_command_offers_writes_a_file_its_own_reader_loads(
     assert set(FORMATS) == set(READERS), "a format without a reader here: add one"
     if fmt == "onnx":
         _onnx_packages()
-    (path, *_) = export(load_weights(run["folder"]), tmp_path / f"backbone.{fmt}", fmt)
+    weights = load_weights(run["folder"])
+    if fmt == "torchvision":  # torchvision has no RegNetY-200MF (the preset's trunk): its smallest, 400MF
+        weights = Weights(
+            make_config("regnety_400mf", "imagenet", None), build_backbone("regnety_400mf").state_dict()
+        )
+    (path, *_) = export(weights, tmp_path / f"backbone.{fmt}", fmt)
     assert READERS[fmt](path) > 0
     with pytest.raises(ConfigError, match="expected one of safetensors, torchscript, onnx"):
         export(load_weights(run["folder"]), tmp_path / "x.bin", "pickle")  # type: ignore[arg-type]
