@@ -17,7 +17,7 @@ from openseer.config import load_config, preset_names
 from openseer.train.config import PretrainConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-LARGE = ("swav-rn50", "seer-rg256gf", "seer-10b")
+LARGE = ("swav-rn50", "seer-rg32gf", "seer-rg64gf", "seer-rg128gf", "seer-rg256gf", "seer-10b")
 
 
 @functools.cache
@@ -56,7 +56,10 @@ def test_row_holds(ref: Reference, row: Row) -> None:
 
 def test_every_source_names_a_file_or_the_paper() -> None:
     for ref, row in _rows():
-        assert row.source.startswith(("swav ", "vissl ", "SEER paper", "apex ")), (ref.preset, row)
+        assert row.source.startswith(("swav ", "vissl ", "fvcore ", "ClassyVision ", "SEER paper", "apex ")), (
+            ref.preset,
+            row,
+        )
         first = row.source.split(";")[0]
         assert ":" in first or first.startswith("SEER paper") or "(none)" in first, (ref.preset, row)
 

@@ -186,6 +186,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
             total,
             warmup_for(total),
             start=cfg.optim.start_lr * lr_scale,
+            shape=cfg.optim.schedule_shape,
         )
 
     # With a wall-clock budget the schedule runs over the fraction of the budget spent, not over steps, so it
