@@ -21,7 +21,9 @@ def _shards(cfg, args: argparse.Namespace) -> int:  # noqa: ANN001 - a ShardsCon
         seed=cfg.seed,
     )
     order = f"shuffled with seed {cfg.seed}" if cfg.shuffle else "in listing order"
-    print(f"wrote {report.written} images in {len(report.shards)} shards to {cfg.dst} ({order}; index: {INDEX})")
+    print(
+        f"wrote {report.written} images in {len(report.shards)} shards to {cfg.dst} ({order}; index: {INDEX})"
+    )
     if len(report.skipped):
         print(report.skipped.summary())
     print(f"train on them with: openseer pretrain data.source={cfg.dst}")

@@ -6,6 +6,12 @@ A shard source is a ``.tar`` file, a brace pattern (``/data/shard-{000000..00099
 training, because the learning-rate schedule and the epoch boundaries count steps: it comes from the index, or,
 for local tar files without one, from their headers.
 
+Packing (:func:`write_shards`, ``openseer shards``) writes the images in a random order drawn from a seed and
+records it in the index: the stream below reads each shard front to back through a buffer of ~1,000 samples, so
+shards packed in listing order (a folder sorted by source or date) would give batches of neighbouring images,
+where the references draw every batch from a permutation of the whole set. Reading shards whose index records no
+shuffle (an index written before packing shuffled, or with ``shuffle=false``) logs a warning.
+
 How the stream is cut (:class:`ShardBatches`):
 
 * Ranks: rank r reads shards r, r + W, r + 2W... of the list (like ``wds.split_by_node``, but with the rank

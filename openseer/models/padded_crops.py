@@ -21,6 +21,7 @@ per crop size.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -40,6 +41,7 @@ def pad_to_canvas(crops: Sequence[torch.Tensor]) -> torch.Tensor:
     return batch
 
 
+@functools.lru_cache(maxsize=64)
 def unpadded_extent(side: int, canvas: int, map_side: int) -> int:
     """Rows (or columns) of a ``map_side`` feature map that belong to a crop of ``side`` pixels in the corner of a
     ``canvas``-pixel canvas: those whose nearest-neighbour source pixel is inside the crop, as VISSL resizes its
@@ -56,7 +58,9 @@ def padded_trunk_features(backbone: nn.Module, crops: Sequence[torch.Tensor]) ->
     ``backbone``: a timm trunk (``forward_features`` gives the last map, (N, D, h, w), before its global average
     pool)."""
     if not hasattr(backbone, "forward_features"):
-        raise TypeError(f"{type(backbone).__name__} has no forward_features: the padded pass needs a timm trunk")
+        raise TypeError(
+            f"{type(backbone).__name__} has no forward_features: the padded pass needs a timm trunk"
+        )
     canvas = pad_to_canvas(crops)
     maps = backbone.forward_features(canvas)
     height, width = canvas.shape[-2:]

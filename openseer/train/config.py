@@ -1,8 +1,8 @@
 """The typed configuration of ``openseer pretrain``.
 
 Defaults follow the SwAV paper's ImageNet recipe (Caron et al. 2020, main_swav.py); the shipped presets
-(``openseer/presets/*.yaml``) override what differs: ``cpu`` for this kind of machine, ``swav-rn50`` and
-``seer-rg256gf`` for the published settings.
+(``openseer/presets/*.yaml``) override what differs: ``cpu`` for this kind of machine, ``swav-rn50`` and the
+``seer-*`` sizes (RG-32GF to 10B) for the published settings.
 """
 
 from __future__ import annotations

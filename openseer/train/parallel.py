@@ -64,7 +64,12 @@ def _frozen_bn_statistics(modules: Sequence[nn.Module]) -> Iterator[None]:
     """BatchNorm running statistics left alone while checkpointed blocks are recomputed in the backward pass;
     otherwise every step would fold the batch statistics in twice (momentum 0 keeps them as they are, and the
     batch counter is put back)."""
-    norms = [m for module in modules for m in module.modules() if isinstance(m, _BatchNorm) and m.momentum is not None]
+    norms = [
+        m
+        for module in modules
+        for m in module.modules()
+        if isinstance(m, _BatchNorm) and m.momentum is not None
+    ]
     saved = [
         (m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
         for m in norms
@@ -104,7 +109,9 @@ def checkpoint_segments(
             segments.append([])
             continue
         if ends[-1] > depth:
-            raise ConfigError(f"{key}: stage {i + 1} has {depth} blocks, a group cannot end at block {ends[-1]}")
+            raise ConfigError(
+                f"{key}: stage {i + 1} has {depth} blocks, a group cannot end at block {ends[-1]}"
+            )
         if ends[-1] != depth:
             ends.append(depth)
         segments.append(list(zip([0, *ends[:-1]], ends, strict=True)))
@@ -124,7 +131,9 @@ def checkpoint_stages(backbone: nn.Module, stage_checkpoints: Sequence[Sequence[
     The wrapper's state-dict hooks drop its name prefix, so checkpoints keep the plain parameter names.
     """
     stages = backbone_stages(backbone)
-    for (name, stage), segments in zip(stages, checkpoint_segments(stage_depths(backbone), stage_checkpoints), strict=True):
+    for (name, stage), segments in zip(
+        stages, checkpoint_segments(stage_depths(backbone), stage_checkpoints), strict=True
+    ):
         if segments:
             wrapped = checkpoint_wrapper(stage, checkpoint_fn=_run_segments, segments=tuple(segments))
             setattr(backbone, name, wrapped)

@@ -57,7 +57,12 @@ def test_segments_read_vissls_stage_checkpoints() -> None:
     # null: each stage whole (the default of every other preset)
     assert checkpoint_segments(SEER_10B_DEPTHS, None) == [[(0, 2)], [(0, 7)], [(0, 17)], [(0, 1)]]
     # the last group runs to the stage's end; stages past the list are not checkpointed
-    assert checkpoint_segments((3, 4, 5, 6), [[1], [2, 3]]) == [[(0, 1), (1, 3)], [(0, 2), (2, 3), (3, 4)], [], []]
+    assert checkpoint_segments((3, 4, 5, 6), [[1], [2, 3]]) == [
+        [(0, 1), (1, 3)],
+        [(0, 2), (2, 3), (3, 4)],
+        [],
+        [],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -94,7 +99,9 @@ def test_block_ranges_give_the_same_loss_and_gradients_and_recompute_as_configur
     ranged = copy.deepcopy(plain)
     # stage 1 whole, stage 2 left alone, stage 3 in two groups, stage 4 in three
     ranges = [[1], [], [2], [3, 5]]
-    parallelize(ranged, ParallelConfig(activation_checkpointing=True, stage_checkpoints=ranges), torch.device("cpu"))
+    parallelize(
+        ranged, ParallelConfig(activation_checkpointing=True, stage_checkpoints=ranges), torch.device("cpu")
+    )
     assert not hasattr(ranged.backbone.s2, "_checkpoint_wrapped_module")  # an empty list: no wrapper
     calls = _recorded_blocks(ranged.backbone)
     crops = [torch.randn(4, 3, 16, 16)]

@@ -203,7 +203,9 @@ def test_pack_shuffles_with_a_seed_and_records_it(shards: Path, tmp_path: Path) 
     assert resolve_shards(str(plain)).shuffled is False
 
 
-def test_reading_unshuffled_shards_warns(shards: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_reading_unshuffled_shards_warns(
+    shards: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     old = tmp_path / "old"
     old.mkdir()
     for tar in shards.glob("*.tar"):

@@ -86,7 +86,9 @@ def test_crops_of_one_size_give_the_pass_by_size(trunk):
 
 
 def test_the_padded_model_is_crop_major_and_trains_every_part():
-    cfg = load_config(PretrainConfig, [], ["model.arch=regnety_200mf", "model.stem=small", "model.crop_pass=padded"])
+    cfg = load_config(
+        PretrainConfig, [], ["model.arch=regnety_200mf", "model.stem=small", "model.crop_pass=padded"]
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model).train()
     assert model.crop_pass == "padded"

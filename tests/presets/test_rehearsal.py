@@ -105,7 +105,12 @@ def test_a_rehearsal_of_no_steps_is_refused() -> None:
 
 
 def test_seer_10bs_block_ranges_land_in_the_same_places_of_the_small_trunk() -> None:
-    assert stage_depths_of("regnety_10b") == (2, 7, 17, 1) and stage_depths_of("regnety_200mf") == (1, 1, 4, 7)
+    assert stage_depths_of("regnety_10b") == (2, 7, 17, 1) and stage_depths_of("regnety_200mf") == (
+        1,
+        1,
+        4,
+        7,
+    )
     ranges = scaled_stage_checkpoints([[2], [7], [9, 17], []], (2, 7, 17, 1), (1, 1, 4, 7))
     assert ranges == [[1], [1], [2, 4], []]
     assert _pair("seer-10b")[2].parallel.stage_checkpoints == ranges

@@ -860,7 +860,11 @@ REFERENCES: tuple[Reference, ...] = (
             Row("peak_lr", 9.3, f"{VISSL_10B}:81-83 (0.3 x 7936/256); {SEER_DOC}:128; {_V_LR}"),
             Row("start_lr", 0.15, f"{_V_START} (0.3 x one node's 128 / 256)"),
             Row("final_lr", 0.0093, f"{VISSL_SWAV}:108-110 (inherited); {_V_END}"),
-            Row("warmup_steps", 5500, f"{VISSL_10B}:84 (0.043648 x 1B/7936 = 126,008 iterations)"),
+            Row(
+                "warmup_steps",
+                5500,
+                f"{VISSL_10B}:84 (0.043648 x 1B/7936 = 126,008 iterations); {_V_COMPOSITE}",
+            ),
             Row("warmup_share", 0.043648, f"{VISSL_10B}:84"),
             Row(
                 "schedule_shape",
