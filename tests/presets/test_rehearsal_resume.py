@@ -68,21 +68,8 @@ def test_a_resumed_seer_10b_rehearsal_ends_where_an_uninterrupted_one_does(tmp_p
     a, b = _final(tmp_path / "straight", tmp_path), _final(tmp_path / "resumed", tmp_path)
     assert latest_sharded(tmp_path / "resumed" / "checkpoints").name.endswith(f"{STEPS:08d}")
     assert {"model", "optimizer"} <= set(a)
-    _assert_identical(a["model"], b["model"], "model")
-    _assert_identical(a["optimizer"], b["optimizer"], "optimizer")
+    exact = {"rtol": 0, "atol": 0}  # bit-identical, not close
+    torch.testing.assert_close(a["model"], b["model"], **exact)
+    torch.testing.assert_close(a["optimizer"]["state"], b["optimizer"]["state"], **exact)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     assert straight.final_loss == resumed.final_loss
-
-
-def _assert_identical(a: object, b: object, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), where
-        for key in a:
-            _assert_identical(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
