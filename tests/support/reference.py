@@ -431,6 +431,33 @@ _RG128_HEAD = f"{VISSL} configs/config/pretrain/swav/heads/d7392_d8192_d8192_d25
 _RG128_BATCH = f"{VISSL} configs/config/pretrain/swav/optimization/bs32_16nodes.yaml:5-8"
 
 
+# rows every SEER run up to RG-256GF shares: its augmentation, precision, trunk code and sampler
+_SEER_SHARED = (
+    Row("crop_scales", "0.14-1 / 0.05-0.14", f"{_SEER_CROPS}:10"),
+    Row("crop_pass", "one pass per crop size", _V_BY_SIZE),
+    Row("image_order", _V_ORDER, _V_SAMPLER),
+    Row("precision", "fp16 (apex AMP O1)", f"{SEER_DOC}:120; {_V_APEX}", _BF16_WHY),
+    Row(
+        "scores_dtype",
+        "float16",
+        f"{SEER_DOC}:120 (apex O1 runs nn.Linear in fp16); {VISSL} "
+        "vissl/models/heads/swav_prototypes_head.py:99,127 (SwAVPrototypesHead: the prototypes an nn.Linear)",
+        _SCORES_WHY,
+    ),
+    Row("last_bn_init", 1.0, _C_INIT),
+    Row("conv_init", "N(0, 2/fan_out), fan_out = k*k*out", _C_CONV, _CONV_WHY),
+    Row("color", "jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grey p 0.2", f"{_SEER_CROPS}:13-14; {_V_COLOR}"),
+    Row("blur", "p 0.5, sigma 0.1-2", f"{_SEER_CROPS}:15-18; {_V_BLUR}"),
+    Row("blur_extent", _PIL_EXTENT, _V_BLUR, _BLUR_WHY),
+    Row("normalize_std", "0.229, 0.224, 0.225", f"{_SEER_CROPS}:20-22"),
+)
+
+
+def _ordered(*rows: Row) -> tuple[Row, ...]:
+    """Rows in the order of :data:`QUANTITIES`."""
+    return tuple(sorted(rows, key=lambda row: list(QUANTITIES).index(row.quantity)))
+
+
 def _seer_family(preset: str, recipe: str, rows: list[Row]) -> Reference:
     """A SEER size below RG-256GF on 128 GPUs: what its own releases give (``rows``), over what every such run
     shares (what VISSL's model documentation says of the series, and VISSL's SwAV base config that its SEER runs
@@ -438,7 +465,6 @@ def _seer_family(preset: str, recipe: str, rows: list[Row]) -> Reference:
     common = [
         Row("crops", "2x224 + 4x96", f"{SEER_DOC}:121 ('2x224 + 4x196', the series); {_V_CROPS}"),
         Row("crop_schedule", "fixed", f"{_V_CROPS} (the same crops for the whole run)"),
-        Row("crop_scales", "0.14-1 / 0.05-0.14", f"{_SEER_CROPS}:10"),
         Row("temperature", 0.1, f"{VISSL_SWAV}:69 ({_SEER_BASE}); {_V_TEMP}"),
         Row("epsilon", 0.05, f"{VISSL_SWAV}:73 ({_SEER_BASE}); {_V_EPS}"),
         Row("queue", 0, f"{VISSL_SWAV}:75-77 ({_SEER_BASE}); {_V_QUEUE}"),
@@ -468,22 +494,7 @@ def _seer_family(preset: str, recipe: str, rows: list[Row]) -> Reference:
             f"{SEER_DOC}:110-122 (not among them)",
             _CKPT_UNRELEASED_WHY,
         ),
-        Row("crop_pass", "one pass per crop size", _V_BY_SIZE),
-        Row("image_order", _V_ORDER, _V_SAMPLER),
-        Row("precision", "fp16 (apex AMP O1)", f"{SEER_DOC}:120; {_V_APEX}", _BF16_WHY),
-        Row(
-            "scores_dtype",
-            "float16",
-            f"{SEER_DOC}:120 (apex O1 runs nn.Linear in fp16); {VISSL} "
-            "vissl/models/heads/swav_prototypes_head.py:99,127 (SwAVPrototypesHead: the prototypes an nn.Linear)",
-            _SCORES_WHY,
-        ),
-        Row("last_bn_init", 1.0, _C_INIT),
-        Row("conv_init", "N(0, 2/fan_out), fan_out = k*k*out", _C_CONV, _CONV_WHY),
-        Row("color", "jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grey p 0.2", f"{_SEER_CROPS}:13-14; {_V_COLOR}"),
-        Row("blur", "p 0.5, sigma 0.1-2", f"{_SEER_CROPS}:15-18; {_V_BLUR}"),
-        Row("blur_extent", _PIL_EXTENT, _V_BLUR, _BLUR_WHY),
-        Row("normalize_std", "0.229, 0.224, 0.225", f"{_SEER_CROPS}:20-22"),
+        *_SEER_SHARED,
     ]
     merged = {row.quantity: row for row in common} | {row.quantity: row for row in rows}
     return Reference(
@@ -731,13 +742,12 @@ REFERENCES: tuple[Reference, ...] = (
         recipe="SEER RegNetY-256GF, 1 epoch of ~1B images, 512 GPUs (Goyal et al. 2021; VISSL)",
         world_size=512,
         images_per_epoch=1_000_000_000,
-        rows=(
+        rows=_ordered(
+            *_SEER_SHARED,
             Row("crops", "2x224 + 4x96", f"{SEER_PAPER}; {_SEER_CROPS}:8-9; {_V_CROPS}"),
             Row(
                 "crop_schedule", "fixed", f"{_SEER_CROPS}:8-9 (the same crops for the whole run); {_V_CROPS}"
             ),
-            Row("crop_scales", "0.14-1 / 0.05-0.14", f"{_SEER_CROPS}:10"),
-            Row("crop_pass", "one pass per crop size", _V_BY_SIZE),
             Row(
                 "trunk",
                 "RegNetY depth 27, w0 640, wa 230.83, wm 2.53, group width 373",
@@ -801,25 +811,6 @@ REFERENCES: tuple[Reference, ...] = (
                 f"{VISSL} configs/config/pretrain/swav/models/regnet256Gf_1.yaml:5 (trunk "
                 "'regnet', not 'regnet_fsdp')",
             ),
-            Row("image_order", _V_ORDER, _V_SAMPLER),
-            Row("precision", "fp16 (apex AMP O1)", f"{SEER_DOC}:120; {_V_APEX}", _BF16_WHY),
-            Row(
-                "scores_dtype",
-                "float16",
-                f"{SEER_DOC}:120 (apex O1 runs nn.Linear in fp16); {VISSL} "
-                "vissl/models/heads/swav_prototypes_head.py:99,127 (SwAVPrototypesHead: the prototypes an nn.Linear)",
-                _SCORES_WHY,
-            ),
-            Row("last_bn_init", 1.0, _C_INIT),
-            Row("conv_init", "N(0, 2/fan_out), fan_out = k*k*out", _C_CONV, _CONV_WHY),
-            Row(
-                "color",
-                "jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grey p 0.2",
-                f"{_SEER_CROPS}:13-14 (ImgPilColorDistortion strength 1); {_V_COLOR}",
-            ),
-            Row("blur", "p 0.5, sigma 0.1-2", f"{_SEER_CROPS}:15-18; {_V_BLUR}"),
-            Row("blur_extent", _PIL_EXTENT, f"{_SEER_CROPS}:15-18; {_V_BLUR}", _BLUR_WHY),
-            Row("normalize_std", "0.229, 0.224, 0.225", f"{_SEER_CROPS}:20-22"),
         ),
     ),
     Reference(
