@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from _common import cifar10_folder, machine  # the sibling module (its folder is on sys.path when run)
 from support import free_port, rank_env
+from support.reference import REFERENCES
 from support.rehearsal import rehearsal_overrides
 
 from openseer.config import load_config
@@ -74,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="swav-rn50", choices=["swav-rn50", "seer-rg256gf", "seer-10b"])
+    parser.add_argument("--preset", default="swav-rn50", choices=[r.preset for r in REFERENCES])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=64, help="images per process")
     parser.add_argument(

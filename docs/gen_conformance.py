@@ -33,9 +33,13 @@ number of processes (global batch, learning rates, SyncBatchNorm groups, queue r
 the reference's scale: its number of GPUs and of images per epoch. openseer scales `optim.base_lr`,
 `optim.start_lr` and `optim.final_lr` by the global batch / 256.
 
-Sources: `swav` is facebookresearch/swav at 06b1b7c, `vissl` is facebookresearch/vissl at 09270ed (file:line).
-Rows citing the SEER paper (Goyal et al. 2021, arXiv:2103.01988) state a number that no released configuration
-holds. In the last column, `=` means openseer matches; otherwise it says why openseer deliberately differs.
+Sources: `swav` is facebookresearch/swav at 06b1b7c, `vissl` is facebookresearch/vissl at 09270ed, and the
+libraries VISSL runs on, `fvcore` facebookresearch/fvcore at 3378afe and `ClassyVision`
+facebookresearch/ClassyVision at 08a82e8 (file:line). Where the behaviour is computed by code, not set by a number,
+the source names that code and its function. Rows citing the SEER paper (Goyal et al. 2021, arXiv:2103.01988)
+state a number that no released configuration holds; "not released" marks a setting that the run's releases never
+gave, and the last column then says what the preset takes instead. In the last column, `=` means openseer matches;
+otherwise it says why openseer deliberately differs.
 """
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from support.reference import QUANTITIES, REFERENCES, REQUIRED, Reference, Row, reference, same
+from support.reference import NOT_RELEASED, QUANTITIES, REFERENCES, REQUIRED, Reference, Row, reference, same
 
 from openseer.config import load_config, preset_names
 from openseer.train.config import PretrainConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-LARGE = ("swav-rn50", "seer-rg256gf", "seer-10b")
+LARGE = ("swav-rn50", "seer-rg32gf", "seer-rg64gf", "seer-rg128gf", "seer-rg256gf", "seer-10b")
 
 
 @functools.cache
@@ -56,9 +56,45 @@ def test_row_holds(ref: Reference, row: Row) -> None:
 
 def test_every_source_names_a_file_or_the_paper() -> None:
     for ref, row in _rows():
-        assert row.source.startswith(("swav ", "vissl ", "SEER paper", "apex ")), (ref.preset, row)
+        assert row.source.startswith(
+            ("swav ", "vissl ", "fvcore ", "ClassyVision ", "SEER paper", "apex ")
+        ), (
+            ref.preset,
+            row,
+        )
         first = row.source.split(";")[0]
         assert ":" in first or first.startswith("SEER paper") or "(none)" in first, (ref.preset, row)
+
+
+# quantities that code computes rather than a config number sets: their reference cell names that code
+BEHAVIOUR = (
+    "schedule_shape",
+    "crop_pass",
+    "checkpoint_granularity",
+    "image_order",
+    "scores_dtype",
+    "start_lr",
+    "queue",
+    "freeze",
+    "last_bn_init",
+    "blur_extent",
+)
+
+
+@pytest.mark.parametrize("quantity", BEHAVIOUR)
+def test_behaviour_rows_cite_the_code_that_computes_it(quantity: str) -> None:
+    for ref in REFERENCES:
+        (row,) = [r for r in ref.rows if r.quantity == quantity]
+        if row.value == NOT_RELEASED or (quantity == "checkpoint_granularity" and row.value == "none"):
+            continue
+        assert ".py:" in row.source, (ref.preset, quantity, row.source)
+
+
+def test_unreleased_numbers_say_what_the_preset_takes() -> None:
+    unreleased = [(ref.preset, row) for ref, row in _rows() if row.value == NOT_RELEASED]
+    assert {preset for preset, _ in unreleased} >= {"seer-rg32gf", "seer-rg64gf", "seer-rg128gf"}
+    for preset, row in unreleased:
+        assert row.why.startswith(("not released", "whether", "the paper")), (preset, row)
 
 
 def test_same_compares_numbers_to_a_relative_tolerance() -> None:

@@ -17,8 +17,13 @@ def _shards(cfg, args: argparse.Namespace) -> int:  # noqa: ANN001 - a ShardsCon
         max_count=cfg.max_count,
         max_pixels=cfg.max_pixels,
         threads=cfg.threads,
+        shuffle=cfg.shuffle,
+        seed=cfg.seed,
     )
-    print(f"wrote {report.written} images in {len(report.shards)} shards to {cfg.dst} (index: {INDEX})")
+    order = f"shuffled with seed {cfg.seed}" if cfg.shuffle else "in listing order"
+    print(
+        f"wrote {report.written} images in {len(report.shards)} shards to {cfg.dst} ({order}; index: {INDEX})"
+    )
     if len(report.skipped):
         print(report.skipped.summary())
     print(f"train on them with: openseer pretrain data.source={cfg.dst}")
@@ -30,7 +35,8 @@ COMMANDS = [
         name="shards",
         help="pack a folder of images into WebDataset tar shards",
         description="Pack the images under SRC (a folder or a .txt/.csv list) into DST/shard-NNNNNN.tar and "
-        "DST/shards.json. Every image is decoded once to check it; unreadable files are skipped and counted. "
+        "DST/shards.json, in a random order (shuffle=false: listing order). Every image is decoded once to check it; "
+        "unreadable files are skipped and counted. "
         "Example: openseer shards ~/photos /data/photos-shards max_count=10000",
         config="openseer.data.shards:ShardsConfig",
         run=_shards,

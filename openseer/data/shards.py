@@ -6,6 +6,12 @@ A shard source is a ``.tar`` file, a brace pattern (``/data/shard-{000000..00099
 training, because the learning-rate schedule and the epoch boundaries count steps: it comes from the index, or,
 for local tar files without one, from their headers.
 
+Packing (:func:`write_shards`, ``openseer shards``) writes the images in a random order drawn from a seed and
+records it in the index: the stream below reads each shard front to back through a buffer of ~1,000 samples, so
+shards packed in listing order (a folder sorted by source or date) would give batches of neighbouring images,
+where the references draw every batch from a permutation of the whole set. Reading shards whose index records no
+shuffle (an index written before packing shuffled, or with ``shuffle=false``) logs a warning.
+
 How the stream is cut (:class:`ShardBatches`):
 
 * Ranks: rank r reads shards r, r + W, r + 2W... of the list (like ``wds.split_by_node``, but with the rank
@@ -64,6 +70,8 @@ from openseer.fileio.atomic import atomic_write_text
 log = logging.getLogger(__name__)
 
 INDEX = "shards.json"
+SHUFFLE_BUFFER = 1000
+"""Samples each DataLoader worker of the shard stream draws its next sample from, at random."""
 _IMAGE_FIELDS = frozenset(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 
 
@@ -84,6 +92,9 @@ class ShardList:
 
     urls: list[str]
     samples: list[int]
+    shuffled: bool | None = None
+    """Whether the images were packed in a random order, as the index records it (an index without the record,
+    written before ``openseer shards`` shuffled: False); None: no index to tell."""
 
     def __len__(self) -> int:
         return sum(self.samples)
@@ -116,14 +127,16 @@ def count_samples(path: Path) -> int:
 def read_index(path: Path) -> ShardList:
     """An index written by ``openseer shards``; relative URLs are relative to the index's folder."""
     try:
-        entries = json.loads(path.read_text())["shards"]
+        index = json.loads(path.read_text())
+        entries = index["shards"]
         urls = [str(e["url"]) for e in entries]
         samples = [int(e["samples"]) for e in entries]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        shuffled = bool(index.get("shuffled", False))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise DataError(f"cannot read shard index {path}: {err}") from err
     local = ("://" not in u and not u.startswith("pipe:") and not Path(u).is_absolute() for u in urls)
     return ShardList(
-        [str(path.parent / u) if rel else u for u, rel in zip(urls, local, strict=True)], samples
+        [str(path.parent / u) if rel else u for u, rel in zip(urls, local, strict=True)], samples, shuffled
     )
 
 
@@ -134,7 +147,8 @@ def resolve_shards(source: str) -> ShardList:
     if path.is_dir() or text.endswith(INDEX):
         return read_index(path / INDEX if path.is_dir() else path)
     urls = _wds().shardlists.expand_urls(str(path) if not text.startswith("pipe:") else text)
-    counts = []
+    counts: list[int] = []
+    orders: set[bool | None] = set()
     for url in urls:
         file = Path(url)
         if not file.is_file():
@@ -142,19 +156,21 @@ def resolve_shards(source: str) -> ShardList:
                 f"shard {url} is not a local file: list remote shards (URLs, pipe: commands) and their sample "
                 f"counts in a {INDEX} index (as written by `openseer shards`) and point data.source at it"
             )
-        known = _index_counts(file.parent)
+        known, shuffled = _index_counts(file.parent)
         counts.append(known[file.name] if file.name in known else count_samples(file))
+        orders.add(shuffled if file.name in known else None)
     if not urls:
         raise DataError(f"no shards match {source}")
-    return ShardList(urls, counts)
+    return ShardList(urls, counts, orders.pop() if len(orders) == 1 else None)
 
 
-def _index_counts(folder: Path) -> dict[str, int]:
+def _index_counts(folder: Path) -> tuple[dict[str, int], bool | None]:
+    """The sample counts of the shards an index in ``folder`` lists, and whether it records them shuffled."""
     index = folder / INDEX
     if not index.is_file():
-        return {}
+        return {}, None
     shards = read_index(index)
-    return {Path(u).name: n for u, n in zip(shards.urls, shards.samples, strict=True)}
+    return {Path(u).name: n for u, n in zip(shards.urls, shards.samples, strict=True)}, shards.shuffled
 
 
 # ============ packing a folder ============
@@ -186,6 +202,13 @@ class ShardsConfig:
     """Images with more pixels are skipped as decompression bombs (as pretraining's data.max_pixels)."""
     threads: int = 4
     """Threads that decode every image once to check it."""
+    shuffle: bool = True
+    """Write the images in a random order (drawn from ``seed``, recorded in the index) rather than in listing
+    order. Training reads a shard stream front to back through a shuffle buffer of ~1,000 images, so a folder
+    listed by source or date would give batches of neighbouring images; shuffled once here, any run of the
+    stream is a uniform sample of the set, as the references' samplers draw (a permutation of all images)."""
+    seed: int = 0
+    """Seed of the shuffle."""
 
     def validate(self) -> None:
         if not self.src or not self.dst:
@@ -201,14 +224,20 @@ def write_shards(
     max_count: int = 10_000,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     threads: int = 4,
+    shuffle: bool = True,
+    seed: int = 0,
 ) -> PackReport:
     """Pack the images under ``src`` (folder or path list) into ``dst/shard-NNNNNN.tar`` + ``dst/shards.json``.
 
     Every image is decoded once to check it (undecodable ones are skipped and counted); the file's own bytes are
-    stored, not a re-encoding. Sample keys are the listing order; ``path.txt`` keeps the source path.
+    stored, not a re-encoding. ``shuffle``: in a random order drawn from ``seed`` (else in listing order), which
+    the index records (``"shuffled"``, ``"seed"``). Sample keys are the written order; ``path.txt`` keeps the
+    source path.
     """
     wds = _wds()
     paths = list_images(src)
+    if shuffle:
+        random.Random(seed).shuffle(paths)
     root = Path(src).expanduser()
     out = Path(dst).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +268,8 @@ def write_shards(
         "shards": [{"url": k, "samples": n} for k, n in report.shards.items()],
         "source": str(root),
         "skipped": len(report.skipped),
+        "shuffled": shuffle,
+        "seed": seed if shuffle else None,
     }
     atomic_write_text(out / INDEX, json.dumps(index, indent=1))
     return report
@@ -365,7 +396,7 @@ class ShardBatches:
         device: torch.device | str = "cpu",
         channels_last: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        shuffle_buffer: int = 1000,
+        shuffle_buffer: int = SHUFFLE_BUFFER,
     ) -> None:
         if len(shards.urls) < world_size:
             raise DataError(
@@ -384,6 +415,15 @@ class ShardBatches:
                 "data.workers"
             )
         self.skipped = SkipLog()
+        if shards.shuffled is False and rank == 0:
+            log.warning(
+                "these %d shards hold their images in listing order (their %s records no shuffle): every batch "
+                "draws from about %d neighbouring images of that order, not from the whole set; repack them "
+                "with `openseer shards` (which shuffles them)",
+                len(shards.urls),
+                INDEX,
+                shuffle_buffer,
+            )
 
     def _guaranteed_batches(self, rank: int) -> int:
         mine = self.shards.samples[rank :: self.world_size]

@@ -22,7 +22,7 @@ def build_model(cfg: ModelConfig) -> SwAVModel:
         output_stride=cfg.output_stride,
     )
     head = SwAVHead(feature_dim(backbone), cfg.head_hidden, cfg.out_dim, cfg.prototypes, cfg.head_bn)
-    return SwAVModel(backbone, head)
+    return SwAVModel(backbone, head, cfg.crop_pass)
 
 
 @torch.no_grad()

@@ -28,6 +28,13 @@ class ModelConfig:
     """Dimension of the L2-normalised embedding z that the prototypes score (SwAV: 128; SEER: 256)."""
     prototypes: int = 3000
     """Number K of prototypes, unit vectors of out_dim (SwAV ImageNet: 3000; SEER: 16000)."""
+    crop_pass: Literal["by_size", "padded"] = "by_size"
+    """How the crops of a step go through the trunk. 'by_size': one pass per crop size (swav, and VISSL's default
+    collator). 'padded': one pass over all of them, the smaller crops zero-padded (bottom and right) to the largest
+    and their padding cut from the last feature map before the average pool, as VISSL trains SEER 10B
+    (create_multidimensional_tensor): under FSDP every block's weights are gathered once per step instead of once
+    per size, at the price of computing the padding. A padded small crop's features differ from its own pass's
+    (the trunk sees the padding at its edges): the seer-10b preset takes it to train as VISSL did."""
     channels_last: bool = True
     """Channels-last (NHWC) memory format for the model and the crops fed to it; false: contiguous NCHW."""
     small_map_kernels: bool = True

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from openseer.models.padded_crops import padded_trunk_features
+
+CropPass = Literal["by_size", "padded"]
 
 
 @contextlib.contextmanager
@@ -69,7 +74,8 @@ class SwAVHead(nn.Module):
         The projection MLP follows the caller's autocast; the normalisation and the prototype scores do not.
         The codes are computed from exp(scores / epsilon): in bfloat16 (8 significant bits) a score near 1 is
         off by up to 2^-9, which moves scores / epsilon by up to 0.04 at epsilon 0.05 (0.07 at 0.03) and skews
-        the codes. VISSL's SwAV head keeps its prototypes in float32 for the same reason.
+        the codes. VISSL's FSDP head for SEER 10B keeps the prototype weights in float32 for the same reason,
+        though its autocast still computes their product in float16 (docs/conformance.md).
         """
         h = self.projection(features)
         with _autocast_off(h.device.type):
@@ -78,16 +84,27 @@ class SwAVHead(nn.Module):
 
 
 class SwAVModel(nn.Module):
-    """Backbone and head kept apart (evaluation touches only ``backbone``)."""
+    """Backbone and head kept apart (evaluation touches only ``backbone``).
 
-    def __init__(self, backbone: nn.Module, head: SwAVHead) -> None:
+    ``crop_pass``: how the multi-crop batch goes through the backbone (``model.crop_pass``): ``'by_size'``, one
+    pass per run of same-size crops (swav src/resnet50.py ``forward``, VISSL ``multi_res_input_forward``);
+    ``'padded'``, one pass over every crop zero-padded to the largest, the padding cut before the average pool
+    (VISSL's SEER 10B: :mod:`openseer.models.padded_crops`).
+    """
+
+    def __init__(self, backbone: nn.Module, head: SwAVHead, crop_pass: CropPass = "by_size") -> None:
         super().__init__()
+        if crop_pass not in ("by_size", "padded"):
+            raise ValueError(f"unknown crop pass {crop_pass!r} (expected 'by_size' or 'padded')")
         self.backbone = backbone
         self.head = head
+        self.crop_pass = crop_pass
 
     def forward(self, crops: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """crops: per-crop batches [(B,3,s_i,s_i)]; consecutive crops of one size run through the backbone as a
-        single batch. Returns z (n_crops*B, D) and scores (n_crops*B, K), crop-major."""
+        """crops: per-crop batches [(B,3,s_i,s_i)]. Returns z (n_crops*B, D) and scores (n_crops*B, K),
+        crop-major. By size, consecutive crops of one size run through the backbone as a single batch."""
+        if self.crop_pass == "padded":
+            return self.head(padded_trunk_features(self.backbone, crops))
         features = []
         start = 0
         while start < len(crops):

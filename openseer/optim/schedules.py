@@ -1,23 +1,51 @@
-"""Per-step schedules computed once as arrays (as in swav/dino): linear warm-up then cosine."""
+"""Per-step schedules computed once as arrays (as in swav/dino): linear warm-up then cosine, in the shape of
+swav's main_swav.py or of VISSL's composite scheduler."""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
+ScheduleShape = Literal["swav", "vissl"]
+
 
 def cosine_schedule(
-    base: float, final: float, total_steps: int, warmup_steps: int = 0, start: float = 0.0
+    base: float,
+    final: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    start: float = 0.0,
+    shape: ScheduleShape = "swav",
 ) -> torch.Tensor:
-    """(total_steps,) float64: ``start`` -> ``base`` linearly over warmup_steps, then cosine to ``final``.
+    """(total_steps,) float64: ``start`` -> ``base`` linearly over warmup_steps, then a cosine to ``final``.
 
-    Step t of the cosine part (length T): final + (base - final) * (1 + cos(pi * t / T)) / 2, so the first
-    post-warm-up step is exactly ``base`` and the last approaches ``final`` (swav main_swav.py).
+    Two references build this curve differently, and ``shape`` picks which (W = warmup_steps, T = total_steps):
+
+    * ``'swav'`` (swav main_swav.py:178-182): the warm-up is ``np.linspace(start, base, W)``, so its last step is
+      already ``base``, and the cosine is rescaled to the T - W steps after it: step W + t is
+      final + (base - final) * (1 + cos(pi * t / (T - W))) / 2, exactly ``base`` right after the warm-up.
+    * ``'vissl'`` (VISSL's SEER configs: fvcore ``CompositeParamScheduler`` with ``interval_scaling:
+      [rescaled, fixed]``, evaluated at ClassyVision's ``where = step / T``): the warm-up is fvcore's linear
+      scheduler rescaled to its own interval, start + (base - start) * t / W for t < W (it never reaches
+      ``base``), and the cosine is *fixed*: evaluated at the run's global position, step t >= W is
+      final + (base - final) * (1 + cos(pi * t / T)) / 2. The warm-up only replaces the cosine's first W steps,
+      so the lr right after it is already below ``base`` and every later step is lower than swav's.
+
+    Without warm-up both are the same curve. The cells may be steps or cells of a wall-clock budget's grid: the
+    formula only counts positions.
     """
     if total_steps < 1:
         raise ValueError("total_steps must be >= 1")
+    if shape not in ("swav", "vissl"):
+        raise ValueError(f"unknown schedule shape {shape!r} (expected 'swav' or 'vissl')")
     warmup_steps = max(0, min(warmup_steps, total_steps))
+    if shape == "vissl":
+        t = torch.arange(total_steps, dtype=torch.float64)
+        cos = final + 0.5 * (base - final) * (1 + torch.cos(math.pi * t / total_steps))
+        warm = start + (base - start) * t[:warmup_steps] / max(warmup_steps, 1)
+        return torch.cat([warm, cos[warmup_steps:]])
     warm = torch.linspace(start, base, warmup_steps, dtype=torch.float64) if warmup_steps else torch.empty(0)
     n = total_steps - warmup_steps
     t = torch.arange(n, dtype=torch.float64)

@@ -1,8 +1,8 @@
 """The typed configuration of ``openseer pretrain``.
 
 Defaults follow the SwAV paper's ImageNet recipe (Caron et al. 2020, main_swav.py); the shipped presets
-(``openseer/presets/*.yaml``) override what differs: ``cpu`` for this kind of machine, ``swav-rn50`` and
-``seer-rg256gf`` for the published settings.
+(``openseer/presets/*.yaml``) override what differs: ``cpu`` for this kind of machine, ``swav-rn50`` and the
+``seer-*`` sizes (RG-32GF to 10B) for the published settings.
 """
 
 from __future__ import annotations
@@ -114,6 +114,12 @@ class OptimConfig:
     """Overrides warmup_epochs when set (SEER: 8,000 steps)."""
     warmup_fraction: float | None = None
     """Overrides both when set: warm-up as a fraction of all steps (suits run.budget_minutes)."""
+    schedule_shape: Literal["swav", "vissl"] = "swav"
+    """How warm-up and cosine join. 'swav' (swav main_swav.py): the cosine is rescaled to the steps after the
+    warm-up, so it starts exactly at the peak. 'vissl' (VISSL's SEER configs, fvcore's composite scheduler with
+    interval_scaling [rescaled, fixed]): the cosine is evaluated at the run's global position and the warm-up only
+    replaces its start, so every step after the warm-up is a little lower than swav's. The swav-rn50 preset uses
+    swav's shape and the seer-* presets VISSL's, each as its reference ran."""
     weight_decay: float = 1e-6
     """L2 weight decay, folded into the LARS step (of every tensor unless optim.exclude_bias_and_norm)."""
     momentum: float = 0.9
@@ -230,11 +236,24 @@ class ParallelConfig:
     """Processes per SyncBatchNorm group (consecutive ranks; must divide the world size, and is capped at it);
     null: all. swav and VISSL's SwAV: 8 (one node), SEER RG-256GF: 64, SEER 10B: 8."""
     activation_checkpointing: bool = False
-    """Recompute each backbone stage in the backward pass instead of storing its activations."""
+    """Recompute backbone blocks in the backward pass instead of storing their activations (each stage whole,
+    unless parallel.stage_checkpoints says otherwise)."""
+    stage_checkpoints: list[list[int]] | None = None
+    """With activation_checkpointing, which block ranges are recomputed as one unit, in VISSL's form
+    (TRUNK.REGNET.stage_checkpoints): per stage, the block indices at which a group ends, the last group running
+    to the stage's end; [] leaves a stage, and every stage past the list, not checkpointed. null: each stage
+    whole. SEER 10B: [[2], [7], [9, 17], []], stage 3 in two groups and stage 4 not recomputed (one
+    1.84B-parameter block on the smallest maps: the most recomputation for the least memory)."""
 
     def validate(self) -> None:
         if self.sync_bn_group is not None and self.sync_bn_group < 1:
             raise ConfigError(f"config key 'parallel.sync_bn_group': got {self.sync_bn_group}, expected >= 1")
+        for i, ends in enumerate(self.stage_checkpoints or []):
+            if any(e < 1 for e in ends) or any(b <= a for a, b in zip(ends, ends[1:], strict=False)):
+                raise ConfigError(
+                    f"config key 'parallel.stage_checkpoints': stage {i + 1} has {ends}, expected block indices "
+                    "that increase from 1"
+                )
 
 
 @dataclass

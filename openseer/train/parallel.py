@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -31,6 +31,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.checkpoint import checkpoint
 
 from openseer import distributed
 from openseer.config import ConfigError
@@ -59,11 +60,16 @@ def _inner(module: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
-    """BatchNorm running statistics left alone while a checkpointed stage is recomputed in the backward pass;
+def _frozen_bn_statistics(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """BatchNorm running statistics left alone while checkpointed blocks are recomputed in the backward pass;
     otherwise every step would fold the batch statistics in twice (momentum 0 keeps them as they are, and the
     batch counter is put back)."""
-    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.momentum is not None]
+    norms = [
+        m
+        for module in modules
+        for m in module.modules()
+        if isinstance(m, _BatchNorm) and m.momentum is not None
+    ]
     saved = [
         (m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
         for m in norms
@@ -79,19 +85,80 @@ def _frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(count)
 
 
-def checkpoint_stages(backbone: nn.Module) -> None:
-    """Wrap each stage so that only its input is kept for the backward pass and its inside is recomputed.
+def checkpoint_segments(
+    depths: Sequence[int], stage_checkpoints: Sequence[Sequence[int]] | None = None
+) -> list[list[tuple[int, int]]]:
+    """Per stage, the block ranges [start, end) that are each recomputed in the backward pass as one unit.
+
+    ``stage_checkpoints`` None: every stage whole. Otherwise VISSL's ``TRUNK.REGNET.stage_checkpoints``, as
+    ``create_regnet_feature_blocks`` reads it (vissl/models/trunks/regnet_fsdp.py): for stage i, the block
+    indices at which a group ends, the last group running to the end of the stage; an empty list, or a stage the
+    list does not reach, is not checkpointed at all. SEER 10B's ``[[2], [7], [9, 17], []]`` over its stages of
+    2, 7, 17 and 1 blocks: the first two stages whole, the third in two groups (blocks 0-8 and 9-16), the last
+    (one block of 1.84B parameters) not checkpointed.
+    """
+    if stage_checkpoints is None:
+        return [[(0, depth)] if depth else [] for depth in depths]
+    key = "config key 'parallel.stage_checkpoints'"
+    if len(stage_checkpoints) > len(depths):
+        raise ConfigError(f"{key}: {len(stage_checkpoints)} stages given, the trunk has {len(depths)}")
+    segments = []
+    for i, depth in enumerate(depths):
+        ends = list(stage_checkpoints[i]) if i < len(stage_checkpoints) else []
+        if not ends:
+            segments.append([])
+            continue
+        if ends[-1] > depth:
+            raise ConfigError(
+                f"{key}: stage {i + 1} has {depth} blocks, a group cannot end at block {ends[-1]}"
+            )
+        if ends[-1] != depth:
+            ends.append(depth)
+        segments.append(list(zip([0, *ends[:-1]], ends, strict=True)))
+    return segments
+
+
+def stage_depths(backbone: nn.Module) -> list[int]:
+    """Blocks in each of the trunk's four stages (through an activation-checkpointing wrapper)."""
+    return [len(list(_inner(stage).children())) for _, stage in backbone_stages(backbone)]
+
+
+def checkpoint_stages(backbone: nn.Module, stage_checkpoints: Sequence[Sequence[int]] | None = None) -> None:
+    """Wrap each stage so that only the input of each of its checkpointed block ranges
+    (:func:`checkpoint_segments`) is kept for the backward pass and the ranges are recomputed; a stage without
+    any range is left as it is.
 
     The wrapper's state-dict hooks drop its name prefix, so checkpoints keep the plain parameter names.
     """
-    for name, stage in backbone_stages(backbone):
-        contexts = functools.partial(_checkpoint_contexts, stage)
-        setattr(backbone, name, checkpoint_wrapper(stage, context_fn=contexts))
+    stages = backbone_stages(backbone)
+    for (name, stage), segments in zip(
+        stages, checkpoint_segments(stage_depths(backbone), stage_checkpoints), strict=True
+    ):
+        if segments:
+            wrapped = checkpoint_wrapper(stage, checkpoint_fn=_run_segments, segments=tuple(segments))
+            setattr(backbone, name, wrapped)
 
 
-def _checkpoint_contexts(stage: nn.Module) -> tuple[contextlib.AbstractContextManager, ...]:
+def _run_segments(stage: nn.Module, x: torch.Tensor, segments: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """A stage's forward pass with each block range under ``torch.utils.checkpoint`` (the wrapper's
+    ``checkpoint_fn``)."""
+    blocks = list(stage.children())
+    for start, end in segments:
+        group = blocks[start:end]
+        contexts = functools.partial(_checkpoint_contexts, group)
+        x = checkpoint(_run_blocks, group, x, use_reentrant=False, context_fn=contexts)
+    return x
+
+
+def _run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    for block in blocks:
+        x = block(x)
+    return x
+
+
+def _checkpoint_contexts(blocks: Sequence[nn.Module]) -> tuple[contextlib.AbstractContextManager, ...]:
     """torch.utils.checkpoint's ``context_fn``: (around the forward pass, around the recomputation)."""
-    return contextlib.nullcontext(), _frozen_bn_statistics(stage)
+    return contextlib.nullcontext(), _frozen_bn_statistics(blocks)
 
 
 def sync_bn_groups(world: int, group_size: int | None) -> list[list[int]]:
@@ -166,7 +233,7 @@ def parallelize(
     if isinstance(model, FSDPModule):
         return model
     if cfg.activation_checkpointing:
-        checkpoint_stages(model.backbone)
+        checkpoint_stages(model.backbone, cfg.stage_checkpoints)
     if cfg.sync_bn and distributed.world_size() > 1:
         if device.type != "cuda":
             # torch's SyncBatchNorm only has CUDA kernels ("SyncBatchNorm expected input tensor to be on GPU")

@@ -118,7 +118,8 @@ def make_schedule(cfg: PretrainConfig, steps_per_epoch: int, length: int, budget
     start, peak, final = learning_rates(o, distributed.world_size())
     t_start = cfg.swav.temperature_start
     temperature = None if t_start is None else cosine_schedule(t_start, cfg.swav.temperature, length)
-    return Schedule(cosine_schedule(peak, final, length, warmup, start=start), temperature, warmup, budget_s)
+    lr = cosine_schedule(peak, final, length, warmup, start=start, shape=o.schedule_shape)
+    return Schedule(lr, temperature, warmup, budget_s)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""WebDataset shards: packing a folder (bad files skipped and counted), sources, and the per-rank stream:
+"""WebDataset shards: packing a folder (bad files skipped and counted, images shuffled with a seed), sources, and
+the per-rank stream (a warning for shards packed in listing order):
 disjoint ranks covering the epoch, and mid-epoch resumption on exactly the remaining batches.
 
 Images are flat colours whose red and green channels encode their index (PNG keeps them exact) and augmentation is
@@ -10,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -159,3 +162,68 @@ def test_pretrain_streams_from_shards(shards: Path, tmp_path: Path) -> None:
     )
     result = pretrain(cfg)
     assert result.steps == 2 and result.images_seen == 16 and result.evaluation is None
+
+
+# ---- the order the images are packed in ----
+
+
+def _packed_order(folder: Path) -> list[str]:
+    """Source paths of the samples, shard after shard, in the order they were written."""
+    names = []
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            names += [tar.extractfile(m).read().decode() for m in tar if m.name.endswith(".path.txt")]
+    return names
+
+
+def _pack(src: Path, dst: Path, *extra: str) -> Path:
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli_main(["shards", str(src), str(dst), f"max_count={PER_SHARD}", "threads=2", *extra]) == 0
+    return dst
+
+
+def test_pack_shuffles_with_a_seed_and_records_it(shards: Path, tmp_path: Path) -> None:
+    listing = [f"img{i:03d}.png" for i in range(N)]
+    order = _packed_order(shards)
+    assert sorted(order) == listing and order != listing  # every image once, not in listing order
+    index = json.loads((shards / "shards.json").read_text())
+    assert index["shuffled"] is True and index["seed"] == 0
+    assert resolve_shards(str(shards)).shuffled is True
+    assert resolve_shards(str(shards / "shard-{000000..000003}.tar")).shuffled is True
+    assert "shuffled with seed 0" in (shards / "stdout.txt").read_text()
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(N):
+        Image.new("RGB", (10, 12), (i % 256, i // 256, 7)).save(src / f"img{i:03d}.png")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # the fixture's listing
+    assert _packed_order(_pack(src, tmp_path / "again")) == order  # the same seed, the same order
+    assert _packed_order(_pack(src, tmp_path / "other", "seed=1")) not in (order, listing)
+    plain = _pack(src, tmp_path / "plain", "shuffle=false")
+    assert _packed_order(plain) == listing
+    assert resolve_shards(str(plain)).shuffled is False
+
+
+def test_reading_unshuffled_shards_warns(
+    shards: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    for tar in shards.glob("*.tar"):
+        (old / tar.name).write_bytes(tar.read_bytes())
+    index = json.loads((shards / "shards.json").read_text())
+    del index["shuffled"], index["seed"]  # an index written before packing shuffled: counts as unshuffled
+    (old / "shards.json").write_text(json.dumps(index))
+    listed = resolve_shards(str(old))
+    assert listed.shuffled is False
+    with caplog.at_level(logging.WARNING, logger="openseer.data.shards"):
+        stream(listed)
+    assert "listing order" in caplog.text and "openseer shards" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="openseer.data.shards"):
+        stream(resolve_shards(str(shards)))
+        stream(resolve_shards(str(shards)), rank=1, world=2)
+    assert caplog.text == ""
+    # an unshuffled stream warns on its first process only
+    with caplog.at_level(logging.WARNING, logger="openseer.data.shards"):
+        stream(listed, rank=1, world=2)
+    assert caplog.text == ""

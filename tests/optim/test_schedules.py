@@ -136,4 +136,85 @@ def test_every_preset_warms_up_for_the_same_share_bounded_or_budgeted(preset):
     # the schedule a budgeted run builds rises over those cells and starts its cosine right after
     schedule = cosine_schedule(o.base_lr, o.final_lr, GRID, budgeted, start=o.start_lr)
     assert (schedule[:budgeted].diff() > 0).all() and float(schedule[budgeted]) == o.base_lr
-    assert (schedule[budgeted:].diff() < 0).all()
+    if o.final_lr < o.base_lr:  # seer-rg128gf's run kept the lr constant after the warm-up
+        assert (schedule[budgeted:].diff() < 0).all()
+    else:
+        assert (schedule[budgeted:] == o.base_lr).all()
+
+
+# ---- VISSL's shape: fvcore's composite scheduler, [linear, cosine] with interval_scaling [rescaled, fixed] ----
+
+
+def _fvcore_composite(base, final, start, warmup_share, where):
+    """fvcore CompositeParamScheduler.__call__ (fvcore/common/param_scheduler.py) over LinearParamScheduler(start,
+    base) and CosineParamScheduler(base, final), lengths [w, 1 - w], interval_scaling ['rescaled', 'fixed'],
+    at ClassyVision's ``where = step / total_steps``; written out here from fvcore's source, not from openseer's."""
+    lengths = [warmup_share, 1 - warmup_share]
+    i, running_total = 0, lengths[0]
+    while where + 1e-6 > running_total and i < len(lengths) - 1:  # fvcore's WHERE_EPSILON
+        i += 1
+        running_total += lengths[i]
+    if i == 0:  # 'rescaled': the linear scheduler sees its own share of the run as [0, 1)
+        local = (where - (running_total - lengths[0])) / lengths[0]
+        return base * local + start * (1 - local)
+    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * where))  # 'fixed': the global where
+
+
+_VISSL_CASES = {
+    # SEER 10B at the reference's scale: 1B images / 7,936 a step, warm-up 4.3648% (regnet10B.yaml)
+    "10b-steps": (9.3, 0.0093, 0.15, 126_008, dict(warmup_fraction=0.043648)),
+    # the same run bounded by minutes: the schedule spreads over the grid, the warm-up keeps its share
+    "10b-budget": (9.3, 0.0093, 0.15, GRID, dict(warmup_fraction=0.043648, planned=126_008)),
+    # SEER RG-256GF: 8,000 warm-up steps of 122,070, on steps and on the grid
+    "256gf-steps": (9.6, 0.0096, 0.15, 122_070, dict(warmup_steps=8000)),
+    "256gf-budget": (9.6, 0.0096, 0.15, GRID, dict(warmup_steps=8000, planned=122_070)),
+    # a warm-up given in epochs (10 of 400 epochs of 312 steps), and a short run
+    "epochs": (4.8, 0.0048, 0.3, 400 * 312, dict(warmup_epochs=10, steps_per_epoch=312)),
+    "short": (1.0, 0.01, 0.1, 40, dict(warmup_steps=7)),
+}
+
+
+@pytest.mark.parametrize("case", list(_VISSL_CASES))
+def test_vissl_shape_is_fvcores_composite_over_the_whole_curve(case):
+    base, final, start, total, warm = _VISSL_CASES[case]
+    warm = dict(warm)
+    planned = warm.pop("planned", total)
+    warmup = warmup_length(total, planned, **warm)
+    s = cosine_schedule(base, final, total, warmup, start=start, shape="vissl")
+    assert s.shape == (total,) and s.dtype == torch.float64 and warmup >= 1
+    expected = [_fvcore_composite(base, final, start, warmup / total, t / total) for t in range(total)]
+    assert len(expected) >= 20
+    np.testing.assert_allclose(s.numpy(), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_vissl_shape_sits_below_swavs_after_the_warm_up():
+    base, final, start, total, warmup = 9.3, 0.0093, 0.15, 1000, 44
+    vissl = cosine_schedule(base, final, total, warmup, start=start, shape="vissl")
+    swav = cosine_schedule(base, final, total, warmup, start=start, shape="swav")
+    assert float(vissl[0]) == float(swav[0]) == start
+    assert float(vissl[warmup - 1]) < base  # fvcore's linear never reaches its end value
+    assert float(swav[warmup]) == base and float(vissl[warmup]) < base  # the cosine is already under way
+    assert (vissl[warmup:] < swav[warmup:]).all()
+    # at the run's half the composite is exactly half-way down (cos(pi/2) = 0); swav's is still above it
+    assert float(vissl[total // 2]) == pytest.approx((base + final) / 2)
+    assert float(swav[total // 2]) > (base + final) / 2
+
+
+def test_without_warm_up_both_shapes_are_one_curve():
+    a = cosine_schedule(2.0, 0.1, 77, shape="vissl")
+    b = cosine_schedule(2.0, 0.1, 77, shape="swav")
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12)
+
+
+def test_unknown_shape_is_refused():
+    with pytest.raises(ValueError, match="schedule shape"):
+        cosine_schedule(1.0, 0.0, 10, shape="linear")
+
+
+@pytest.mark.parametrize(
+    ("preset", "shape"),
+    [("swav-rn50", "swav"), ("seer-rg32gf", "vissl"), ("seer-rg64gf", "vissl"), ("seer-rg128gf", "vissl")]
+    + [("seer-rg256gf", "vissl"), ("seer-10b", "vissl")],
+)
+def test_each_large_preset_takes_its_references_shape(preset, shape):
+    assert load_config(PretrainConfig, [preset]).optim.schedule_shape == shape

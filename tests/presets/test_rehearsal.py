@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from support.reference import QUANTITIES, REFERENCES, planned_steps, reference, same
-from support.rehearsal import rehearsal_overrides
+from support.reference import QUANTITIES, REFERENCES, planned_steps, reference, same, stage_depths_of
+from support.rehearsal import rehearsal_overrides, scaled_stage_checkpoints
 
 from openseer.config import load_config
 from openseer.train.config import PretrainConfig
+from openseer.train.parallel import checkpoint_segments
 
 STEPS, WORLD, N_TRAIN, BATCH = 300, 2, 60_000, 64
 
@@ -30,6 +31,7 @@ SIZES = {
     "warmup_share",  # rounded to whole steps of a shorter run: checked below to one step
     "epochs",
     "sync_bn",  # no CPU kernels in torch
+    "checkpoint_granularity",  # block ranges moved to the small trunk's stages: checked below
     "last_bn_init",  # a small trunk on tiny crops collapses from VISSL's init (see tests/support/rehearsal.py)
     "blur",  # sigma is in pixels
     "blur_extent",
@@ -83,6 +85,13 @@ def test_each_size_keeps_its_ratio(preset: str) -> None:
     assert [c.size for c in small.crops] == [max(8, round(c.size * factor)) for c in cfg.crops]
     assert small.augment.blur_sigma == pytest.approx([s * factor for s in cfg.augment.blur_sigma])
     assert len(small.model.head_hidden) == len(cfg.model.head_hidden)
+    # activation checkpointing: each stage in as many ranges as the small trunk's stage has blocks for, and the
+    # stages the preset leaves whole or unchecked stay so
+    if cfg.parallel.activation_checkpointing:
+        depths, small_depths = stage_depths_of(cfg.model.arch), stage_depths_of(small.model.arch)
+        big = checkpoint_segments(depths, cfg.parallel.stage_checkpoints)
+        few = checkpoint_segments(small_depths, small.parallel.stage_checkpoints)
+        assert [min(len(b), d) for b, d in zip(big, small_depths, strict=True)] == [len(f) for f in few]
 
 
 def test_bf16_is_kept_only_where_the_cpu_computes_it() -> None:
@@ -93,3 +102,16 @@ def test_bf16_is_kept_only_where_the_cpu_computes_it() -> None:
 def test_a_rehearsal_of_no_steps_is_refused() -> None:
     with pytest.raises(ValueError, match=">= 1"):
         rehearsal_overrides("swav-rn50", 0, WORLD, N_TRAIN)
+
+
+def test_seer_10bs_block_ranges_land_in_the_same_places_of_the_small_trunk() -> None:
+    assert stage_depths_of("regnety_10b") == (2, 7, 17, 1) and stage_depths_of("regnety_200mf") == (
+        1,
+        1,
+        4,
+        7,
+    )
+    ranges = scaled_stage_checkpoints([[2], [7], [9, 17], []], (2, 7, 17, 1), (1, 1, 4, 7))
+    assert ranges == [[1], [1], [2, 4], []]
+    assert _pair("seer-10b")[2].parallel.stage_checkpoints == ranges
+    assert _pair("seer-rg256gf")[2].parallel.stage_checkpoints is None  # each stage whole, as the preset

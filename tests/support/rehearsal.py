@@ -27,7 +27,11 @@ What changes, and why each change keeps the recipe's shape:
   recipe would step 32x less: for swav-rn50, loss 4.684 after 30 steps against 4.475 at the reference's rate);
 * decoded images cached at the first crop's side and augmented in batches (``data.cache_size``), the data path
   that keeps 2 CPU cores busy with the network rather than with PIL;
-* SyncBatchNorm: off (torch has no CPU kernels for it; with 2 processes each normalises its own batch).
+* SyncBatchNorm: off (torch has no CPU kernels for it; with 2 processes each normalises its own batch);
+* activation checkpointing by block ranges (``parallel.stage_checkpoints``): each range's end moved to the same
+  place in the small trunk's shorter stage (SEER 10B's [[2], [7], [9, 17], []] on stages of 2, 7, 17 and 1
+  blocks becomes [[1], [1], [2, 4], []] on RegNetY-200MF's 1, 1, 4 and 7), so every stage is split into as many
+  ranges as its blocks allow and the stages left whole or unchecked stay so.
 
 ``benchmarks/rehearsal.py`` runs it on 2 gloo processes, kills and resumes it, and scores it.
 """
@@ -38,9 +42,20 @@ from typing import Any
 
 from openseer.config import load_config
 from openseer.train.config import PretrainConfig
-from support.reference import planned_steps, reference, warmup_steps_of
+from support.reference import planned_steps, reference, stage_depths_of, warmup_steps_of
 
 ARCH = "regnety_200mf"
+
+
+def scaled_stage_checkpoints(
+    ranges: list[list[int]], depths: tuple[int, ...], small_depths: tuple[int, ...]
+) -> list[list[int]]:
+    """Block ranges of a trunk with stages of ``depths`` blocks moved to one of ``small_depths``: each end at the
+    same share of its stage, at least one block, ends that fall together merged."""
+    return [
+        sorted({min(small, max(1, round(end * small / depth))) for end in ends})
+        for ends, depth, small in zip(ranges, depths, small_depths, strict=False)
+    ]
 
 
 def rehearsal_overrides(
@@ -72,6 +87,9 @@ def rehearsal_overrides(
     lr_factor = 1 / batch_ratio  # the reference's absolute lr at the rehearsal's global batch (see above)
     # the queue's start, given in epochs of the reference run, as the same share of the rehearsal's epochs
     queue_start = cfg.swav.queue_start_epoch / cfg.optim.epochs * epochs
+    ranges = cfg.parallel.stage_checkpoints
+    if ranges is not None:  # block ranges of the preset's trunk: moved to the small one's stages
+        ranges = scaled_stage_checkpoints(ranges, stage_depths_of(cfg.model.arch), stage_depths_of(ARCH))
     return {
         "model.arch": ARCH,
         "model.stem": "small",
@@ -91,6 +109,7 @@ def rehearsal_overrides(
         "swav.queue_length": round(cfg.swav.queue_length * batch_ratio),
         "swav.queue_start_epoch": queue_start,
         "parallel.sync_bn": False,
+        **({} if ranges is None else {"parallel.stage_checkpoints": ranges}),
         "run.precision": cfg.run.precision if bf16 else "fp32",
         "run.compile": False,
         "data.workers": 0,
