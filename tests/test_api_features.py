@@ -13,6 +13,7 @@ from support.dense import random_weights_file
 
 import openseer
 from openseer.config import load_config
+from openseer.data.images import load_rgb
 from openseer.models import build_backbone
 from openseer.models.dense import FeatureMaps
 from openseer.train.config import PretrainConfig
@@ -83,7 +84,7 @@ def test_a_run_an_imported_seer_file_and_a_timm_file(
     trunk.load_state_dict(weight_source.backbone)
     with torch.no_grad():
         expected = FeatureMaps(trunk, [2, 3, 4, 5]).eval()(
-            torch.stack([model.preprocess.image(p) for p in images])
+            torch.stack([model.preprocess.image(load_rgb(p)) for p in images])
         )
     for level in maps:
         assert_same_features(maps[level], expected[level])
