@@ -420,6 +420,7 @@ def new_classifier(backbone: nn.Module, weights: Weights, train: EvalData, seed:
         head = build_head(feature_dim(backbone), len(train.classes), bn=False)
         torch.nn.init.normal_(head[1].weight, std=0.01)
         torch.nn.init.zeros_(head[1].bias)
+    # the resize mode of weights holding a classifier is that of its own training images, not of these
     preprocess = train.fitted(weights.preprocess.with_resize("center_crop"))
     return Classifier(backbone, head, train.classes, weights.model, preprocess, weights.recipe)
 
