@@ -37,6 +37,7 @@ from openseer.data.folders import subset_per_class
 from openseer.data.labelled import EvalData, load_data, split_source
 from openseer.eval.lowshot import LowShotConfig, format_lowshot, lowshot
 from openseer.eval.metrics import write_result
+from openseer.eval.pretraining import run_config
 from openseer.eval.split import pretraining_split
 from openseer.train.data import pretraining_data
 from openseer.weights import Weights, load_weights
@@ -49,7 +50,7 @@ def cifar10_split(weights: Weights, workers: int) -> tuple[EvalData, EvalData]:
     pretraining decoded them."""
     from _common import cifar10_folder  # the sibling module (its folder is on sys.path when run)
 
-    folder, pcfg = str(cifar10_folder()), weights.config
+    folder, pcfg = str(cifar10_folder()), run_config(weights.run_dir)
     record = pretraining_split(weights)
     if record is not None and not record.same_source(folder):
         raise SystemExit(f"{weights.source} was pretrained on {record.source}, not on {folder}")

@@ -36,13 +36,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from openseer.config import load_config
+from openseer.config import from_dict, load_config
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.train.config import PretrainConfig
 
 if TYPE_CHECKING:
     from openseer.data.preprocess import Preprocess
     from openseer.eval.inputs import Images
+    from openseer.models.config import ModelConfig
     from openseer.train.pretrain import PretrainResult
     from openseer.weights import Weights
 
@@ -101,8 +102,10 @@ def pretrain(
 class PretrainedModel:
     """A trained backbone (and classifier, if the weights hold one) ready for images; build it with :func:`load`.
 
-    ``preprocess`` is the :class:`~openseer.data.preprocess.Preprocess` stored with the weights, the one every
-    command uses for these weights.
+    What the network is travels with the weights: ``config`` (:class:`~openseer.models.config.ModelConfig`:
+    architecture, stem, output stride, SwAV head) and ``preprocess`` (the
+    :class:`~openseer.data.preprocess.Preprocess` every command uses for these weights). ``recipe`` is the
+    pretraining config the weights came from, when they came from an openseer run.
     """
 
     def __init__(self, weights: Weights, device: str | torch.device = "auto") -> None:
@@ -110,7 +113,7 @@ class PretrainedModel:
         from openseer.eval.classifier import Classifier
 
         self.weights = weights
-        self.config: PretrainConfig = weights.config
+        self.config: ModelConfig = weights.model
         self.device = resolve_device(str(device))
         self.preprocess: Preprocess = weights.preprocess
         self._classifier = Classifier.from_weights(weights).to(self.device) if weights.classifier else None
@@ -123,9 +126,16 @@ class PretrainedModel:
     def __repr__(self) -> str:
         head = f", {len(self.classes)} classes" if self.classes else ""
         return (
-            f"PretrainedModel({self.config.model.arch}, {self.preprocess.size} px{head}, "
+            f"PretrainedModel({self.config.arch}, {self.preprocess.size} px{head}, "
             f"from {self.weights.source})"
         )
+
+    @property
+    def recipe(self) -> PretrainConfig | None:
+        """The pretraining config of the run the weights came from (a run folder, its checkpoints, a classifier
+        trained on them, their export), None for imported weights; a ConfigError if it no longer reads as one."""
+        recipe = self.weights.recipe
+        return None if recipe is None else from_dict(PretrainConfig, recipe)
 
     def _outputs(
         self, model: nn.Module, images: Images, batch_size: int
@@ -165,7 +175,7 @@ class PretrainedModel:
         from openseer.models.dense import FeatureMaps, dense_layout
 
         if self._dense_trunk is None:  # built once, on first use
-            model = self.config.model
+            model = self.config
             standard = dense_layout(model) == model
             self._dense_trunk = self.backbone if standard else dense_trunk(self.weights).to(self.device)
         maps = FeatureMaps(self._dense_trunk, levels)

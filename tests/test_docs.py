@@ -237,7 +237,7 @@ IMPLEMENTED = {
     "SyncBatchNorm groups": ("openseer/train/parallel.py", "convert_sync_batchnorm("),
     "activation checkpointing": ("openseer/train/parallel.py", "checkpoint_wrapper("),
     "several nodes": ("openseer/distributed.py", "SLURM_PROCID"),
-    "`openseer.load` / `openseer export` of an FSDP run": ("openseer/weights/files.py", "dcp.load("),
+    "`openseer.load` / `openseer export` of an FSDP run": ("openseer/weights/files.py", "read_sharded_tensors("),
 }
 
 

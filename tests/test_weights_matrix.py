@@ -31,7 +31,9 @@ from openseer.eval.predict import PredictConfig, run_predict
 from openseer.eval.recipe import RecipeConfig
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.interop.export import export
+from openseer.train.config import PretrainConfig
 from openseer.weights import load_weights
+from openseer.weights.description import IMPORTED_PREPROCESS
 
 pytestmark = pytest.mark.slow  # every source comes from a pretraining
 
@@ -50,6 +52,9 @@ COMMANDS = (
     "export",
     "load",
 )
+# kinds that come from an openseer run and keep its recipe (the others are imported: the architecture read off the
+# tensors, ImageNet's stem and input)
+FROM_RUN = ("run", "ckpt", "fsdp", "exported")
 # cells where the command must refuse the source, with the reason the table gives
 REFUSED = {
     ("clusters", "exported"): "no SwAV head: export writes the backbone (and a classifier) only",
@@ -218,6 +223,8 @@ def test_export(weight_source: WeightSource, tmp_path: Path) -> None:
     (st, yaml) = export(weights, tmp_path / "b.safetensors", "safetensors")
     again = load_weights(st)
     assert yaml.exists() and again.head is None and again.classifier is None
+    assert again.model == weights.model and again.preprocess == weights.preprocess
+    assert again.recipe == weights.recipe
     assert again.backbone.keys() == weight_source.backbone.keys()
     assert all(torch.equal(again.backbone[k], v) for k, v in weight_source.backbone.items())
     (ts,) = export(weights, tmp_path / "b.pt", "torchscript", size=32)  # traced small: any size runs after
@@ -245,6 +252,13 @@ def test_load(weight_source: WeightSource) -> None:
         0, 256, (3, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
     )
     assert model.embed(images).shape == (3, 368) and model.classes is None
+    assert model.config.arch == "regnety_200mf"
+    if weight_source.kind in FROM_RUN:  # described by the run's config: its model section, its first crop
+        assert isinstance(model.recipe, PretrainConfig) and model.config == model.recipe.model
+        assert model.preprocess == model.recipe.preprocess() and model.preprocess.size == 16
+    else:
+        assert model.recipe is None and model.preprocess == IMPORTED_PREPROCESS
+        assert model.config.stem == "imagenet"
     if weight_source.classifier is None:
         return
     classifier = openseer.load(weight_source.classifier, device="cpu")

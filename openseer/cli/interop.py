@@ -27,7 +27,7 @@ def _read_classes(path: str | None) -> list[str] | None:
 
 
 def _describe(weights) -> str:  # noqa: ANN001 - openseer.weights.Weights, imported lazily
-    m = weights.config.model
+    m = weights.model
     parts = [f"{m.arch} backbone ({len(weights.backbone)} tensors)"]
     if weights.head is not None:
         parts.append(f"SwAV head (hidden {m.head_hidden}, out {m.out_dim}, {m.prototypes} prototypes)")
@@ -61,13 +61,13 @@ def _export(cfg, args: argparse.Namespace) -> int:  # noqa: ANN001 - an ExportCo
     weights = load_weights(cfg.checkpoint)
     files = export(weights, cfg.dst, cfg.format, with_head=cfg.with_head, size=cfg.size)
     what = "backbone + classifier" if cfg.with_head else "backbone"
-    print(f"exported the {what} of {cfg.checkpoint} ({weights.config.model.arch}) as {cfg.format}:")
+    print(f"exported the {what} of {cfg.checkpoint} ({weights.model.arch}) as {cfg.format}:")
     for file in files:
         print(f"  {file}")
     if cfg.format == "torchvision":
         from openseer.interop.torchvision_export import TORCHVISION_REGNETS
 
-        name = TORCHVISION_REGNETS[weights.config.model.arch]
+        name = TORCHVISION_REGNETS[weights.model.arch]
         strict = f"(num_classes={len(weights.classes or [])})" if cfg.with_head else "()"
         print(
             f"load it with torchvision.models.{name}{strict}.load_state_dict(torch.load(FILE)"
@@ -86,10 +86,10 @@ def _export(cfg, args: argparse.Namespace) -> int:  # noqa: ANN001 - an ExportCo
 COMMANDS = [
     Command(
         name="import-weights",
-        help="convert a VISSL/ClassyVision (SEER) or timm checkpoint into openseer's safetensors + config YAML",
+        help="convert a VISSL/ClassyVision (SEER) or timm checkpoint into openseer's safetensors + description YAML",
         description="Read a VISSL/ClassyVision checkpoint (SEER RegNetY-32GF ... 10B, fine-tuned or not) or a timm "
         "state dict, map its keys onto openseer's model, check every shape and write DST (safetensors) and "
-        "DST with a .yaml suffix (the matching config). Keys that fit nowhere are an error unless "
+        "DST with a .yaml suffix (the network's description). Keys that fit nowhere are an error unless "
         "skip_unknown=true. Example: openseer import-weights seer_regnet32gf.torch seer-32gf.safetensors",
         config="openseer.interop.config:ImportWeightsConfig",
         run=_import_weights,

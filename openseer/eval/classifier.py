@@ -2,7 +2,8 @@
 
 A classifier checkpoint (written by ``openseer linear`` and ``openseer finetune``; its format is
 :func:`openseer.weights.write_classifier`'s) is self-contained: backbone and head weights, class names, the resize
-mode the head was trained with, and the pretraining config that describes the architecture and normalisation.
+mode the head was trained with (in the stored description of the network: architecture and preprocessing), and the
+pretraining recipe the backbone came from, for provenance.
 Any file :func:`openseer.weights.load_weights` reads that holds a classifier is one.
 """
 
@@ -18,13 +19,13 @@ from torch import nn
 
 from openseer.data.folders import DataError
 from openseer.data.labelled import EvalData, align_classes
-from openseer.data.preprocess import Resize
+from openseer.data.preprocess import Preprocess, Resize
 from openseer.eval.features import forward_batches
 from openseer.eval.inputs import image_batches
 from openseer.eval.metrics import accuracy, confusion_matrix
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.backbone import feature_dim
-from openseer.train.config import PretrainConfig
+from openseer.models.config import ModelConfig
 from openseer.weights import Weights, load_weights, write_classifier
 
 
@@ -37,9 +38,11 @@ def build_head(dim: int, num_classes: int, bn: bool) -> nn.Sequential:
 class Classifier(nn.Module):
     """Backbone -> head, plus the :class:`~openseer.data.preprocess.Preprocess` that turns an image into its input.
 
-    ``resize``: 'whole' resizes the whole image to the input size (models trained on in-memory sets, like
-    pretraining's cached data); 'center_crop' resizes the shorter side to size/0.875 and centre-crops. Images
-    become inputs through :func:`openseer.eval.inputs.image_batches` with ``preprocess``.
+    ``model`` describes the backbone (:class:`~openseer.models.config.ModelConfig`), ``preprocess`` its input as
+    the head was trained: its ``resize`` is 'whole' (the whole image resized to the input size: models trained on
+    in-memory sets, like pretraining's cached data) or 'center_crop' (the shorter side resized to size/0.875, then
+    centre-cropped). Images become inputs through :func:`openseer.eval.inputs.image_batches` with ``preprocess``.
+    ``recipe``: the pretraining config the backbone came from, a plain dict kept for provenance (or None).
     """
 
     def __init__(
@@ -47,14 +50,14 @@ class Classifier(nn.Module):
         backbone: nn.Module,
         head: nn.Sequential,
         classes: Sequence[str],
-        pretrain_config: PretrainConfig,
-        resize: Resize = "center_crop",
+        model: ModelConfig,
+        preprocess: Preprocess,
+        recipe: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
         self.classes = list(classes)
-        self.pretrain_config = pretrain_config
-        self.preprocess = pretrain_config.preprocess(resize)
+        self.model, self.preprocess, self.recipe = model, preprocess, recipe
 
     @property
     def resize(self) -> Resize:
@@ -66,14 +69,15 @@ class Classifier(nn.Module):
         embedder: Any,
         feature_head: nn.Sequential,
         classes: Sequence[str],
-        pretrain_config: PretrainConfig,
+        weights: Weights,
         head_bn: bool,
-        resize: Resize = "center_crop",
+        preprocess: Preprocess,
     ) -> Classifier:
-        """A classifier from an Embedder's (possibly BN-recalibrated) backbone and a trained feature head."""
+        """A classifier from an Embedder's (possibly BN-recalibrated) backbone of ``weights`` and a trained feature
+        head; ``preprocess``: how the head's training images became inputs."""
         head = build_head(feature_dim(embedder.backbone), len(classes), head_bn)
         head.load_state_dict(feature_head.state_dict())
-        return cls(embedder.backbone, head, classes, pretrain_config, resize)
+        return cls(embedder.backbone, head, classes, weights.model, preprocess, weights.recipe)
 
     @classmethod
     def from_weights(cls, weights: Weights) -> Classifier:
@@ -86,7 +90,8 @@ class Classifier(nn.Module):
                 "or `openseer finetune` on it and pass their output folder"
             )
         head = nn.Sequential(nn.Identity(), linear)  # a BatchNorm in front was folded into the Linear on load
-        return cls(weights.build_backbone(), head, weights.classes, weights.config, weights.resize).eval()
+        backbone = weights.build_backbone()
+        return cls(backbone, head, weights.classes, weights.model, weights.preprocess, weights.recipe).eval()
 
     @property
     def head_bn(self) -> bool:
@@ -112,9 +117,10 @@ def save_classifier(
         step,
         model_state=clf.state_dict(),
         classes=clf.classes,
-        resize=clf.resize,
         head_bn=clf.head_bn,
-        pretrain_config=clf.pretrain_config,
+        model=clf.model,
+        preprocess=clf.preprocess,
+        recipe=clf.recipe,
         protocol=protocol,
         source=str(source) if source is not None else "",
         extra=extra,

@@ -225,8 +225,7 @@ def dense_trunk(
 ) -> nn.Module:
     """The trunk of ``weights`` in the standard stride-4..32 layout (:func:`openseer.models.dense.dense_layout`),
     with those weights or, with ``init='random'``, at random initialisation drawn with ``seed``; eval mode, CPU."""
-    config = replace(weights.config, model=dense_layout(weights.config.model))
-    dense = replace(weights, config=config)
+    dense = replace(weights, model=dense_layout(weights.model))
     return dense.random_backbone(seed) if init == "random" else dense.build_backbone()
 
 
@@ -601,7 +600,7 @@ def run_detect(cfg: DetectConfig, resume: bool = False) -> dict[str, Any]:
         "detector": "Mask R-CNN" if masks else "Faster R-CNN",
         "model": "pretrained" if pretrained else "random",
         "checkpoint": weights.source,
-        "arch": weights.config.model.arch,
+        "arch": weights.model.arch,
         "train": train.source,
         "test": test.source,
         "n_train": len(train),

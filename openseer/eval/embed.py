@@ -139,7 +139,7 @@ class Embedder:
         """The backbone of ``weights`` (or, with ``random_init``, the same architecture drawn with ``seed``)
         with the preprocessing stored with the weights."""
         backbone = weights.random_backbone(seed) if random_init else weights.build_backbone()
-        embedder = cls(backbone, weights.preprocess, features, weights.config.model.channels_last)
+        embedder = cls(backbone, weights.preprocess, features, weights.model.channels_last)
         embedder.random_init = random_init
         return embedder
 

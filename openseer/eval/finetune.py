@@ -49,8 +49,7 @@ from openseer.eval.split import SplitConfig, split_data
 from openseer.fileio.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from openseer.models import load_state_checked
 from openseer.models.backbone import feature_dim
-from openseer.train.config import PretrainConfig
-from openseer.weights import is_classifier_state, load_weights
+from openseer.weights import Weights, is_classifier_state, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -410,8 +409,9 @@ def fit_classifier(
     return clf, {**stats, "selection": selection}
 
 
-def new_classifier(backbone: nn.Module, pcfg: PretrainConfig, train: EvalData, seed: int = 0) -> Classifier:
-    """``backbone`` (trained, or at random initialisation) with a new linear head for train's classes.
+def new_classifier(backbone: nn.Module, weights: Weights, train: EvalData, seed: int = 0) -> Classifier:
+    """``backbone`` (the network of ``weights``, trained or at random initialisation) with a new linear head for
+    train's classes, its input train's images as ``weights`` describes them (:meth:`EvalData.fitted`).
 
     The backbone is used as it is (not copied): pass a copy to keep the original.
     """
@@ -420,7 +420,9 @@ def new_classifier(backbone: nn.Module, pcfg: PretrainConfig, train: EvalData, s
         head = build_head(feature_dim(backbone), len(train.classes), bn=False)
         torch.nn.init.normal_(head[1].weight, std=0.01)
         torch.nn.init.zeros_(head[1].bias)
-    return Classifier(backbone, head, train.classes, pcfg, train.fitted(pcfg.preprocess()).resize)
+    # the resize mode of weights holding a classifier is that of its own training images, not of these
+    preprocess = train.fitted(weights.preprocess.with_resize("center_crop"))
+    return Classifier(backbone, head, train.classes, weights.model, preprocess, weights.recipe)
 
 
 # ============ the finetune command ============
@@ -453,7 +455,6 @@ class FinetuneConfig(SplitConfig):
 def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Fine-tune (or train from scratch), score on the test set, write RUN/eval/finetune[-scratch].json."""
     weights = load_weights(cfg.checkpoint)
-    pcfg = weights.config
     backbone = weights.random_backbone(cfg.seed) if cfg.init == "random" else weights.build_backbone()
     train, test = split_data(cfg, weights)
     run_dir = weights.run_dir
@@ -461,7 +462,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     out = Path(cfg.out_dir) if cfg.out_dir else run_dir / f"finetune{suffix}"
     device = resolve_device(cfg.device)
     clf, stats = fit_classifier(
-        lambda: new_classifier(copy.deepcopy(backbone), pcfg, train, cfg.seed),  # each run from the same start
+        lambda: new_classifier(copy.deepcopy(backbone), weights, train, cfg.seed),  # each run from the same start
         train,
         cfg.recipe,
         device,

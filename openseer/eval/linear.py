@@ -257,9 +257,9 @@ def run_linear(cfg: LinearConfig) -> dict:
         "seconds": time.perf_counter() - started,
     }
     if cfg.save:
-        resize = train.fitted(embedder.preprocess).resize  # as the features were computed
+        preprocess = train.fitted(embedder.preprocess)  # as the features were computed
         classifier = Classifier.from_parts(
-            embedder, probe.head, train.classes, weights.config, head_bn=True, resize=resize
+            embedder, probe.head, train.classes, weights, head_bn=True, preprocess=preprocess
         )
         out = Path(cfg.out_dir) if cfg.out_dir else run_dir / f"linear{suffix}"
         result["classifier"] = str(

@@ -139,7 +139,6 @@ def lowshot(weights: Weights, train: EvalData, test: EvalData, cfg: LowShotConfi
     {'kind', 'protocol', 'checkpoint', 'train', 'test', 'budgets', 'seeds', 'rows': [{'method', 'name', 'cells':
     {budget: {'top1_mean', 'top1_std', 'top5_mean', 'top5_std', 'runs'}}}], 'config', 'seconds'}."""
     started = time.perf_counter()
-    pcfg = weights.config
     pretrained = weights.build_backbone()  # built once; every method starts from a copy or at random init
     c = len(train.classes)
     subsets = label_subsets(train.targets, cfg.fractions, cfg.per_class, cfg.seeds)
@@ -155,7 +154,7 @@ def lowshot(weights: Weights, train: EvalData, test: EvalData, cfg: LowShotConfi
     def linear_method(method: str, random_init: bool) -> None:
         # features of the full training set once (unlabelled images are not scarce), then a probe per subset
         backbone = weights.random_backbone(cfg.seed) if random_init else pretrained
-        embedder = Embedder(backbone, weights.preprocess, cfg.features, pcfg.model.channels_last)
+        embedder = Embedder(backbone, weights.preprocess, cfg.features, weights.model.channels_last)
         embedder.random_init = random_init
         embedder.prepare(train)  # BatchNorm re-estimated on a copy: `pretrained` stays as loaded
         train_f, test_f = embedder(train), embedder(test)
@@ -183,7 +182,7 @@ def lowshot(weights: Weights, train: EvalData, test: EvalData, cfg: LowShotConfi
                 def make(subset: EvalData = subset, seed: int = seed) -> Classifier:
                     # every run of the learning-rate grid starts from the same network and head
                     start = copy.deepcopy(pretrained) if init == "pretrained" else weights.random_backbone(seed)
-                    return new_classifier(start, pcfg, subset, seed)
+                    return new_classifier(start, weights, subset, seed)
 
                 clf, stats = fit_classifier(
                     make, subset, recipe, device, cfg.features.workers, cfg.features.progress, seed=seed

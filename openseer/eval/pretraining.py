@@ -7,6 +7,9 @@ scored. Both networks are scored the same way (:func:`knn_on_split`): BatchNorm 
 un-augmented training images (``run.knn_bn_recalibrate``), then weighted cosine kNN (``run.knn_k``,
 ``run.knn_temperature``). The random network is the one the run started from (drawn with ``run.seed``). Results
 go to ``RUN/eval/pretraining-*.json`` (the report reads them) and are returned.
+
+The network comes from the run's newest checkpoint (:func:`openseer.weights.load_weights`); the data and these
+settings from the run's own config (:func:`run_config`), which the weights do not carry.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import time
 from pathlib import Path
 
+from openseer.config import load_config
 from openseer.data.labelled import EvalData
 from openseer.eval.embed import Embedder, FeatureConfig, Features
 from openseer.eval.knn import knn_of_features
@@ -22,6 +26,7 @@ from openseer.eval.linear import ProbeConfig, fit_linear_probe, score_head
 from openseer.eval.metrics import write_result
 from openseer.eval.report import build_report
 from openseer.eval.split import pretraining_split
+from openseer.fileio.checkpoint import CheckpointError
 from openseer.train.config import PretrainConfig
 from openseer.train.data import pretraining_data
 from openseer.weights import Weights, load_weights
@@ -29,6 +34,16 @@ from openseer.weights import Weights, load_weights
 log = logging.getLogger(__name__)
 
 PROTOCOL = "end of pretraining"
+CONFIG_FILE = "config.yaml"  # the resolved config a pretraining run writes into its folder as it starts
+
+
+def run_config(run_dir: str | Path) -> PretrainConfig:
+    """The pretraining config of the run in ``run_dir`` (``RUN/config.yaml``, as the run last started with it):
+    its data and its ``run.*`` settings, which are the run's, not the network's."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a pretraining run folder: it has no {CONFIG_FILE}")
+    return load_config(PretrainConfig, [path])
 
 
 def knn_on_split(
@@ -56,8 +71,8 @@ def evaluate_pretraining(
     """
     started = time.perf_counter()
     weights = load_weights(run_dir)
-    cfg = weights.config
     run_dir = weights.run_dir
+    cfg = run_config(run_dir)
     record = pretraining_split(weights)
     out: dict = {}
     if record is None:

@@ -25,7 +25,8 @@ class ImportWeightsConfig:
     """Checkpoint to convert: a VISSL/ClassyVision (SEER) file or a timm/torchvision state dict (.torch, .pth, .pt,
     .bin, .safetensors)."""
     dst: str = ""
-    """Output .safetensors file; the matching openseer config is written next to it with a .yaml suffix."""
+    """Output .safetensors file; the network's description (model.* keys, input preprocessing) is written next to
+    it with a .yaml suffix."""
     format: Literal["auto", "vissl", "timm"] = "auto"
     """Layout of src; 'auto' recognises VISSL (classy_state_dict or _feature_blocks. keys) and timm (stem.conv.weight
     or conv1.weight)."""
@@ -52,7 +53,7 @@ class ExportConfig:
     dst: str = ""
     """Output file."""
     format: Literal["safetensors", "torchscript", "onnx", "torchvision"] | None = None
-    """'safetensors' (tensors, config metadata and a .yaml), 'torchscript' (traced), 'onnx' (needs pip install
+    """'safetensors' (tensors, the description in the metadata and a .yaml), 'torchscript' (traced), 'onnx' (needs pip install
     'openseer[export]') or 'torchvision' (the state dict of torchvision's regnet_y_* of the same size); null:
     from dst's suffix (.safetensors; .pt or .ts: torchscript; .onnx; .pth: torchvision)."""
     with_head: bool = False

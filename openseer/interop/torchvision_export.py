@@ -69,7 +69,7 @@ def export_torchvision(weights: Weights, dst: Path, with_head: bool = False) -> 
     """Write ``dst`` (``torch.save`` of the state dict, torchvision's own format for weights) for
     ``torchvision.models.<name>().load_state_dict(torch.load(dst), strict=False)``; with ``with_head`` the
     classifier is ``fc`` and the file loads strictly into ``<name>(num_classes=C)``."""
-    model = weights.config.model
+    model = weights.model
     name = TORCHVISION_REGNETS.get(model.arch)
     if name is None:
         if model.arch in DIFFERENT_WIDTHS:

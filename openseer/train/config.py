@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from openseer.config import ConfigError
+from openseer.config import ConfigError, to_dict
 from openseer.data.images import DEFAULT_MAX_PIXELS
 from openseer.data.multicrop import AugmentSpec, CropSpec
 from openseer.data.preprocess import Preprocess, Resize
@@ -308,9 +308,11 @@ class PretrainConfig:
     """Smaller crops early in the run (off by default)."""
 
     def preprocess(self, resize: Resize = "center_crop") -> Preprocess:
-        """The evaluation input of networks trained with this config: the first (global) crop's size and the
-        training normalisation."""
-        return Preprocess(self.crops[0].size, self.augment.mean, self.augment.std, resize)
+        """The evaluation input of networks trained with this config, as the weights they leave describe it
+        (:func:`openseer.weights.description.describe_recipe`)."""
+        from openseer.weights.description import describe_recipe  # the weights package imports torch
+
+        return describe_recipe(to_dict(self), resize)[1]
 
     def validate(self) -> None:
         n_crops = sum(c.count for c in self.crops)

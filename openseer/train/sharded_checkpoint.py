@@ -10,15 +10,14 @@ process gets its own queue back, or a share of the saved ones when N != M
 
 A checkpoint is written to ``dcp-<step>.tmp/`` and renamed by rank 0 once complete, so a folder named
 ``dcp-<step>`` is always whole; the newest one is resumed. Loading never executes pickled code: DCP's non-tensor
-entries (optimiser hyper-parameters) are read with ``torch.load(weights_only=True)``.
+entries (optimiser hyper-parameters) are read with ``torch.load(weights_only=True)``. Finding the folders and
+reading a model out of one in a single process (evaluation, export) is :mod:`openseer.fileio.sharded`'s.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -27,53 +26,26 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint._traverse import set_element
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from openseer import distributed
+from openseer.fileio.sharded import (
+    META,
+    WeightsOnlyLoadPlanner,
+    latest_sharded,
+    list_sharded,
+    read_meta,
+    saved_tensors,
+    sharded_path,
+)
 from openseer.swav import EmbeddingQueue
 from openseer.train.queue_checkpoint import gather_queues, restore_queue
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^dcp-(\d{8})$")
-_META = "meta.json"
 _TENSORS = "tensors"  # DCP key holding the loose tensors of the training state (RNG states...)
 
-
-class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
-    """DCP's default planner unpickles non-tensor entries with ``weights_only=False``; ours are numbers, strings
-    and lists, which the restricted unpickler reads, and anything else is refused."""
-
-    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-        obj = torch.load(value, weights_only=True)
-        if self.flatten_state_dict:
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = obj
-
-
-def sharded_path(folder: Path, step: int) -> Path:
-    return folder / f"dcp-{step:08d}"
-
-
-def list_sharded(folder: Path) -> list[Path]:
-    """Complete sharded checkpoints in step order."""
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if _NAME.match(p.name) and (p / _META).exists() and (p / ".metadata").exists()
-    )
-
-
-def latest_sharded(folder: Path) -> Path | None:
-    found = list_sharded(folder)
-    return found[-1] if found else None
+__all__ = ["latest_sharded", "list_sharded", "load_sharded", "save_sharded", "sharded_path"]
 
 
 def _split_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -122,7 +94,7 @@ def save_sharded(
         # returns on rank 0 once every rank's files and the .metadata are written
         dcp.save(content, checkpoint_id=tmp, no_dist=not distributed.is_enabled())
     if distributed.is_main():
-        (tmp / _META).write_text(json.dumps(plain, indent=1))
+        (tmp / META).write_text(json.dumps(plain, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in list_sharded(folder)[:-keep] if keep > 0 else []:
@@ -144,14 +116,10 @@ def load_sharded(
 ) -> dict[str, Any]:
     """Collective: load model, optimiser and this process's queue in place, resharded to the current number
     of processes; returns the rest of the saved ``state`` (same keys as given to save)."""
-    plain = json.loads((path / _META).read_text())
+    plain = read_meta(path)
     model_state, optim_state = get_state_dict(model, optimizer)  # the targets, sharded like the live model
+    tensors = saved_tensors(path, _TENSORS)  # loose tensors are allocated from their saved shapes
     saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
-    tensors = {  # loose tensors are allocated from their saved shapes
-        key.removeprefix(f"{_TENSORS}."): torch.empty(meta.size, dtype=meta.properties.dtype)
-        for key, meta in saved.items()
-        if key.startswith(f"{_TENSORS}.") and isinstance(meta, TensorStorageMetadata)
-    }
     full_queue = torch.empty(saved["queue"].size, dtype=queue.embeddings.dtype)
     content = {"model": model_state, "optimizer": optim_state, "queue": full_queue, _TENSORS: tensors}
     with warnings.catch_warnings():  # as in save_sharded
@@ -159,7 +127,7 @@ def load_sharded(
         dcp.load(
             content,
             checkpoint_id=path,
-            planner=_WeightsOnlyLoadPlanner(),
+            planner=WeightsOnlyLoadPlanner(),
             no_dist=not distributed.is_enabled(),
         )
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)

@@ -1,9 +1,10 @@
 """The :class:`Weights` record and the checks every importer shares.
 
-Everything meets in :class:`Weights`: a config plus state dicts in openseer's own layout (the backbone is timm's
-RegNet/ResNet, so its keys are timm's; the SwAV head's are :class:`~openseer.models.head.SwAVHead`'s; a classifier
-is a plain ``nn.Linear``). :func:`load_weights` reads any supported file into it, :func:`save_weights` writes it
-as one safetensors file (config and class names in the metadata) plus the matching config YAML.
+Everything meets in :class:`Weights`: the network's description (:mod:`openseer.weights.description`: the
+architecture and head, the preprocessing of its inputs) plus state dicts in openseer's own layout (the backbone is
+timm's RegNet/ResNet, so its keys are timm's; the SwAV head's are :class:`~openseer.models.head.SwAVHead`'s; a
+classifier is a plain ``nn.Linear``). :func:`load_weights` reads any supported file into it, :func:`save_weights`
+writes it as one safetensors file (description and class names in the metadata) plus the description as YAML.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import torch
 from torch import nn
 
 from openseer.config import from_dict, to_dict
-from openseer.data.preprocess import Preprocess, Resize
+from openseer.data.preprocess import Preprocess
 from openseer.fileio.checkpoint import CheckpointError, run_dir_of
 from openseer.models.build import load_state_checked, random_model
-from openseer.train.config import ModelConfig, PretrainConfig
+from openseer.models.config import ModelConfig
+from openseer.weights.description import IMPORTED_PREPROCESS
 
 log = logging.getLogger(__name__)
 
@@ -33,28 +35,27 @@ _BLOCK_CONV1 = re.compile(r"s\d+\.b\d+\.conv1\.conv\.weight")
 
 @dataclass
 class Weights:
-    """A model's tensors in openseer's layout, wherever they came from.
+    """A model's description and tensors in openseer's layout, wherever they came from.
 
     ``backbone``: keys of :func:`openseer.models.build_backbone`'s module; ``head``: keys of ``SwAVHead``
     (``projection.*``, ``prototypes.weight``) or None; ``classifier``: ``{"weight": (C, D), "bias": (C,)}`` or
     None; ``classes``: C label names when there is a classifier; ``notes``: what an import did besides renaming.
     """
 
-    config: PretrainConfig
+    model: ModelConfig
+    """What the network is: architecture, stem, output stride, SwAV head shape (the ``model.*`` keys)."""
+    preprocess: Preprocess
+    """How an image becomes this network's input: size, mean, std, and the resize mode ('center_crop', or
+    'whole' for classifiers trained on in-memory sets such as the built-in data)."""
     backbone: dict[str, torch.Tensor]
     head: dict[str, torch.Tensor] | None = None
     classifier: dict[str, torch.Tensor] | None = None
     classes: list[str] | None = None
     source: str = ""
     notes: list[str] = field(default_factory=list)
-    resize: Resize = "center_crop"
-    """How images are fitted to the input size: 'center_crop' (shorter side to size/0.875, centre crop) or
-    'whole' (the whole image resized; classifiers trained on in-memory sets such as the built-in data)."""
-
-    @property
-    def preprocess(self) -> Preprocess:
-        """How an image becomes this network's input (size, resize mode, mean, std)."""
-        return self.config.preprocess(self.resize)
+    recipe: dict[str, Any] | None = None
+    """The pretraining config the network came from, as a plain dict, for provenance only (None for imported
+    weights); nothing is built from it. A run's own config for resuming or evaluating is the run's to read."""
 
     @property
     def run_dir(self) -> Path:
@@ -67,7 +68,7 @@ class Weights:
     def random_backbone(self, seed: int) -> nn.Module:
         """This architecture's backbone at random initialisation drawn with ``seed`` (what pretraining with
         run.seed=seed started from), in eval mode."""
-        return random_model(self.config.model, seed).backbone.eval()
+        return random_model(self.model, seed).backbone.eval()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """One flat dict: ``backbone.*``, ``head.*``, ``classifier.*`` (the SwAVModel layout plus a classifier)."""
@@ -85,7 +86,7 @@ class Weights:
         """
         from openseer.models.backbone import build_on_meta
 
-        m = self.config.model
+        m = self.model
         check_state(expected_shapes(m.arch, m.stem), self.backbone, f"{self.source} as a {m.arch} backbone")
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.backbone.items()}
         module = build_on_meta(m.arch, m.stem, m.output_stride)
@@ -106,7 +107,7 @@ class Weights:
 
         if self.head is None:
             raise CheckpointError(f"{self.source} holds no SwAV head (projection and prototypes)")
-        m = self.config.model
+        m = self.model
         head = SwAVHead(expected_dim(m.arch), m.head_hidden, m.out_dim, m.prototypes, m.head_bn)
         load_state_checked(head, self.head, source=f"{self.source} (head)")
         return head.eval()
@@ -214,12 +215,10 @@ def head_config(head: dict[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
-def make_config(arch: str, stem: str, head: dict[str, torch.Tensor] | None) -> PretrainConfig:
-    """Defaults with ``model.*`` set to fit the imported tensors."""
-    config = PretrainConfig()
-    model = {**to_dict(config.model), "arch": arch, "stem": stem, **(head_config(head) if head else {})}
-    config.model = from_dict(ModelConfig, model, prefix="model.")
-    return config
+def imported_model(arch: str, stem: str, head: dict[str, torch.Tensor] | None) -> ModelConfig:
+    """The ``model.*`` defaults with the architecture and the head's shape set to fit imported tensors."""
+    model = {**to_dict(ModelConfig()), "arch": arch, "stem": stem, **(head_config(head) if head else {})}
+    return from_dict(ModelConfig, model, prefix="model.")
 
 
 def finish_import(
@@ -246,15 +245,14 @@ def finish_import(
         backbone = {k: v for k, v in backbone.items() if k in expected}
     notes = notes + fill_batch_counters(expected, backbone)
     check_state(expected, backbone, f"{source} as a {arch} backbone")
-    config = make_config(arch, stem, head)
+    model = imported_model(arch, stem, head)
     if head is not None:
-        config.model.validate()
-        check_head(config, head, source)
+        check_head(model, head, source)
     if classifier is not None:
         classes = check_classifier(classifier, int(expected_dim(arch)), classes, source)
     elif classes is not None:
         raise CheckpointError(f"class names were given, but {source} holds no classifier")
-    return Weights(config, backbone, head, classifier, classes, source, notes)
+    return Weights(model, IMPORTED_PREPROCESS, backbone, head, classifier, classes, source, notes)
 
 
 @lru_cache(maxsize=32)
@@ -264,10 +262,9 @@ def expected_dim(arch: str) -> int:
     return int(build_on_meta(arch).num_features)
 
 
-def check_head(config: PretrainConfig, head: dict[str, torch.Tensor], source: str) -> None:
+def check_head(m: ModelConfig, head: dict[str, torch.Tensor], source: str) -> None:
     from openseer.models.head import SwAVHead
 
-    m = config.model
     with torch.device("meta"):
         module = SwAVHead(expected_dim(m.arch), m.head_hidden, m.out_dim, m.prototypes, m.head_bn)
     shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}

@@ -1,23 +1,27 @@
 """Weights files: openseer run folders, checkpoints and safetensors, classifier checkpoints, and (through
 ``openseer.weights.vissl`` / ``timm_weights``) foreign checkpoints, read into :class:`~openseer.weights.Weights`;
-:func:`save_weights` writes one back as safetensors plus its config YAML."""
+:func:`save_weights` writes one back as safetensors plus its description as YAML.
+
+Runs and their checkpoints keep the whole pretraining config (resuming needs it); the network's description is
+derived from it here, once, as the weights are read (:func:`~openseer.weights.description.describe_recipe`).
+Files written by :func:`save_weights` and classifier checkpoints store the description itself; those written
+before it was (safetensors holding a whole config, classifier checkpoints holding ``pretrain_config``) are read
+through the same derivation."""
 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from openseer.config import from_dict, to_dict
+from openseer.data.preprocess import Preprocess
 from openseer.fileio.atomic import atomic_path
 from openseer.fileio.checkpoint import CheckpointError, latest_checkpoint, resolve_checkpoint, save_checkpoint
-from openseer.models import build_model
-from openseer.train.config import PretrainConfig
-from openseer.train.sharded_checkpoint import latest_sharded, list_sharded
+from openseer.fileio.sharded import latest_sharded, list_sharded, read_meta, read_sharded_tensors
+from openseer.models.config import ModelConfig
 from openseer.weights.core import (
     PARTS,
     Format,
@@ -28,8 +32,11 @@ from openseer.weights.core import (
     expected_dim,
     expected_shapes,
 )
+from openseer.weights.description import describe_recipe, description_dict, read_description
 
 _MAGIC = "openseer-weights"  # safetensors metadata key marking a file written by save_weights
+_LAYOUT = "2"  # its value: "1" held a whole pretraining config ("config", "resize"), "2" the description
+_IMPORT_NOTES = ("format: vissl", "format: timm")  # the first note of weights finish_import made
 
 
 def _harmless_globals() -> list[Any]:
@@ -64,9 +71,10 @@ def read_torch_file(path: Path) -> Any:
 
 
 def save_weights(weights: Weights, path: str | Path) -> tuple[Path, Path]:
-    """Write ``path`` (safetensors; config, classes, source and notes in its metadata) and ``path``.yaml.
+    """Write ``path`` (safetensors; the description, classes, source, notes and any recipe in its metadata) and
+    ``path``.yaml (the description, and the recipe when there is one, for people to read).
 
-    Returns (weights file, config file). The YAML is the config to pretrain or evaluate with these weights.
+    Returns (weights file, YAML file).
     """
     from safetensors.torch import save_file
 
@@ -74,12 +82,14 @@ def save_weights(weights: Weights, path: str | Path) -> tuple[Path, Path]:
 
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
+    described = description_dict(weights.model, weights.preprocess)
+    if weights.recipe is not None:
+        described["recipe"] = weights.recipe
     metadata = {
-        _MAGIC: "1",
-        "config": json.dumps(to_dict(weights.config)),
+        _MAGIC: _LAYOUT,
+        **{key: json.dumps(value) for key, value in described.items()},
         "source": weights.source,
         "notes": json.dumps(weights.notes),
-        "resize": weights.resize,
     }
     if weights.classes is not None:
         metadata["classes"] = json.dumps(weights.classes)
@@ -88,7 +98,7 @@ def save_weights(weights: Weights, path: str | Path) -> tuple[Path, Path]:
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     yaml_path = path.with_suffix(".yaml")
-    dump_yaml(weights.config, yaml_path)
+    dump_yaml(described, yaml_path)
     return path, yaml_path
 
 
@@ -105,21 +115,43 @@ def _split_parts(flat: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, tor
 
 
 def _from_openseer(
-    config: PretrainConfig, flat: dict[str, torch.Tensor], classes: list[str] | None, source: str
+    model: ModelConfig,
+    preprocess: Preprocess,
+    flat: dict[str, torch.Tensor],
+    classes: list[str] | None,
+    source: str,
+    recipe: dict[str, Any] | None,
 ) -> Weights:
     parts, other = _split_parts(flat)
     if other:
         raise CheckpointError(f"{source}: keys outside backbone/head/classifier: {', '.join(sorted(other))}")
     if "backbone" not in parts:
         raise CheckpointError(f"{source} holds no backbone tensors")
-    m = config.model
-    check_state(expected_shapes(m.arch, m.stem), parts["backbone"], f"{source} as a {m.arch} backbone")
+    check_state(
+        expected_shapes(model.arch, model.stem), parts["backbone"], f"{source} as a {model.arch} backbone"
+    )
     if "head" in parts:
-        check_head(config, parts["head"], source)
+        check_head(model, parts["head"], source)
     classifier = parts.get("classifier")
     if classifier is not None:
-        classes = check_classifier(classifier, expected_dim(m.arch), classes, source)
-    return Weights(config, parts["backbone"], parts.get("head"), classifier, classes, source)
+        classes = check_classifier(classifier, expected_dim(model.arch), classes, source)
+    head = parts.get("head")
+    return Weights(model, preprocess, parts["backbone"], head, classifier, classes, source, recipe=recipe)
+
+
+def _from_safetensors(flat: dict[str, torch.Tensor], metadata: dict[str, str], source: str) -> Weights:
+    """A file of :func:`save_weights`, in the layout of its metadata (``openseer-weights``: "2", or "1")."""
+    notes = json.loads(metadata.get("notes", "[]"))
+    if "model" in metadata:
+        stored = {key: json.loads(metadata[key]) for key in ("model", "preprocess") if key in metadata}
+        model, preprocess = read_description(stored, source)
+        recipe = json.loads(metadata["recipe"]) if "recipe" in metadata else None
+    else:  # layout 1: the whole pretraining config, defaults with model.* read off the tensors for imports
+        config = json.loads(metadata["config"])
+        model, preprocess = describe_recipe(config, metadata.get("resize", "center_crop"))
+        recipe = None if notes[:1] and notes[0] in _IMPORT_NOTES else config
+    names = json.loads(metadata["classes"]) if "classes" in metadata else None
+    return replace(_from_openseer(model, preprocess, flat, names, source, recipe), notes=notes)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -138,17 +170,17 @@ def _openseer_checkpoint(state: dict[str, Any], source: str) -> Weights:
     A fine-tuned checkpoint is the state of ``{"backbone": ..., "classifier": nn.Linear}`` (keys ``backbone.*``,
     ``classifier.weight``/``bias``), optionally with a separate ``classifier`` state dict, plus ``classes``.
     """
-    config = from_dict(PretrainConfig, state["config"])
+    model, preprocess = describe_recipe(state["config"])
     flat = dict(state["model"])
     if isinstance(state.get("classifier"), dict):
         flat.update({f"classifier.{k}": v for k, v in state["classifier"].items()})
-    classes = state.get("classes")
-    return _from_openseer(config, flat, list(classes) if classes is not None else None, source)
+    classes = list(state["classes"]) if state.get("classes") is not None else None
+    return _from_openseer(model, preprocess, flat, classes, source, dict(state["config"]))
 
 
 def _sharded_checkpoint(folder: Path) -> Path | None:
-    """The newest complete ``dcp-<step>`` folder of an FSDP run (see openseer/train/sharded_checkpoint.py),
-    when ``folder`` is one, or a run / checkpoints folder holding only those."""
+    """The newest complete ``dcp-<step>`` folder of an FSDP run (:mod:`openseer.fileio.sharded`), when
+    ``folder`` is one, or a run / checkpoints folder holding only those."""
     if folder.name.startswith("dcp-") and folder in list_sharded(folder.parent):
         return folder
     for where in (folder / "checkpoints", folder):
@@ -161,21 +193,11 @@ def _sharded_checkpoint(folder: Path) -> Path | None:
 
 
 def _read_sharded(path: Path, source: str) -> Weights:
-    """The model of a sharded checkpoint, gathered into one process with torch.distributed.checkpoint.
-
-    Only the model's tensors are requested, so none of the checkpoint's pickled entries is read.
-    """
-    import torch.distributed.checkpoint as dcp
-
-    config = from_dict(PretrainConfig, json.loads((path / "meta.json").read_text())["config"])
-    state = build_model(config.model).state_dict()  # the targets DCP fills in place
-    try:
-        with warnings.catch_warnings():  # DCP warns that it reads in one process: that is the point here
-            warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
-            dcp.load({"model": state}, checkpoint_id=path)
-    except Exception as err:  # DCP reports missing keys and damaged files with assorted exception types
-        raise CheckpointError(f"cannot read the sharded checkpoint {path}: {err}") from err
-    weights = _from_openseer(config, dict(state), None, source)
+    """The model of a sharded checkpoint, gathered into one process (only its tensors are read), described by
+    the config the run saved beside it."""
+    recipe = read_meta(path)["config"]
+    model, preprocess = describe_recipe(recipe)
+    weights = _from_openseer(model, preprocess, read_sharded_tensors(path, "model"), None, source, recipe)
     return replace(weights, notes=[f"read the sharded checkpoint {path.name}"])
 
 
@@ -192,9 +214,10 @@ def write_classifier(
     *,
     model_state: dict[str, torch.Tensor],
     classes: list[str],
-    resize: str,
     head_bn: bool,
-    pretrain_config: PretrainConfig,
+    model: ModelConfig,
+    preprocess: Preprocess,
+    recipe: dict[str, Any] | None,
     protocol: str,
     source: str,
     extra: dict[str, Any] | None = None,
@@ -202,14 +225,16 @@ def write_classifier(
 ) -> Path:
     """A classifier checkpoint, ``folder/ckpt-<step>.pt``: an ordinary openseer checkpoint (atomic, checksummed)
     whose ``model`` holds ``backbone.*`` and ``head.*`` ((BatchNorm1d or Identity, Linear)), with the class names,
-    the resize mode and the pretraining config; ``extra`` carries training state (optimiser, step...)."""
+    the description of the network (``description``: its ``model`` config and the ``preprocess`` the head was
+    trained with) and the pretraining ``recipe`` it came from (None for imported weights); ``extra`` carries
+    training state (optimiser, step...)."""
     state = {
         "kind": CLASSIFIER_KIND,
         "protocol": protocol,
         "classes": list(classes),
-        "resize": resize,
         "head_bn": head_bn,
-        "pretrain_config": to_dict(pretrain_config),
+        "description": description_dict(model, preprocess),
+        "recipe": recipe,
         "source": source,
         "model": model_state,
         **(extra or {}),
@@ -234,7 +259,12 @@ def fold_batchnorm(head: dict[str, torch.Tensor], eps: float = 1e-5) -> dict[str
 
 def _classifier_checkpoint(state: dict[str, Any], source: str) -> Weights:
     """A checkpoint of ``openseer linear`` / ``openseer finetune``: backbone, (BN, Linear) head, class names."""
-    config = from_dict(PretrainConfig, state["pretrain_config"])
+    if "description" in state:
+        model, preprocess = read_description(state["description"], source)
+        recipe = state.get("recipe")
+    else:  # written before the description was stored: the pretraining config and the resize mode
+        recipe = state["pretrain_config"]
+        model, preprocess = describe_recipe(recipe, state.get("resize", "center_crop"))
     parts, other = _split_parts(dict(state["model"]))
     head = parts.pop("head", {})
     if other or "backbone" not in parts or "1.weight" not in head:
@@ -243,9 +273,9 @@ def _classifier_checkpoint(state: dict[str, Any], source: str) -> Weights:
         )
     flat = {f"backbone.{k}": v for k, v in parts["backbone"].items()}
     flat |= {f"classifier.{k}": v for k, v in fold_batchnorm(head).items()}
-    weights = _from_openseer(config, flat, list(state["classes"]), source)
+    weights = _from_openseer(model, preprocess, flat, list(state["classes"]), source, recipe)
     notes = ["folded the classifier's BatchNorm into its Linear layer"] if "0.running_mean" in head else []
-    return replace(weights, notes=notes, resize=state.get("resize", "center_crop"))
+    return replace(weights, notes=notes)
 
 
 def load_weights(
@@ -277,11 +307,7 @@ def load_weights(
     if path.suffix == ".safetensors":
         flat, metadata = _read_safetensors(path)
         if _MAGIC in metadata and fmt in ("auto", "openseer"):
-            config = from_dict(PretrainConfig, json.loads(metadata["config"]))
-            names = json.loads(metadata["classes"]) if "classes" in metadata else None
-            weights = _from_openseer(config, flat, names, source)
-            resize = metadata.get("resize", "center_crop")
-            return replace(weights, notes=json.loads(metadata.get("notes", "[]")), resize=resize)
+            return _from_safetensors(flat, metadata, source)
         state: Any = flat
     else:
         state = read_torch_file(path)

@@ -39,7 +39,7 @@ def in_memory(folder: Path, per_class: int) -> EvalData:
 def test_step_budget_is_honoured_whatever_the_subset_size(tiny_run) -> None:
     run, folder = tiny_run
     weights = load_weights(run)
-    model, pcfg = weights.build_backbone(), weights.config
+    model = weights.build_backbone()
     recipe = RecipeConfig(steps=7, batch_size=8, lr_factors=[1.0], log_points=3)
     count = [0]
     handle = register_optimizer_step_post_hook(lambda *_: count.__setitem__(0, count[0] + 1))
@@ -48,7 +48,7 @@ def test_step_budget_is_honoured_whatever_the_subset_size(tiny_run) -> None:
             data = in_memory(folder, per_class)
             count[0] = 0
             stats = train_classifier(
-                new_classifier(copy.deepcopy(model), pcfg, data), data, recipe, workers=0
+                new_classifier(copy.deepcopy(model), weights, data), data, recipe, workers=0
             )
             assert count[0] == 7 and stats["steps"] == 7, per_class
             # logged every ceil(7 / 3) = 3 steps and at the end; loss and batch accuracy means in between
@@ -75,7 +75,7 @@ def test_fit_classifier_chooses_on_validation_then_refits_or_keeps(
     lr 0.1 the best; with refit a last run trains at 0.1 on everything, without it the 0.1 run is kept."""
     run, folder = tiny_run
     weights = load_weights(run)
-    model, pcfg = weights.build_backbone(), weights.config
+    model = weights.build_backbone()
     data = in_memory(folder, 5)  # 15 images: 20% of each class = 1 per class held out
     calls, made = [], []
 
@@ -85,7 +85,7 @@ def test_fit_classifier_chooses_on_validation_then_refits_or_keeps(
         return {"steps": 3, "lr": lr, "batch_size": 8, "history": [{"step": 3, "loss": lr}], "notes": {}}
 
     def make():
-        made.append(new_classifier(copy.deepcopy(model), pcfg, data))
+        made.append(new_classifier(copy.deepcopy(model), weights, data))
         return made[-1]
 
     monkeypatch.setattr(finetune, "train_classifier", fake_train)
@@ -114,8 +114,8 @@ def test_in_memory_finetune_learns_and_is_exactly_resumable(tiny_run, tmp_path: 
 
     def fresh():
         weights = load_weights(run)
-        model, pcfg = weights.build_backbone(), weights.config
-        return new_classifier(model, pcfg, data, seed=0)
+        model = weights.build_backbone()
+        return new_classifier(model, weights, data, seed=0)
 
     clf = fresh()
     stats = train_classifier(clf, data, recipe, ckpt_dir=tmp_path / "a", workers=0, keep=5)
@@ -181,10 +181,10 @@ def test_supervised_from_scratch_writes_its_own_result(fresh_run, tmp_path) -> N
 def test_evaluating_a_classifier_on_unknown_classes_is_refused(tiny_run) -> None:
     run, folder = tiny_run
     weights = load_weights(run)
-    model, pcfg = weights.build_backbone(), weights.config
+    model = weights.build_backbone()
     data = load_data(str(folder))
     two = data.subset(torch.nonzero(data.targets < 2).flatten())
     two.classes = ["class0", "class1"]
-    clf = new_classifier(model, pcfg, two)
+    clf = new_classifier(model, weights, two)
     with pytest.raises(DataError, match="does not know: class2"):
         evaluate_classifier(clf, data, workers=0)

@@ -21,7 +21,8 @@ from openseer.models import build_backbone, build_model
 from openseer.train.config import PretrainConfig
 from openseer.train.sharded_checkpoint import save_sharded
 from openseer.weights import Weights, load_weights
-from openseer.weights.core import make_config
+from openseer.weights.core import imported_model
+from openseer.weights.description import IMPORTED_PREPROCESS
 
 # ONNX export and its check are the optional `export` extra (installed with `test`); only the tests of that format
 # skip without it, and say which package is missing
@@ -196,7 +197,9 @@ def test_every_format_the_command_offers_writes_a_file_its_own_reader_loads(
     weights = load_weights(run["folder"])
     if fmt == "torchvision":  # torchvision has no RegNetY-200MF (the preset's trunk): its smallest, 400MF
         weights = Weights(
-            make_config("regnety_400mf", "imagenet", None), build_backbone("regnety_400mf").state_dict()
+            imported_model("regnety_400mf", "imagenet", None),
+            IMPORTED_PREPROCESS,
+            build_backbone("regnety_400mf").state_dict(),
         )
     (path, *_) = export(weights, tmp_path / f"backbone.{fmt}", fmt)
     assert READERS[fmt](path) > 0

@@ -16,6 +16,7 @@ from openseer.cli import main as cli_main
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.regnet import REGNETY
 from openseer.weights import load_weights
+from openseer.weights.description import IMPORTED_PREPROCESS
 from openseer.weights.timm_weights import to_timm
 
 
@@ -39,7 +40,8 @@ def test_timm_regnety_320_imports_with_identical_weights_and_same_features(regne
         cli_main(["import-weights", str(folder / "model.safetensors"), str(folder / "seer.safetensors")]) == 0
     )
     weights = load_weights(folder / "seer.safetensors")
-    assert weights.config.model.arch == "regnety_32gf" and weights.head is None and weights.classifier is None
+    assert weights.model.arch == "regnety_32gf" and weights.head is None and weights.classifier is None
+    assert weights.preprocess == IMPORTED_PREPROCESS and weights.recipe is None
     original = regnety_320["model"].state_dict()
     assert weights.backbone.keys() == original.keys()
     assert all(torch.equal(weights.backbone[k], v) for k, v in original.items())
@@ -64,7 +66,7 @@ def test_timm_classifier_becomes_openseer_classifier(tmp_path: Path) -> None:
     model = randomize_batchnorm(timm.create_model("regnety_002", pretrained=False, num_classes=4), seed=2)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     weights = load_weights(tmp_path / "pytorch_model.bin", classes=["a", "b", "c", "d"])
-    assert weights.config.model.arch == "regnety_200mf" and weights.classes == ["a", "b", "c", "d"]
+    assert weights.model.arch == "regnety_200mf" and weights.classes == ["a", "b", "c", "d"]
     pretrained = PretrainedModel(weights)
     x = torch.rand(2, 3, 40, 40)
     top = pretrained.predict(x, topk=4)
@@ -82,7 +84,7 @@ def test_timm_training_checkpoint_and_resnet(tmp_path: Path) -> None:
     model = randomize_batchnorm(timm.create_model("resnet18", pretrained=False, num_classes=0), seed=3)
     torch.save({"epoch": 3, "arch": "resnet18", "state_dict": model.state_dict()}, tmp_path / "last.pth.tar")
     weights = load_weights(tmp_path / "last.pth.tar", fmt="timm")
-    assert weights.config.model.arch == "resnet18"
+    assert weights.model.arch == "resnet18"
     x = random_inputs(2)
     with torch.no_grad():
         assert_same_features(weights.build_backbone()(x), model(x))

@@ -18,7 +18,8 @@ from openseer.interop.export import export
 from openseer.interop.torchvision_export import DIFFERENT_WIDTHS, TORCHVISION_REGNETS, to_torchvision
 from openseer.models import build_backbone
 from openseer.weights import Weights, load_weights
-from openseer.weights.core import expected_shapes, make_config
+from openseer.weights.core import expected_shapes, imported_model
+from openseer.weights.description import IMPORTED_PREPROCESS
 
 
 def _torchvision_on_meta(name: str, num_classes: int = 1000) -> torch.nn.Module:
@@ -52,7 +53,7 @@ def test_every_size_maps_key_for_key_and_shape_for_shape(arch: str) -> None:
 @pytest.mark.parametrize("arch", sorted(DIFFERENT_WIDTHS))
 def test_sizes_torchvision_builds_wider_are_refused(arch: str, tmp_path: Path) -> None:
     assert _mismatches(arch, DIFFERENT_WIDTHS[arch])  # the reason they are not offered
-    weights = Weights(make_config(arch, "imagenet", None), {})
+    weights = Weights(imported_model(arch, "imagenet", None), IMPORTED_PREPROCESS, {})
     with pytest.raises(ConfigError, match=f"has other stage widths than {arch}"):
         export(weights, tmp_path / "x.pth", "torchvision")
 
@@ -67,7 +68,8 @@ def trunk_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
     trunk = randomize_batchnorm(build_backbone("regnety_400mf"), seed=3)
     classifier = {"weight": torch.randn(3, trunk.num_features), "bias": torch.randn(3)}
     weights = Weights(
-        make_config("regnety_400mf", "imagenet", None),
+        imported_model("regnety_400mf", "imagenet", None),
+        IMPORTED_PREPROCESS,
         trunk.state_dict(),
         classifier=classifier,
         classes=["a", "b", "c"],
@@ -106,7 +108,9 @@ def test_with_head_the_classifier_is_fc(trunk_file: tuple[Path, torch.nn.Module]
 
 def test_sizes_torchvision_lacks_are_refused(tmp_path: Path) -> None:
     weights = Weights(
-        make_config("regnety_200mf", "small", None), build_backbone("regnety_200mf", "small").state_dict()
+        imported_model("regnety_200mf", "small", None),
+        IMPORTED_PREPROCESS,
+        build_backbone("regnety_200mf", "small").state_dict(),
     )
     with pytest.raises(
         ConfigError, match="torchvision has no regnety_200mf; its RegNetY sizes are regnety_400mf"

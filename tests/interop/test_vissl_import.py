@@ -21,6 +21,7 @@ from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.backbone import build_backbone
 from openseer.models.head import SwAVHead
 from openseer.weights import load_weights
+from openseer.weights.description import IMPORTED_PREPROCESS
 from openseer.weights.vissl import to_vissl_checkpoint
 
 # ---------------------------------------------------------------- RegNetY-32GF, the acceptance check
@@ -52,8 +53,9 @@ def test_seer32gf_vissl_checkpoint_imports_with_identical_weights_and_same_featu
     assert (seer32["folder"] / "seer32.yaml").read_text().count("arch: regnety_32gf") == 1
 
     weights = load_weights(dst)
-    assert weights.config.model.arch == "regnety_32gf"
-    assert (weights.config.model.head_hidden, weights.config.model.out_dim) == ([256], 32)
+    assert weights.model.arch == "regnety_32gf"
+    assert (weights.model.head_hidden, weights.model.out_dim) == ([256], 32)
+    assert weights.preprocess == IMPORTED_PREPROCESS and weights.recipe is None  # no run's recipe
     original = seer32["backbone"].state_dict()
     assert weights.backbone.keys() == original.keys()
     assert all(torch.equal(weights.backbone[k], v) for k, v in original.items())
@@ -193,7 +195,7 @@ def test_regnet_fsdp_layout_with_block_groups(small: dict, tmp_path: Path) -> No
         in ckpt["classy_state_dict"]["base_model"]["model"]["trunk"]
     )
     weights = _roundtrip(ckpt, tmp_path)
-    assert weights.head is None and weights.config.model.arch == "regnety_200mf"
+    assert weights.head is None and weights.model.arch == "regnety_200mf"
     _same_backbone(weights, small["backbone"])
 
 
@@ -275,7 +277,7 @@ def test_vissl_resnet_trunk_keeps_torchvision_names(tmp_path: Path) -> None:
         "_feature_blocks.layer1.0.conv1.weight" in ckpt["classy_state_dict"]["base_model"]["model"]["trunk"]
     )
     weights = _roundtrip(ckpt, tmp_path)
-    assert weights.config.model.arch == "resnet18"
+    assert weights.model.arch == "resnet18"
     _same_backbone(weights, backbone)
 
 

@@ -171,6 +171,7 @@ def tiny_classifier(
 ):  # noqa: ANN201 - openseer.eval.classifier.Classifier, imported lazily
     """A classifier of 16-px images (RegNetY-200MF, small stem, :func:`tiny_classifier_config`) drawn with
     ``seed``, its head's weights spread (std 0.5) so that the classes get distinct probabilities; eval mode."""
+    from openseer.config import to_dict
     from openseer.eval.classifier import Classifier, build_head
     from openseer.models import build_backbone
 
@@ -179,7 +180,8 @@ def tiny_classifier(
         backbone = build_backbone("regnety_200mf", stem="small")
         head = build_head(backbone.num_features, len(classes), bn=head_bn)
         nn.init.normal_(head[1].weight, std=0.5)
-    return Classifier(backbone, head, list(classes), tiny_classifier_config(), resize).eval()
+    cfg = tiny_classifier_config()
+    return Classifier(backbone, head, list(classes), cfg.model, cfg.preprocess(resize), to_dict(cfg)).eval()
 
 
 def randomize_batchnorm(module: nn.Module, seed: int) -> nn.Module:

@@ -81,16 +81,22 @@ def make_shapes_coco(root: Path, images: int = 6, size: int = 64, seed: int = 0,
 
 def random_weights_file(path: Path, config: PretrainConfig | None = None, seed: int = 0) -> Path:
     """A weights file (what ``openseer export format=safetensors`` writes) of the trunk of ``config`` (default: a
-    RegNetY-200MF with the small stem) at random initialisation drawn with ``seed``, its BatchNorm statistics
-    randomised so that layouts and stages tell apart."""
+    RegNetY-200MF with the small stem, 224-px inputs) at random initialisation drawn with ``seed``, its BatchNorm
+    statistics randomised so that layouts and stages tell apart."""
+    from openseer.config import to_dict
     from openseer.models import build_backbone
     from openseer.weights import Weights, save_weights
-    from openseer.weights.core import make_config
+    from openseer.weights.core import imported_model
+    from openseer.weights.description import IMPORTED_PREPROCESS
     from support import randomize_batchnorm
 
-    config = config or make_config("regnety_200mf", "small", None)
-    m = config.model
+    if config is None:
+        m, preprocess, recipe = imported_model("regnety_200mf", "small", None), IMPORTED_PREPROCESS, None
+    else:
+        m, preprocess, recipe = config.model, config.preprocess(), to_dict(config)
     torch.manual_seed(seed)
     backbone = randomize_batchnorm(build_backbone(m.arch, m.stem, output_stride=m.output_stride), seed)
-    (file, _) = save_weights(Weights(config, backbone.state_dict(), source="random"), path)
+    (file, _) = save_weights(
+        Weights(m, preprocess, backbone.state_dict(), source="random", recipe=recipe), path
+    )
     return file
