@@ -37,6 +37,20 @@ class ConfigError(ValueError):
     """A configuration problem, phrased for the user."""
 
 
+Auto = Literal["auto"]
+"""A value sized from the data when pretraining starts (``openseer.train.sizing``): ``optim.batch_size: auto``."""
+
+
+def resolved(value: T, key: str) -> T:
+    """``value``, or a ConfigError naming ``key`` while it is still 'auto' (only pretraining sizes it)."""
+    if value == "auto":
+        raise ConfigError(
+            f"config key '{key}' is 'auto': pretraining sizes it from the data when it starts "
+            "(openseer.train.sizing); give a number to use it elsewhere"
+        )
+    return value
+
+
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
