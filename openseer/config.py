@@ -280,7 +280,7 @@ def preset_names() -> list[str]:
 def read_yaml(name_or_path: str | Path) -> dict:
     """A YAML file by path, or a shipped preset by name (``cpu``, ``swav-rn50``...)."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named like a preset is no config
         if not path.exists():
             raise ConfigError(f"config file does not exist: {path}")
         text = path.read_text()

@@ -97,6 +97,8 @@ def pretraining_data(split: Split, cfg: DataConfig, progress: bool = False) -> P
     data = PretrainData(description=f"{split.source}: {len(train) + n_test} images")
     if train.images is None and cfg.cache_size is not None:
         paths = list(train.paths or []) + (list(test.paths or []) if test is not None else [])
+        # absolute, as the evaluation lists them from the run's holdout.json: one cache entry for both
+        paths = [Path(p).absolute() for p in paths]
         images, kept, data.skipped = cached_decode(
             paths,
             cfg.cache_size,

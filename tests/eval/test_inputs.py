@@ -20,8 +20,7 @@ from support.photos import (
 import openseer
 from openseer.config import to_dict
 from openseer.data import folders
-from openseer.data.images import load_rgb
-from openseer.data.images import SkipLog
+from openseer.data.images import SkipLog, load_rgb
 from openseer.data.labelled import EvalData
 from openseer.data.preprocess import Preprocess
 from openseer.eval.embed import Embedder, FeatureConfig

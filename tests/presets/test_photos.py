@@ -59,3 +59,11 @@ def test_the_photos_preset_sizes_itself_for_a_folder_of_245_photos(
     resumed = _sized_lines(caplog)
     assert all("as this run sized it when it started" in line for line in resumed.values())
     assert [resumed[key].split(":")[0] for key in SIZED] == [f"{k}={v}" for k, v in SIZED.items()]
+
+
+def test_a_folder_of_one_photo_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = photo_folder(tmp_path / "one", 1, broken=1)
+    argv = ["pretrain", "--config", "photos", f"data.source={folder}", f"run.out_dir={tmp_path / 'run'}"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1 training image: pretraining needs at least 2 per process (1 process) to make a batch" in err
