@@ -1,6 +1,7 @@
 """SwAV pretraining, top to bottom (Caron et al. 2020; SEER, Goyal et al. 2021).
 
-:func:`setup` builds the run: data -> model and its fast paths -> optimiser, loss and queue -> resume -> schedule.
+:func:`setup` builds the run: data (and the config's ``auto`` values sized for it, :mod:`openseer.train.sizing`)
+-> model and its fast paths -> optimiser, loss and queue -> resume -> schedule.
 :func:`train` is the loop: one :func:`~openseer.train.step.train_step` per batch (multi-crop forward, codes with
 the queue, swapped prediction, backward, prototype freezing, non-finite check, optimiser step), then logging and
 checkpoints, then the final checkpoint. Scoring the features is the caller's (``openseer.eval.pretraining``).
@@ -171,7 +172,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
 
 
 def setup(cfg: PretrainConfig, resume: bool = False) -> Run:
-    """The run as main_swav.py builds it: data, model, optimiser and loss with its queue, resume, schedule."""
+    """The run as main_swav.py builds it: data, model, optimiser and loss with its queue, resume, schedule. The
+    run's config (``Run.cfg``, RUN/config.yaml, the checkpoints) is ``cfg`` with its ``auto`` values sized for
+    the data."""
     device = distributed.resolve_device(cfg.run.device)
     distributed.init_from_env(device, cfg.run.dist_timeout_s)
     if cfg.run.threads:
