@@ -37,6 +37,20 @@ class ConfigError(ValueError):
     """A configuration problem, phrased for the user."""
 
 
+Auto = Literal["auto"]
+"""A value sized from the data when pretraining starts (``openseer.train.sizing``): ``optim.batch_size: auto``."""
+
+
+def resolved(value: T, key: str) -> T:
+    """``value``, or a ConfigError naming ``key`` while it is still 'auto' (only pretraining sizes it)."""
+    if value == "auto":
+        raise ConfigError(
+            f"config key '{key}' is 'auto': pretraining sizes it from the data when it starts "
+            "(openseer.train.sizing); give a number to use it elsewhere"
+        )
+    return value
+
+
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
@@ -266,7 +280,7 @@ def preset_names() -> list[str]:
 def read_yaml(name_or_path: str | Path) -> dict:
     """A YAML file by path, or a shipped preset by name (``cpu``, ``swav-rn50``...)."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named like a preset is no config
         if not path.exists():
             raise ConfigError(f"config file does not exist: {path}")
         text = path.read_text()

@@ -35,6 +35,12 @@ def test_preset_names():
     assert {"cpu", "swav-rn50", "seer-rg256gf"} <= set(preset_names())
 
 
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()  # a user's photos, in the folder the command runs from
+    monkeypatch.chdir(tmp_path)
+    assert load_config(PretrainConfig, ["photos"]).optim.batch_size == "auto"
+
+
 def test_seer_preset():
     cfg = load_config(PretrainConfig, ["seer-rg256gf"])
     m, s, o = cfg.model, cfg.swav, cfg.optim

@@ -104,12 +104,18 @@ def _resolve_listed(entry: str, list_file: Path) -> Path:
 
 
 def load_or_skip(
-    path: Path, index: int, transform: Transform | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: Path,
+    index: int,
+    transform: Transform | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
 ) -> Any:
     """``transform(image)`` (the RGB image when there is no transform) of one file, or a :class:`Skipped`
-    record (path, reason, ``index``) when it cannot be decoded; never raises for a bad image."""
+    record (path, reason, ``index``) when it cannot be decoded; never raises for a bad image. ``min_side``: the
+    shorter side the transform needs, which lets a large JPEG be decoded at reduced size
+    (:func:`openseer.data.images.load_rgb`)."""
     try:
-        img = load_rgb(path, max_pixels=max_pixels)
+        img = load_rgb(path, max_pixels=max_pixels, min_side=min_side)
     except BadImageError as err:
         return Skipped(path=err.path, reason=err.reason, index=index)
     return transform(img) if transform is not None else img
@@ -119,7 +125,8 @@ class UnlabelledImages(Dataset):
     """Images without labels, for self-supervised pretraining.
 
     ``dataset[i]`` is ``(transform(img), i)`` (``img`` when there is no transform), or a
-    :class:`Skipped` record when the file cannot be decoded; it never raises for a bad image.
+    :class:`Skipped` record when the file cannot be decoded; it never raises for a bad image. ``min_side``: the
+    shorter side the transform needs (:func:`load_or_skip`); None decodes every file whole.
     """
 
     def __init__(
@@ -127,6 +134,7 @@ class UnlabelledImages(Dataset):
         source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         transform: Transform | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_side: int | None = None,
     ) -> None:
         if isinstance(source, (str, os.PathLike)):
             self.paths: list[Path] = list_images(source)
@@ -134,12 +142,13 @@ class UnlabelledImages(Dataset):
             self.paths = [Path(p) for p in source]
         self.transform = transform
         self.max_pixels = max_pixels
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Any, int] | Skipped:
-        sample = load_or_skip(self.paths[index], index, self.transform, self.max_pixels)
+        sample = load_or_skip(self.paths[index], index, self.transform, self.max_pixels, self.min_side)
         return sample if isinstance(sample, Skipped) else (sample, index)
 
 

@@ -10,6 +10,7 @@ photo, but never below the side the caller needs.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -75,26 +76,40 @@ class Reduced(NamedTuple):
     box: tuple[float, float, float, float]
 
 
+ImageSource = str | os.PathLike[str] | bytes
+"""An image file: its path, or its bytes held in memory (a sample read from a tar shard)."""
+
+
 def load_rgb(
-    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+    source: ImageSource,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+    name: str | None = None,
 ) -> Image.Image:
-    """Decode ``path`` into a fully loaded 8-bit RGB image (size ``W x H``, mode ``"RGB"``).
+    """Decode ``source`` (a file, or a file's bytes) into a fully loaded 8-bit RGB image (size ``W x H``, mode
+    ``"RGB"``).
 
     EXIF orientation is applied, transparency is composited on white, 16-bit and float
     data are rescaled to 0..255, and animated files yield their first frame.
 
     ``min_side``: the shorter side the caller needs. A JPEG whose shorter side is at least twice that is decoded
     at 1/2, 1/4 or 1/8 of its size (the largest reduction that keeps the shorter side >= ``min_side``), far
-    less work than decoding it whole; other formats, and every file when ``None``, are decoded at full size. :func:`load_rgb_reduced` also says where the full-size picture lies in the result.
+    less work than decoding it whole; other formats, and every file when ``None``, are decoded at full size.
+    :func:`load_rgb_reduced` also says where the full-size picture lies in the result.
+
+    ``name``: what errors call the image (default: its path; ``"<bytes>"`` for bytes).
 
     Raises:
         BadImageError: for every kind of failure (never any other exception type).
     """
-    return load_rgb_reduced(path, max_pixels, min_side).image
+    return load_rgb_reduced(source, max_pixels, min_side, name).image
 
 
 def load_rgb_reduced(
-    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+    source: ImageSource,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+    name: str | None = None,
 ) -> Reduced:
     """:func:`load_rgb`, with the full-size picture's size and its box in the (maybe reduced) image.
 
@@ -102,26 +117,27 @@ def load_rgb_reduced(
     """
     if min_side is not None and min_side < 1:
         raise ValueError(f"min_side must be >= 1 or None, got {min_side}")
-    path = Path(path)
+    in_memory = isinstance(source, bytes)
+    label = name if name is not None else "<bytes>" if in_memory else str(source)
     try:
-        if path.stat().st_size == 0:
-            raise BadImageError(path, "empty file")
-        with Image.open(path) as img:
+        if (len(source) if in_memory else Path(source).stat().st_size) == 0:
+            raise BadImageError(label, "empty file")
+        with Image.open(io.BytesIO(source) if in_memory else Path(source)) as img:
             width, height = img.size
             if width <= 0 or height <= 0:
-                raise BadImageError(path, f"zero-size image ({width}x{height})")
+                raise BadImageError(label, f"zero-size image ({width}x{height})")
             if width * height > max_pixels:
-                raise BadImageError(path, f"decompression bomb: {width * height} pixels > limit")
+                raise BadImageError(label, f"decompression bomb: {width * height} pixels > limit")
             box = _draft(img, min_side)
             img.load()  # decode now so truncated data fails here, not in a transform
             stored = img.size
-            orientation = _apply_orientation(img, path)
+            orientation = _apply_orientation(img, label)
             size = (height, width) if orientation in _SWAPS_AXES else (width, height)
             return Reduced(_to_rgb(img), size, _orient_box(box, stored, orientation))
     except BadImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise arbitrary types on junk input
-        raise BadImageError(path, _reason(exc)) from exc
+        raise BadImageError(label, _reason(exc)) from exc
 
 
 def crop_source_side(size: int, min_scale: float, min_ratio: float = 3 / 4) -> int:
@@ -186,7 +202,7 @@ def _orient_box(
     return (top, left, bottom, right) if swap else (left, top, right, bottom)
 
 
-def _apply_orientation(img: Image.Image, path: Path) -> int:
+def _apply_orientation(img: Image.Image, label: str) -> int:
     """Rotate ``img`` in place per its EXIF tag; broken EXIF keeps the pixels as stored.
 
     Returns the EXIF orientation that was applied (1 when the pixels were left as stored).
@@ -197,7 +213,7 @@ def _apply_orientation(img: Image.Image, path: Path) -> int:
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
         ImageOps.exif_transpose(img, in_place=True)
     except Exception as exc:  # noqa: BLE001 - a bad metadata block should not drop the image
-        logger.debug("ignoring unreadable EXIF orientation in %s: %s", path, exc)
+        logger.debug("ignoring unreadable EXIF orientation in %s: %s", label, exc)
     return orientation if img.im is not core and orientation in _ORIENTATIONS else 1
 
 

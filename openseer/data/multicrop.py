@@ -19,6 +19,7 @@ import PIL.Image
 import torch
 from torchvision.transforms import v2
 
+from openseer.data.images import crop_source_side
 from openseer.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -128,6 +129,13 @@ class MultiCrop:
         self.crops = tuple(crops)
         self.aug = aug
         self._pipelines = [(_crop_pipeline(c, aug), c.count) for c in self.crops]
+
+    @property
+    def source_side(self) -> int:
+        """The shorter image side from which no crop is enlarged (the largest
+        :func:`~openseer.data.images.crop_source_side` of the groups): the ``min_side`` a reduced decode of an
+        image for these crops asks for."""
+        return max(crop_source_side(c.size, c.scale[0]) for c in self.crops)
 
     def __call__(self, img: PIL.Image.Image | torch.Tensor) -> list[torch.Tensor]:
         """Returns ``n_crops`` float32 tensors of shape (3, size, size), normalised with mean/std."""

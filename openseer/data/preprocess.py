@@ -59,13 +59,20 @@ class Preprocess:
     def with_resize(self, resize: Resize) -> Preprocess:
         return Preprocess(self.size, self.mean, self.std, resize, self.crop_fraction)
 
+    @property
+    def resize_side(self) -> int:
+        """The side the image's shorter side is resized to: ``size / crop_fraction`` before a centre crop, ``size``
+        for a whole-image resize (which brings the shorter side to ``size`` too). A file needs no more pixels
+        than that, which is the ``min_side`` of its reduced decode (:func:`openseer.eval.inputs.image_batches`)."""
+        return self.size if self.resize == "whole" else round(self.size / self.crop_fraction)
+
     def transform(self) -> v2.Compose:
         """PIL image, (3, H, W) or (N, 3, H, W) tensor (uint8 0..255 or float 0..1) -> normalised float32
         (3, size, size) or (N, 3, size, size)."""
         if self.resize == "whole":
             geometry = [v2.Resize((self.size, self.size), antialias=True)]
         else:
-            geometry = [v2.Resize(round(self.size / self.crop_fraction), antialias=True), v2.CenterCrop(self.size)]
+            geometry = [v2.Resize(self.resize_side, antialias=True), v2.CenterCrop(self.size)]
         return v2.Compose(
             [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), *geometry, v2.Normalize(self.mean, self.std)]
         )

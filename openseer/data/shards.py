@@ -36,7 +36,6 @@ instead would shift the steps of the rest of the epoch against the positions tha
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import random
@@ -49,21 +48,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from openseer.config import ConfigError
 from openseer.data.folders import DataError, list_images
-from openseer.data.images import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
-    BadImageError,
-    SkipLog,
-    _apply_orientation,
-    _reason,
-    _to_rgb,
-    load_rgb,
-)
+from openseer.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, BadImageError, SkipLog, load_rgb
 from openseer.data.multicrop import AugmentSpec, CropSpec, MultiCrop, collate_multicrop
 from openseer.fileio.atomic import atomic_write_text
 
@@ -278,24 +267,6 @@ def write_shards(
 # ============ the training stream ============
 
 
-def decode_rgb(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """``openseer.data.images.load_rgb`` for bytes held in memory (same checks, same conversions)."""
-    try:
-        if not data:
-            raise BadImageError(name, "empty file")
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise BadImageError(name, f"decompression bomb: {width * height} pixels > limit")
-            img.load()
-            _apply_orientation(img, Path(name))
-            return _to_rgb(img)
-    except BadImageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - decoders raise arbitrary types on junk input
-        raise BadImageError(name, _reason(exc)) from exc
-
-
 def _seed(*parts: object) -> int:
     """A 63-bit seed from any parts, identical in every process (unlike hash())."""
     return int.from_bytes(hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()) >> 1
@@ -341,7 +312,8 @@ class _WorkerStream(IterableDataset):
         try:
             if field_name is None:
                 raise BadImageError(name, "no image in sample")
-            img = decode_rgb(sample[field_name], name, self.max_pixels)
+            # decoded at the reduced size the crops allow (JPEG DCT scaling), as a file is in the loader
+            img = load_rgb(sample[field_name], self.max_pixels, self.multicrop.source_side, name=name)
         except BadImageError as err:
             return err
         with torch.random.fork_rng(devices=[]):  # per-sample crops, whichever process runs them

@@ -18,12 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from openseer.config import ConfigError
-from openseer.eval.embed import FeatureConfig, embedder_for
+from openseer.data.labelled import EvalData
+from openseer.eval.embed import Embedder, FeatureConfig
 from openseer.eval.neighbors import save_grid, thumbnails
+from openseer.eval.report import figures_html, summary_html
 from openseer.eval.split import resolve_data
 from openseer.fileio.atomic import atomic_write_text
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.head import SwAVHead
+from openseer.weights import Weights, load_weights
 
 
 @torch.no_grad()
@@ -90,15 +93,20 @@ class ClustersConfig:
             raise ConfigError("clusters and per_cluster must be >= 1, thumbnail >= 8")
 
 
-def run_clusters(cfg: ClustersConfig) -> dict:
-    """Assign, draw the grids and the HTML gallery; writes RUN/eval/clusters.json and returns it."""
-    embedder, weights = embedder_for(cfg.checkpoint, cfg.features)
+def run_clusters(cfg: ClustersConfig, weights: Weights | None = None, data: EvalData | None = None) -> dict:
+    """Assign, draw the grids and the HTML gallery; writes RUN/eval/clusters.json and returns it.
+
+    ``weights`` and ``data``: already loaded (the end of pretraining passes the run's weights and the images it
+    trained on, as the decoded-image cache holds them); by default read from ``cfg.checkpoint`` and ``cfg.data``.
+    """
+    weights = weights if weights is not None else load_weights(cfg.checkpoint)
     if weights.head is None:
         raise CheckpointError(
             f"{weights.source} holds no SwAV head: clusters needs the prototypes of a pretraining run "
             "(or of imported weights that include the head)"
         )
-    data = resolve_data(cfg.data, weights)
+    embedder = Embedder.from_weights(weights, cfg.features)
+    data = data if data is not None else resolve_data(cfg.data, weights)
     if cfg.max_images is not None and len(data) > cfg.max_images:
         pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: cfg.max_images]
         data = data.subset(pick.sort().values, f"{data.name} ({cfg.max_images} sampled)")
@@ -154,18 +162,10 @@ def write_gallery(result: dict, path: Path) -> Path:
         "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:1em;"
         "vertical-align:top}figcaption{max-width:420px}</style></head><body>",
         f"<h1>Prototype clusters of {html.escape(result['data'])}</h1>",
-        f"<p>{result['n_images']} images, {result['prototypes']} prototypes, {result['used']} used, "
-        f"{result['empty']} empty.</p>",
+        summary_html(result),
+        figures_html(result, lambda c: Path(c["png"]).relative_to(path.parent).as_posix()),
+        "</body></html>",
     ]
-    for c in result["clusters"]:
-        caption = f"#{c['rank']}: prototype {c['prototype']}, {c['size']} images"
-        if "majority_label" in c:
-            caption += f", {100 * c['majority_share']:.0f}% {html.escape(c['majority_label'])}"
-        src = html.escape(Path(c["png"]).relative_to(path.parent).as_posix())
-        parts.append(
-            f"<figure><img src='{src}' alt='cluster {c['prototype']}'><figcaption>{caption}</figcaption></figure>"
-        )
-    parts.append("</body></html>")
     path.write_text("\n".join(parts))
     return path
 

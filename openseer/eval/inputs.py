@@ -5,7 +5,9 @@ or float (0..1) tensors, one image, a list of them or an (N, 3, H, W) batch: eve
 :class:`~openseer.data.preprocess.Preprocess` transform (the one stored with the weights: resize, centre crop or
 whole-image resize, normalisation), so the same picture gives the same input as a file, a PIL image or a
 tensor. A set's images held in memory are resized whole (:meth:`EvalData.fitted`: they are already squares of
-the whole image). Files that cannot be decoded are skipped and counted, never raised.
+the whole image). A file is decoded no larger than the resize needs (a large JPEG at 1/2, 1/4 or 1/8 of its size,
+:func:`openseer.data.images.load_rgb`'s ``min_side``). Files that cannot be decoded are skipped and counted, never
+raised.
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ class _Images(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | Skipped:
         item = self.items[index]
         if isinstance(item, str | os.PathLike):
-            item = load_or_skip(Path(item).expanduser(), index, self.preprocess.image)
+            # a large JPEG decoded at reduced size, never below the side the resize brings it to
+            side = self.preprocess.resize_side
+            item = load_or_skip(Path(item).expanduser(), index, self.preprocess.image, min_side=side)
             return item if isinstance(item, Skipped) else (item, index)
         return self.preprocess.image(item), index

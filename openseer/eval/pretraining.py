@@ -6,7 +6,9 @@ labelled training part is the kNN bank and the probe's training set, the held-ou
 scored. Both networks are scored the same way (:func:`knn_on_split`): BatchNorm statistics re-estimated on
 un-augmented training images (``run.knn_bn_recalibrate``), then weighted cosine kNN (``run.knn_k``,
 ``run.knn_temperature``). The random network is the one the run started from (drawn with ``run.seed``). Results
-go to ``RUN/eval/pretraining-*.json`` (the report reads them) and are returned.
+go to ``RUN/eval/pretraining-*.json`` (the report reads them) and are returned. Labelled or not, the images
+trained on are then grouped by the run's prototypes, as ``openseer clusters RUN`` groups them
+(``RUN/eval/clusters.json`` and its grids), for the report's gallery.
 
 The network comes from the run's newest checkpoint (:func:`openseer.weights.load_weights`); the data and these
 settings from the run's own config (:func:`run_config`), which the weights do not carry.
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from openseer.config import load_config
 from openseer.data.labelled import EvalData
+from openseer.eval.clusters import ClustersConfig, run_clusters
 from openseer.eval.embed import Embedder, FeatureConfig, Features
 from openseer.eval.knn import knn_of_features
 from openseer.eval.linear import ProbeConfig, fit_linear_probe, score_head
@@ -44,6 +47,10 @@ def run_config(run_dir: str | Path) -> PretrainConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a pretraining run folder: it has no {CONFIG_FILE}")
     return load_config(PretrainConfig, [path])
+
+
+REPORT_CLUSTER_IMAGES = 2000
+"""Training images (a seeded sample of larger sets) whose prototype clusters the run's report shows."""
 
 
 def knn_on_split(
@@ -87,6 +94,10 @@ def evaluate_pretraining(
                 "held-out kNN top-1: %.4f after pretraining, %.4f at random initialisation; linear probe %.4f",
                 out["knn_top1"], out["knn_top1_random"], out["linear_top1"],
             )  # fmt: skip
+        # what the prototypes make of the images trained on, labelled or not: the report's cluster gallery
+        features = FeatureConfig(device=device, workers=cfg.data.workers, progress=progress, bn_recalibrate=False)
+        clusters = ClustersConfig(str(run_dir), max_images=REPORT_CLUSTER_IMAGES, features=features)
+        run_clusters(clusters, weights, data.training_set(record.source))
     out["report"] = str(build_report(run_dir))
     out["seconds"] = time.perf_counter() - started
     return out

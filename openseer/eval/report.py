@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -361,6 +362,33 @@ def _confusion_source(results: list[dict]) -> dict | None:
     return min(candidates, key=rank) if candidates else None
 
 
+def summary_html(result: dict) -> str:
+    """The clusters of ``openseer clusters`` (its clusters.json) in one paragraph: how many images over how many prototypes, how many used and empty."""
+    return (
+        f"<p>{result['n_images']} images of {html.escape(result['data'])} over {result['prototypes']} "
+        f"prototypes: {result['used']} used, {result['empty']} empty. Each image goes to the prototype that "
+        "scores it highest; each grid shows the images of one of the largest groups, most confident first.</p>"
+    )
+
+
+def figures_html(result: dict, source: Callable[[dict], str | None]) -> str:
+    """The grids of ``result`` as HTML figures with captions; ``source(entry)`` gives each grid's image
+    address (a file next to the page, or a data URI), None to leave that grid out."""
+    parts = []
+    for c in result["clusters"]:
+        src = source(c)
+        if src is None:
+            continue
+        caption = f"#{c['rank']}: prototype {c['prototype']}, {c['size']} images"
+        if "majority_label" in c:
+            caption += f", {100 * c['majority_share']:.0f}% {c['majority_label']}"
+        parts.append(
+            f"<figure><img src='{html.escape(src)}' alt='cluster {c['prototype']}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    return "".join(parts)
+
+
 def _cluster_png(run_dir: Path, entry: dict) -> str | None:
     path = Path(entry["png"])
     for candidate in (path, run_dir / "eval" / "clusters" / path.name):
@@ -437,27 +465,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             + _img(plot_confusion(conf["confusion"], conf["classes"], title), "confusion matrix")
         )
     for r in results:
-        if r["kind"] != "clusters":
-            continue
-        part = [
-            f"<h2>Clusters</h2><p>{r['n_images']} images of {html.escape(r['data'])}: {r['used']} of "
-            f"{r['prototypes']} prototypes used, {r['empty']} empty.</p>",
-            _img(plot_cluster_sizes(r["sizes"]), "cluster sizes"),
-            "<div class='gallery'>",
-        ]
-        for c in r["clusters"]:
-            uri = _cluster_png(run_dir, c)
-            if uri is None:
-                continue
-            caption = f"prototype {c['prototype']}: {c['size']} images"
-            if "majority_label" in c:
-                caption += f", {100 * c['majority_share']:.0f}% {c['majority_label']}"
-            part.append(
-                f"<figure>{_img(uri, 'cluster ' + str(c['prototype']))}<figcaption>{html.escape(caption)}"
-                "</figcaption></figure>"
+        if r["kind"] == "clusters":  # the gallery of `openseer clusters`, its grids embedded in the page
+            sections.append(
+                "<h2>Clusters</h2><p>What the network learned to group in these images: the groups its SwAV "
+                "prototypes make of them.</p>"
+                + summary_html(r)
+                + _img(plot_cluster_sizes(r["sizes"]), "cluster sizes")
+                + f"<div class='gallery'>{figures_html(r, lambda c: _cluster_png(run_dir, c))}</div>"
             )
-        part.append("</div>")
-        sections.append("".join(part))
     if not sections:
         sections.append(
             "<p>Nothing to report yet: no metrics.jsonl, summary.json or eval/*.json in this folder.</p>"

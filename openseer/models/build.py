@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from openseer.config import resolved
 from openseer.fileio.checkpoint import CheckpointError
 from openseer.models.backbone import build_backbone, feature_dim, init_backbone_
 from openseer.models.config import ModelConfig
@@ -21,7 +22,8 @@ def build_model(cfg: ModelConfig) -> SwAVModel:
         small_map_kernels=cfg.small_map_kernels,
         output_stride=cfg.output_stride,
     )
-    head = SwAVHead(feature_dim(backbone), cfg.head_hidden, cfg.out_dim, cfg.prototypes, cfg.head_bn)
+    prototypes = resolved(cfg.prototypes, "model.prototypes")
+    head = SwAVHead(feature_dim(backbone), cfg.head_hidden, cfg.out_dim, prototypes, cfg.head_bn)
     return SwAVModel(backbone, head, cfg.crop_pass)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from openseer.config import ConfigError
+from openseer.config import Auto, ConfigError
 
 
 @dataclass
@@ -26,8 +26,10 @@ class ModelConfig:
     """BatchNorm after each hidden Linear layer of the projection MLP (SwAV: true; SEER: false)."""
     out_dim: int = 128
     """Dimension of the L2-normalised embedding z that the prototypes score (SwAV: 128; SEER: 256)."""
-    prototypes: int = 3000
-    """Number K of prototypes, unit vectors of out_dim (SwAV ImageNet: 3000; SEER: 16000)."""
+    prototypes: int | Auto = 3000
+    """Number K of prototypes, unit vectors of out_dim (SwAV ImageNet: 3000; SEER: 16000). 'auto': sized
+    from the data when pretraining starts, about one per 400 training images within 30..3000, fewer where the
+    rows of a code computation (batch and queue) are too few for them (openseer.train.sizing)."""
     crop_pass: Literal["by_size", "padded"] = "by_size"
     """How the crops of a step go through the trunk. 'by_size': one pass per crop size (swav, and VISSL's default
     collator). 'padded': one pass over all of them, the smaller crops zero-padded (bottom and right) to the largest
@@ -66,7 +68,7 @@ class ModelConfig:
                     f"config key 'model.output_stride': got {self.output_stride}, expected one of "
                     f"{', '.join(map(str, allowed))} with model.stem={self.stem!r}"
                 )
-        if self.prototypes < 2:
-            raise ConfigError(f"config key 'model.prototypes': got {self.prototypes}, expected >= 2")
+        if self.prototypes != "auto" and self.prototypes < 2:
+            raise ConfigError(f"config key 'model.prototypes': got {self.prototypes}, expected >= 2 or auto")
         if self.out_dim < 1 or any(h < 1 for h in self.head_hidden):
             raise ConfigError("config keys 'model.out_dim' and 'model.head_hidden' must be positive")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from openseer.config import ConfigError, to_dict
+from openseer.config import Auto, ConfigError, resolved, to_dict
 from openseer.data.images import DEFAULT_MAX_PIXELS
 from openseer.data.multicrop import AugmentSpec, CropSpec
 from openseer.data.preprocess import Preprocess, Resize
@@ -59,11 +59,15 @@ class SwAVConfig:
     crops_for_assign: list[int] = field(default_factory=lambda: [0, 1])
     """Indices of the crops whose codes are computed (counted over all crops, in the order of `crops`); every
     crop predicts the codes of each of them but its own."""
-    queue_length: int = 3840
-    """Embeddings kept per assignment crop across the global batch (0: no queue); split across processes."""
-    queue_start_epoch: float = 15.0
+    queue_length: int | Auto = 3840
+    """Embeddings kept per assignment crop across the global batch (0: no queue); split across processes.
+    'auto': a queue only where the global batch is too few rows for the prototypes: the fewest whole global
+    batches that give as many rows per prototype as swav's small-batch recipe (256 + 3,840 rows for 3,000
+    prototypes; SwAV Sec. 4.3), never more rows than images (openseer.train.sizing)."""
+    queue_start_epoch: float | Auto = 15.0
     """Epoch from which the batches' embeddings enter the queue; once it is full, the scores of its embeddings
-    join each code computation. Ignored without a queue (swav.queue_length 0)."""
+    join each code computation. Ignored without a queue (swav.queue_length 0). 'auto': at the share of the
+    planned run where swav's small-batch recipe starts it (epoch 15 of 200)."""
     freeze_prototypes_iters: int = 313
     """Steps at the start of the run during which the prototypes get no gradient (SwAV: 313)."""
 
@@ -74,8 +78,9 @@ class SwAVConfig:
         """
         if batch_size < 1 or world_size < 1:
             raise ValueError("batch_size and world_size must be >= 1")
+        length = int(resolved(self.queue_length, "swav.queue_length"))
         global_batch = batch_size * world_size
-        return (self.queue_length - self.queue_length % global_batch) // world_size
+        return (length - length % global_batch) // world_size
 
     def validate(self) -> None:
         if self.temperature <= 0 or self.epsilon <= 0:
@@ -88,6 +93,12 @@ class SwAVConfig:
             raise ConfigError(f"config key 'swav.sinkhorn_iters': got {self.sinkhorn_iters}, expected >= 1")
         if not self.crops_for_assign:
             raise ConfigError("config key 'swav.crops_for_assign' must name at least one crop")
+        if self.queue_length != "auto" and self.queue_length < 0:
+            raise ConfigError(f"config key 'swav.queue_length': got {self.queue_length}, expected >= 0 or auto")
+        if self.queue_start_epoch != "auto" and self.queue_start_epoch < 0:
+            raise ConfigError(
+                f"config key 'swav.queue_start_epoch': got {self.queue_start_epoch}, expected >= 0 or auto"
+            )
 
 
 @dataclass
@@ -95,12 +106,18 @@ class OptimConfig:
     name: Literal["lars", "sgd"] = "lars"
     """'lars' (SwAV, SEER: SGD with momentum whose step is scaled per tensor by optim.trust_coefficient) or plain
     'sgd' with momentum."""
-    batch_size: int = 64
-    """Images per process; the global batch is batch_size x world size."""
-    epochs: float = 400.0
+    batch_size: int | Auto = 64
+    """Images per process; the global batch is batch_size x world size. 'auto': sized from the number of
+    training images, at most optim.max_batch_size, small enough for 8 full global batches an epoch and at least
+    2 (openseer.train.sizing)."""
+    max_batch_size: int = 256
+    """The largest batch per process that optim.batch_size 'auto' picks (what the device's memory and speed
+    suit); unused when optim.batch_size is a number."""
+    epochs: float | Auto = 400.0
     """Length of the run in passes over the training images, which the cosine schedule spans. With
     run.budget_minutes the run lasts the budget instead; the epochs then only set the share of the warm-up given
-    by optim.warmup_epochs or optim.warmup_steps."""
+    by optim.warmup_epochs or optim.warmup_steps. 'auto': the passes that make 2,000 steps, at least one
+    (openseer.train.sizing)."""
     base_lr: float = 0.3
     """Peak learning rate for a global batch of 256; scaled linearly with the global batch."""
     final_lr: float = 0.0003
@@ -135,18 +152,20 @@ class OptimConfig:
     def lr_scale(self, world_size: int) -> float:
         """What the learning rates (given for a global batch of 256) are multiplied by: the global batch over 256
         (swav's linear scaling)."""
-        return self.batch_size * world_size / 256
+        return int(resolved(self.batch_size, "optim.batch_size")) * world_size / 256
 
     def planned_steps(self, steps_per_epoch: int) -> int:
         """The optimiser steps of the run these settings describe: ``epochs`` of ``steps_per_epoch``, at least
         one (what the schedule, its warm-up and the reference tables count in)."""
-        return max(1, round(self.epochs * steps_per_epoch))
+        return max(1, round(float(resolved(self.epochs, "optim.epochs")) * steps_per_epoch))
 
     def validate(self) -> None:
-        if self.batch_size < 2:
-            raise ConfigError(f"config key 'optim.batch_size': got {self.batch_size}, expected >= 2")
-        if self.epochs <= 0:
-            raise ConfigError(f"config key 'optim.epochs': got {self.epochs}, expected > 0")
+        if self.batch_size != "auto" and self.batch_size < 2:
+            raise ConfigError(f"config key 'optim.batch_size': got {self.batch_size}, expected >= 2 or auto")
+        if self.max_batch_size < 2:
+            raise ConfigError(f"config key 'optim.max_batch_size': got {self.max_batch_size}, expected >= 2")
+        if self.epochs != "auto" and self.epochs <= 0:
+            raise ConfigError(f"config key 'optim.epochs': got {self.epochs}, expected > 0 or auto")
         if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
             raise ConfigError(
                 f"config key 'optim.warmup_fraction': got {self.warmup_fraction}, expected a fraction in [0, 1)"
@@ -202,7 +221,8 @@ class RunConfig:
     """Mirror the metrics to TensorBoard event files in run.out_dir/tensorboard."""
     evaluate: bool = True
     """After training, score the features once on the held-out labelled split (kNN at random initialisation
-    and after pretraining, a linear probe) and write RUN/report.html (openseer.eval.pretraining)."""
+    and after pretraining, a linear probe), group the images trained on by the prototypes as openseer clusters
+    does (labelled or not), and write RUN/report.html with both (openseer.eval.pretraining)."""
     knn_bn_recalibrate: bool = True
     """Re-estimate BatchNorm statistics on un-augmented training images before kNN (both at random init and
     after pretraining), so that neither is scored with statistics of another input distribution."""

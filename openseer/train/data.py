@@ -52,6 +52,15 @@ class PretrainData:
     description: str = ""
     skipped: SkipLog = field(default_factory=SkipLog)
 
+    def training_set(self, name: str) -> EvalData:
+        """The images trained on as a set to embed: the labelled bank, or the unlabelled images (rows of the
+        decoded-image cache, or files) called ``name``. Not for tar shards, which are streamed."""
+        if self.train_shards is not None:
+            raise ValueError("images streamed from tar shards are not held as a set")
+        if self.bank is not None:
+            return self.bank
+        return EvalData(name, images=self.train_images, paths=self.train_paths)
+
     def __len__(self) -> int:
         if self.train_shards is not None:
             return len(self.train_shards)
@@ -88,6 +97,8 @@ def pretraining_data(split: Split, cfg: DataConfig, progress: bool = False) -> P
     data = PretrainData(description=f"{split.source}: {len(train) + n_test} images")
     if train.images is None and cfg.cache_size is not None:
         paths = list(train.paths or []) + (list(test.paths or []) if test is not None else [])
+        # absolute, as the evaluation lists them from the run's holdout.json: one cache entry for both
+        paths = [Path(p).absolute() for p in paths]
         images, kept, data.skipped = cached_decode(
             paths,
             cfg.cache_size,
@@ -308,9 +319,11 @@ class LoaderBatches:
         channels_last: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self.dataset = _SeededMultiCrop(
-            UnlabelledImages(list(paths), max_pixels=max_pixels), MultiCrop(crops, aug), seed
-        )
+        multicrop = MultiCrop(crops, aug)
+        # each photo decoded at the reduced size its crops allow (JPEG DCT scaling): never below the side from
+        # which the smallest random-resized crop would have to be enlarged
+        images = UnlabelledImages(list(paths), max_pixels=max_pixels, min_side=multicrop.source_side)
+        self.dataset = _SeededMultiCrop(images, multicrop, seed)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.workers, self.device, self.channels_last = workers, torch.device(device), channels_last
         self.steps_per_epoch = full_global_batches(len(paths), batch_size, world_size)

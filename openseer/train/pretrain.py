@@ -1,6 +1,7 @@
 """SwAV pretraining, top to bottom (Caron et al. 2020; SEER, Goyal et al. 2021).
 
-:func:`setup` builds the run: data -> model and its fast paths -> optimiser, loss and queue -> resume -> schedule.
+:func:`setup` builds the run: data (and the config's ``auto`` values sized for it, :mod:`openseer.train.sizing`)
+-> model and its fast paths -> optimiser, loss and queue -> resume -> schedule.
 :func:`train` is the loop: one :func:`~openseer.train.step.train_step` per batch (multi-crop forward, codes with
 the queue, swapped prediction, backward, prototype freezing, non-finite check, optimiser step), then logging and
 checkpoints, then the final checkpoint. Scoring the features is the caller's (``openseer.eval.pretraining``).
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from openseer import distributed
-from openseer.config import dump_yaml, to_dict
+from openseer.config import ConfigError, dump_yaml, load_config, to_dict
 from openseer.data.images import SkipLog
 from openseer.data.progressive import progressive_side, resize_crops
 from openseer.data.shards import ShardBatches
@@ -35,6 +36,7 @@ from openseer.train.monitor import CollapseMonitor, MetricsWriter, ProgressBar
 from openseer.train.parallel import build_for_strategy, parallelize
 from openseer.train.queue_checkpoint import gather_queues, restore_queue
 from openseer.train.sharded_checkpoint import latest_sharded, load_sharded, save_sharded
+from openseer.train.sizing import size_run
 from openseer.train.step import StepOutput, StepParts, learning_rates, step_parts, train_step
 
 log = logging.getLogger(__name__)
@@ -171,20 +173,29 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> PretrainResult:
 
 
 def setup(cfg: PretrainConfig, resume: bool = False) -> Run:
-    """The run as main_swav.py builds it: data, model, optimiser and loss with its queue, resume, schedule."""
+    """The run as main_swav.py builds it: data, model, optimiser and loss with its queue, resume, schedule. The
+    run's config (``Run.cfg``, RUN/config.yaml, the checkpoints) is ``cfg`` with its ``auto`` values sized for
+    the data."""
     device = distributed.resolve_device(cfg.run.device)
     distributed.init_from_env(device, cfg.run.dist_timeout_s)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     out_dir = Path(cfg.run.out_dir)
+    started = _started_config(out_dir) if resume else None  # what a resumed run sized when it started
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg, out_dir / "config.yaml")
     torch.manual_seed(cfg.run.seed)
 
     # ============ data ============
     data = prepare_data(cfg.data, cfg.run.seed, cfg.run.progress and distributed.is_main(), run_dir=out_dir)
     log.info("data: %s", data.description)
+    # the 'auto' values (batch, epochs, prototypes, queue) sized for these images; the run saves the numbers
+    sized = size_run(cfg, len(data), distributed.world_size(), started)
+    cfg = sized.cfg
+    if distributed.is_main():
+        for reason in sized.reasons:
+            log.info("sized from the data: %s", reason)
+        dump_yaml(cfg, out_dir / "config.yaml")
     batches = batch_stream(cfg, data, device)
     steps_per_epoch = batches.steps_per_epoch
 
@@ -210,6 +221,19 @@ def setup(cfg: PretrainConfig, resume: bool = False) -> Run:
     schedule = make_schedule(cfg, steps_per_epoch, length, budget_s)
     saved = progress.step if restored is not None else None
     return Run(cfg, device, data, batches, model, parts, queue, fast.decision, schedule, progress, resume, saved)
+
+
+def _started_config(out_dir: Path) -> PretrainConfig | None:
+    """The config a run folder's run saved when it started (its 'auto' values sized), None when it has none
+    that reads."""
+    path = out_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return load_config(PretrainConfig, [path])
+    except ConfigError as err:
+        log.warning("--resume: ignoring %s (%s); 'auto' values are sized again", path, err)
+        return None
 
 
 def batch_stream(cfg: PretrainConfig, data: PretrainData, device: torch.device) -> BatchStream:

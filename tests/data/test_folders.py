@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from support.photos import photo_jpeg, record_decodes
 
+from openseer.data import folders
 from openseer.data.folders import (
     DataError,
     LabelledImages,
@@ -117,6 +119,15 @@ def test_unlabelled_returns_samples_and_skipped(tmp_path):
     assert pickle.loads(pickle.dumps(bad)) == bad
     sized = UnlabelledImages([tmp_path / "c.png"], transform=lambda im: im.size)
     assert sized[0] == ((4, 3), 0)
+
+
+def test_unlabelled_images_decode_a_large_jpeg_at_the_side_asked_for(tmp_path, monkeypatch):
+    photo_jpeg(tmp_path / "big.jpg", 1600, 1200)
+    calls = record_decodes(monkeypatch, folders)
+    img, _ = UnlabelledImages(tmp_path, min_side=250)[0]
+    assert img.size == (400, 300) and calls[0].min_side == 250  # 1/4: 1/8 would leave 150 < 250 px
+    whole, _ = UnlabelledImages(tmp_path)[0]
+    assert whole.size == (1600, 1200) and calls[1].min_side is None
 
 
 def test_labelled_from_folder(tmp_path):

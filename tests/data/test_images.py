@@ -247,6 +247,27 @@ def test_reduced_decode_keeps_the_checks(tmp_path):
     assert load_rgb(path, min_side=50, max_pixels=800 * 600).size == (100, 75)
 
 
+def test_bytes_decode_as_their_file_does(tmp_path):
+    """A file's bytes held in memory (a sample of a tar shard) go through the same decoder, reduced alike."""
+    path = photo_jpeg(tmp_path / "p.jpg", 1200, 900, seed=2, orientation=6)
+    data = path.read_bytes()
+    for min_side in (None, 100):
+        from_file, from_bytes = load_rgb_reduced(path, min_side=min_side), load_rgb_reduced(data, min_side=min_side)
+        assert from_file.size == from_bytes.size == (900, 1200) and from_file.box == from_bytes.box
+        np.testing.assert_array_equal(_pixels(from_file.image), _pixels(from_bytes.image))
+    reduced = load_rgb(data, min_side=100)
+    assert min(reduced.size) >= 100 and max(reduced.size) <= 1200 // 4  # through the draft
+    with pytest.raises(BadImageError) as err:
+        load_rgb(b"", name="shard-000000.tar:000000001")
+    assert (err.value.path, err.value.reason) == ("shard-000000.tar:000000001", "empty file")
+    with pytest.raises(BadImageError, match="<bytes>: not an image"):
+        load_rgb(b"not an image at all")
+    with pytest.raises(BadImageError, match="truncated file"):
+        load_rgb(data[: len(data) // 2], min_side=100)
+    with pytest.raises(BadImageError, match="decompression bomb"):
+        load_rgb(data, max_pixels=1000)
+
+
 def test_crop_source_side_keeps_every_random_resized_crop_at_its_size():
     assert crop_source_side(224, 0.14) == 692  # SwAV's global crops
     assert crop_source_side(96, 0.05) == 496  # and its local ones

@@ -129,6 +129,7 @@ def test_only_rank_0_writes_the_run_folder_each_file_once_and_whole(two_process_
     assert {"eval/pretraining-knn.json", "eval/pretraining-knn-random.json", "eval/pretraining-linear.json"} <= set(
         once
     )
+    assert {"eval/clusters.json", "eval/clusters/index.html"} <= set(once)  # the report's cluster gallery
 
     # whole: every file reads back as what the run meant to write
     assert load_config(PretrainConfig, [out / "config.yaml"]) == load_config(
@@ -139,7 +140,7 @@ def test_only_rank_0_writes_the_run_folder_each_file_once_and_whole(two_process_
     assert len(lines) == MAX_STEPS + 1 and lines[-1]["final/steps"] == MAX_STEPS  # the run's summary last
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == MAX_STEPS and summary["images_seen"] == MAX_STEPS * 4 * 2
-    for name in ("autotune.json", "skipped_images.json", *(n for n in once if n.startswith("eval/"))):
+    for name in ("autotune.json", "skipped_images.json", *(n for n in once if n.startswith("eval/") and n.endswith(".json"))):
         json.loads((out / name).read_text())
     assert (out / "report.html").read_text().rstrip().endswith("</html>")
     board = EventAccumulator(str(out / "tensorboard"))

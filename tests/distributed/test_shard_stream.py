@@ -19,9 +19,12 @@ import pytest
 import torch
 from PIL import Image
 from support import INDEX_AUGMENT, INDEX_CROPS, crop_indices
+from support.photos import photo_jpeg, record_decodes
 
+import openseer.data.shards as shard_stream
 from openseer.cli import main as cli_main
 from openseer.data.folders import DataError
+from openseer.data.multicrop import CropSpec, MultiCrop
 from openseer.data.shards import (
     ShardBatches,
     ShardList,
@@ -227,3 +230,25 @@ def test_reading_unshuffled_shards_warns(
     with caplog.at_level(logging.WARNING, logger="openseer.data.shards"):
         stream(listed, rank=1, world=2)
     assert caplog.text == ""
+
+
+def test_the_shard_stream_decodes_photos_no_larger_than_their_crops_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sample's bytes go through load_rgb itself, reduced as the loader reduces a file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        photo_jpeg(src / f"{i}.jpg", 1600, 1200, seed=i)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli_main(["shards", str(src), str(tmp_path / "out"), "max_count=2", "threads=1"]) == 0
+    crops = [CropSpec(96, 2, (0.2, 1.0))]
+    calls = record_decodes(monkeypatch, shard_stream)
+    batches = ShardBatches(
+        resolve_shards(str(tmp_path / "out")), 2, crops, INDEX_AUGMENT, seed=0, workers=0, channels_last=False
+    )
+    items = list(batches.epoch(0))
+    assert [tuple(c.shape) for c in items[0]] == [(2, 3, 96, 96)] * 2 and not batches.skipped
+    assert len(calls) == 4 and all(isinstance(c.source, bytes) for c in calls)
+    assert {c.min_side for c in calls} == {MultiCrop(crops).source_side} == {248}
+    assert {c.size for c in calls} == {(400, 300)}  # 1/4 of 1600x1200

@@ -9,10 +9,18 @@ import pytest
 import torch
 from PIL import Image
 from support import assert_same_features, randomize_batchnorm, tiny_classifier, tiny_classifier_config
+from support.photos import (
+    MEAN_TOLERANCE,
+    P99_TOLERANCE,
+    grey_level_differences,
+    photo_jpeg,
+    record_decodes,
+)
 
 import openseer
 from openseer.config import to_dict
-from openseer.data.images import SkipLog
+from openseer.data import folders
+from openseer.data.images import SkipLog, load_rgb
 from openseer.data.labelled import EvalData
 from openseer.data.preprocess import Preprocess
 from openseer.eval.embed import Embedder, FeatureConfig
@@ -145,3 +153,21 @@ def test_pil_images_of_any_mode(tmp_path: Path) -> None:
     rgb = np.asarray(Image.fromarray(_picture().permute(1, 2, 0).numpy()))
     rgba = Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]), "RGBA")
     torch.testing.assert_close(_inputs(rgba), _inputs(Image.fromarray(rgb)))
+
+
+@pytest.mark.parametrize(("resize", "side"), [("center_crop", 110), ("whole", 96)])
+def test_a_large_photo_is_decoded_no_larger_than_its_resize_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resize: str, side: int
+) -> None:
+    """A camera JPEG is decoded at reduced size (never below the side the resize brings it to) and gives the
+    input of its full decode within the reduced decode's tolerance."""
+    preprocess = Preprocess(96, resize=resize)
+    assert preprocess.resize_side == side
+    path = photo_jpeg(tmp_path / "camera.jpg", 2400, 1800, seed=4, orientation=6)
+    calls = record_decodes(monkeypatch, folders)
+    reduced = _inputs([path], preprocess)
+    assert len(calls) == 1 and calls[0].min_side == side
+    assert min(calls[0].size) >= side and max(calls[0].size) <= 2400 // 8  # through the draft, 1/8 here
+    full = _inputs([load_rgb(path)], preprocess)  # the whole photo, decoded at full size
+    mean, p99 = grey_level_differences(reduced[0], full[0], preprocess.std)
+    assert mean <= MEAN_TOLERANCE and p99 <= P99_TOLERANCE, (mean, p99)

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support import cache_env
+from support import cache_env, make_image_folder, tiny_overrides
 
 from openseer.cli import main as cli_main
+from openseer.config import load_config
 from openseer.eval.linear import ProbeConfig
 from openseer.eval.neighbors import save_grid
 from openseer.eval.pretraining import evaluate_pretraining
@@ -24,8 +25,11 @@ from openseer.eval.report import (
     not_flattened,
     read_metrics,
     run_curves,
+    summary_html,
     tail_change,
 )
+from openseer.train.config import PretrainConfig
+from openseer.train.pretrain import pretrain
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -116,6 +120,32 @@ def test_report_is_one_self_contained_page(evaluated_run: Path) -> None:
     assert "supervised from scratch, 10%, seed 1: loss still falling by" in page
     assert "seed 0: loss" not in page
     assert "http://" not in page and "https://" not in page  # nothing fetched from anywhere
+
+
+@pytest.mark.slow
+def test_the_report_of_an_unlabelled_folder_shows_what_its_prototypes_group(tmp_path: Path) -> None:
+    """Nothing to score without labels, but the end of pretraining still groups the images trained on, as
+    `openseer clusters` does, and the report shows the groups, every grid embedded."""
+    folder = make_image_folder(tmp_path / "imgs")
+    run = tmp_path / "run"
+    overrides = tiny_overrides(folder, run, data__labels="none", run__max_steps=2, run__evaluate=False)
+    pretrain(load_config(PretrainConfig, [], overrides))
+    figures = evaluate_pretraining(run, device="cpu")
+    assert set(figures) == {"report", "seconds"}  # no labels: no kNN, no probe
+    result = json.loads((run / "eval" / "clusters.json").read_text())
+    assert result["n_images"] == sum(result["sizes"]) == 36 and result["prototypes"] == 10
+    assert result["clusters"] and all("majority_label" not in c for c in result["clusters"])
+    page = (run / "report.html").read_text()
+    assert "<h2>Clusters</h2>" in page and summary_html(result) in page
+    grids = re.findall(r"<img src='(data:image/png;base64,[^']*)' alt='cluster (\d+)'", page)
+    assert [int(p) for _, p in grids] == [c["prototype"] for c in result["clusters"]]
+    assert "http://" not in page and "https://" not in page and "cluster-0" not in page  # nothing outside it
+    # the gallery of the clusters command: the same paragraph and captions, its grids as files next to it
+    gallery = (run / "eval" / "clusters" / "index.html").read_text()
+    assert summary_html(result) in gallery
+    for c in result["clusters"]:
+        caption = f"#{c['rank']}: prototype {c['prototype']}, {c['size']} images"
+        assert caption in page and caption in gallery and Path(c["png"]).name in gallery
 
 
 def test_report_reading_is_tolerant(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import openseer
 from openseer.config import load_config
 from openseer.optim.schedules import cosine_schedule, warmup_length
 from openseer.train.config import PretrainConfig
+from openseer.train.sizing import size_run
 
 PRESETS = Path(openseer.__file__).parent / "presets"
 
@@ -124,7 +125,8 @@ def _steps_per_epoch(preset: str, batch: int) -> int:
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS.glob("*.yaml")))
 def test_every_preset_warms_up_for_the_same_share_bounded_or_budgeted(preset):
-    cfg = load_config(PretrainConfig, [preset])
+    # a preset that sizes itself from the data (photos) sized for CIFAR-10's 50,000 images, as the others count
+    cfg = size_run(load_config(PretrainConfig, [preset]), 50_000).cfg
     o = cfg.optim
     spe = _steps_per_epoch(preset, o.batch_size)
     planned = o.planned_steps(spe)

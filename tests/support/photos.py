@@ -6,9 +6,13 @@ Flat colour hides every resampling difference; these pictures have what real pho
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image, ImageDraw
 
 _EXIF_ORIENTATION = 0x0112
@@ -65,3 +69,48 @@ def photo_jpeg(
         exif[_EXIF_ORIENTATION] = orientation
     synthetic_photo(width, height, seed).save(path, format="JPEG", quality=quality, exif=exif, **save)
     return path
+
+
+@dataclass
+class Decode:
+    """One call of ``load_rgb`` seen by :func:`record_decodes`: what it was given and the size it returned."""
+
+    source: object
+    min_side: int | None
+    size: tuple[int, int]
+
+
+def record_decodes(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> list[Decode]:
+    """Every ``load_rgb`` call that ``module`` makes from now on (the call goes through, unchanged), in order."""
+    real = module.load_rgb
+    calls: list[Decode] = []
+
+    def spy(source, *args, **kwargs):  # noqa: ANN001, ANN202 - load_rgb's own arguments
+        img = real(source, *args, **kwargs)
+        min_side = kwargs.get("min_side", args[1] if len(args) > 1 else None)
+        calls.append(Decode(source, min_side, img.size))
+        return img
+
+    monkeypatch.setattr(module, "load_rgb", spy)
+    return calls
+
+
+def grey_level_differences(a: torch.Tensor, b: torch.Tensor, std: tuple[float, ...]) -> tuple[float, float]:
+    """(mean, 99th percentile) of the absolute difference of two normalised inputs (..., 3, H, W), in grey levels
+    (0..255), to hold against :data:`MEAN_TOLERANCE` and :data:`P99_TOLERANCE`."""
+    scale = torch.tensor(std).view(3, 1, 1) * 255
+    error = ((a - b) * scale).abs().flatten().double()
+    return float(error.mean()), float(torch.quantile(error, 0.99))
+
+
+def photo_folder(root: Path, count: int, size: tuple[int, int] = (200, 150), broken: int = 0) -> Path:
+    """A flat folder of ``count`` :func:`synthetic_photo` JPEGs of ``size`` (landscape and portrait in turn, a
+    camera's EXIF rotation on every third) plus ``broken`` unreadable ``.jpg`` files: a phone's folder in small."""
+    root.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    for i in range(count):
+        w, h = (width, height) if i % 2 == 0 else (height, width)
+        photo_jpeg(root / f"IMG_{i:04d}.jpg", w, h, seed=i, orientation=6 if i % 3 == 0 else 1, quality=85)
+    for i in range(broken):
+        (root / f"IMG_broken_{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short by a failed transfer")
+    return root

@@ -27,7 +27,10 @@ import pytest
 import torch
 from PIL import Image
 from support import tiny_overrides
+from support.photos import photo_jpeg, record_decodes
 
+from openseer.data import folders
+from openseer.data.images import crop_source_side
 from openseer.data.multicrop import AugmentSpec, CropSpec
 from openseer.data.shards import ShardBatches, resolve_shards
 from openseer.train.data import BatchStream, LoaderBatches, TensorBatches
@@ -154,6 +157,23 @@ def _records(path: Path) -> dict[int, list[int]]:
                 continue
             steps[entry["step"]] = entry["ids"]
     return steps
+
+
+def test_the_loader_decodes_photos_no_larger_than_their_crops_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each file is decoded at the reduced size the crops allow (JPEG DCT scaling), never below the side from
+    which the smallest random-resized crop would be enlarged."""
+    paths = [photo_jpeg(tmp_path / f"{i}.jpg", 1600, 1200, seed=i) for i in range(4)]
+    crops = [CropSpec(96, 2, (0.2, 1.0)), CropSpec(32, 2, (0.05, 0.2))]
+    side = max(crop_source_side(96, 0.2), crop_source_side(32, 0.05))
+    assert side == crop_source_side(96, 0.2) == 248
+    calls = record_decodes(monkeypatch, folders)
+    loader = LoaderBatches(paths, batch_size=2, crops=crops, aug=PLAIN, seed=0, workers=0, channels_last=False)
+    first, second = loader.epoch(0)  # two batch positions of two photos
+    assert [tuple(c.shape) for c in first] == [tuple(c.shape) for c in second] == [(2, 3, 96, 96)] * 2 + [(2, 3, 32, 32)] * 2
+    assert len(calls) == 4 and {c.min_side for c in calls} == {side}
+    assert {c.size for c in calls} == {(400, 300)}  # 1/4 of 1600x1200: 1/8 would leave 150 < 248 px
 
 
 @pytest.mark.slow
