@@ -11,7 +11,8 @@ batch, and spends on it no more than the run can afford:
   more (``run.budget_minutes``, or the planned steps at the probed step time), nothing beyond the probe below
   that. The share is a hard bound: a trial or compile whose expected cost exceeds what is left of it is not
   started. Its cost comes out of a budgeted run's training time.
-* **the probe** (sub-second on the cpu preset): one untimed and up to :data:`PROBE_REPEATS` timed forward and
+* **the probe** (meant to take about a second or less; ``benchmarks/throughput.py`` prints what choosing
+  costs a run under 10 minutes, the probe alone): one untimed and up to :data:`PROBE_REPEATS` timed forward and
   backward passes on the first :data:`PROBE_IMAGES` images of each crop, in fp32 and, where the hardware has
   native bf16, in bf16, from the same weights. It runs the step's own layers on the step's own map sizes, only on
   fewer images, so the ratio of the two precisions is the step's up to how the batch size changes each kernel's
@@ -464,30 +465,31 @@ def probe(
     """Times forward and backward passes of the step (:func:`~openseer.train.step.forward_backward`, eager) on
     the first ``images`` images of each crop in each precision, from the same weights; then restores weights,
     buffers, gradients and RNG. Each precision gets an untimed first pass (oneDNN builds its kernels there),
-    then up to :data:`PROBE_REPEATS` timed ones, one once ``max_s`` seconds have passed."""
+    then up to :data:`PROBE_REPEATS` timed ones, the precisions taking turns so that a neighbour's load falls on
+    both alike; fewer once ``max_s`` seconds have passed (one at least). No optimiser step: the weights stay."""
     device = crops[0].device
     n = min(images, crops[0].shape[0])
     part = [c[:n] for c in crops]
     saved = copy.deepcopy(model.state_dict())
     started = time.perf_counter()
-    probes = []
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for precision in precisions:
-                parts = step_parts(cfg, model, train_model, precision, device)
-                loss = float(forward_backward(parts, part, with_queue=False)[0].detach())
-                times: list[float] = []
-                while len(times) < PROBE_REPEATS and (not times or time.perf_counter() - started < max_s):
+            parts = {p: step_parts(cfg, model, train_model, p, device) for p in precisions}
+            losses = {p: float(forward_backward(parts[p], part, with_queue=False)[0].detach()) for p in parts}
+            times: dict[str, list[float]] = {p: [] for p in parts}
+            for repeat in range(PROBE_REPEATS):
+                if repeat and time.perf_counter() - started > max_s:
+                    break
+                for precision, pass_parts in parts.items():
                     _sync(device)
                     t0 = time.perf_counter()
-                    forward_backward(parts, part, with_queue=False)
+                    forward_backward(pass_parts, part, with_queue=False)
                     _sync(device)
-                    times.append(time.perf_counter() - t0)
-                probes.append(Probe(precision, min(times) / n, loss, n))
-                model.load_state_dict(saved)
+                    times[precision].append(time.perf_counter() - t0)
     finally:
         model.load_state_dict(saved)
         model.zero_grad(set_to_none=True)
+    probes = [Probe(p, min(times[p]) / n, losses[p], n) for p in precisions]
     log.info(
         "autotune probe: %s",
         ", ".join(f"{p.precision} {p.image_s * 1e3:.2f} ms/image, loss {p.loss:.4f}" for p in probes),
@@ -670,7 +672,7 @@ def _decide(
     def unreadable() -> tuple[Decision, None]:
         return Decision(base_p, base_c, "no readable first batch", "fixed", **facts), None
 
-    # ============ the probe (sub-second): for a precision or a step time the record cannot tell ============
+    # ============ the probe (short): for a precision or a step time the record cannot tell ============
     eager = [Candidate(p, False) for p in precisions]
     need_precision = len(eager) > 1 and not all(c in trials for c in eager)
     # the step time gives a step-bounded run its length, and plans a compile's trial

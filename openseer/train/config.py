@@ -165,7 +165,7 @@ class RunConfig:
     """'fp32', or autocast to 'bf16' or 'fp16' (fp16 with loss scaling); 'auto': bf16 only where the hardware
     computes it natively (avx512_bf16/AMX, Arm bf16, CUDA compute capability 8+), and only when it measures at
     least run.bf16_min_speedup times faster than fp32 with a loss that follows fp32's: timed trial steps when
-    the run is long enough to afford them, else a sub-second probe (openseer.train.autotune). A resumed run keeps
+    the run is long enough to afford them, else a short probe (openseer.train.autotune). A resumed run keeps
     the precision its start chose (RUN/autotune.json). The Sinkhorn codes, the prototypes and the loss are fp32
     in every case."""
     fp32_modules: list[Literal["batchnorm", "head", "small_maps"]] = field(default_factory=list)
@@ -194,8 +194,8 @@ class RunConfig:
     budget_minutes: float | None = None
     """Train for this many minutes; the lr schedule then follows the fraction of the budget spent (warm-up:
     optim.warmup_fraction) instead of optim.epochs. The seconds spent choosing an 'auto' run.precision or
-    run.compile at start-up come out of it (at most 3% of a budget of 10 minutes or more, a sub-second probe
-    below that); data preparation and the final evaluation do not."""
+    run.compile at start-up come out of it (at most 3% of a budget of 10 minutes or more, a short probe below
+    that); data preparation and the final evaluation do not."""
     max_steps: int | None = None
     """Stop after this many steps (smoke tests); the schedule keeps the length the run would have had. null: no
     limit."""

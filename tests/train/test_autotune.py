@@ -439,6 +439,28 @@ def test_auto_with_a_short_budget_does_not_try_to_compile(tmp_path: Path, monkey
     assert d.source == "fixed" and not cache.exists()  # nothing to compare: nothing timed
 
 
+@pytest.mark.parametrize(("max_s", "timed"), [(0.0, 1), (math.inf, at.PROBE_REPEATS)])
+def test_the_probe_leaves_the_model_as_it_was_and_keeps_to_its_time(
+    tmp_path: Path, monkeypatch, max_s, timed
+):
+    cfg = _tiny(tmp_path)
+    model, batches = _setup(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    passes = []
+    real = at.forward_backward
+    monkeypatch.setattr(
+        at, "forward_backward", lambda parts, *a, **k: passes.append(parts) or real(parts, *a, **k)
+    )
+    crops = next(batches.epoch(0))
+    (probe,) = at.probe(cfg, model, model, ["fp32"], crops, images=4, max_s=max_s)
+    assert len(passes) == 1 + timed  # the untimed first pass, then the timed ones
+    assert probe.images == 4 and probe.image_s > 0 and math.isfinite(probe.loss)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the probe left the model changed"
+    assert all(p.grad is None for p in model.parameters()) and torch.equal(rng, torch.get_rng_state())
+
+
 @pytest.mark.slow
 def test_measured_choice_restores_weights_and_is_cached(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(at, "device_native_bf16", lambda device: True)  # time bf16 even where it is emulated
