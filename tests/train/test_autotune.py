@@ -206,6 +206,8 @@ def test_cache_key_follows_what_the_step_depends_on():
     assert base != key(_cfg("optim.batch_size=128"))
     assert base != key(_cfg("model.arch=regnety_400mf"))
     assert base != key(_cfg(), threads=4)
+    assert base != key(_cfg("run.fp32_modules=[batchnorm]"))  # another bf16 step
+    assert key(_cfg("run.fp32_modules=[head, batchnorm]")) == key(_cfg("run.fp32_modules=[batchnorm, head]"))
     assert base != key(_cfg(), hardware="Intel(R) Xeon(R) Platinum 8480+")
 
 
@@ -642,3 +644,46 @@ def test_bf16_autocast_keeps_channels_last_through_the_casts(tmp_path: Path):
         model(crops)
     assert seen and all(cl_in and cl_out and out == torch.bfloat16 for _, cl_in, out, cl_out in seen)
     assert sum(dt == torch.float32 for dt, *_ in seen) == 1  # the stem's input, cast inside the first conv
+
+
+@pytest.mark.slow
+def test_a_resumed_pretraining_keeps_the_precision_its_start_chose(tmp_path: Path, monkeypatch) -> None:
+    from openseer.train.pretrain import pretrain
+
+    def probe_favouring(precision: str):  # noqa: ANN202 - a fake at.probe
+        def fake(cfg, model, train_model, precisions, crops, **kw):
+            b = cfg.optim.batch_size
+            steps = {"fp32": 1.0, "bf16": 0.5 if precision == "bf16" else 2.0}
+            return [at.Probe(p, steps[p] / b, 4.6, b) for p in precisions]
+
+        return fake
+
+    monkeypatch.setattr(at, "device_native_bf16", lambda device: True)
+    monkeypatch.setattr(at, "probe", probe_favouring("bf16"))
+    folder = support.make_image_folder(tmp_path / "imgs")
+    run = tmp_path / "run"
+
+    def cfg(steps: int) -> PretrainConfig:
+        overrides = support.tiny_overrides(
+            folder,
+            run,
+            run__precision="auto",
+            run__compile="auto",
+            run__autotune_cache=False,  # nothing but the run folder can carry the choice over
+            run__max_steps=steps,
+            run__checkpoint_every=1,
+            run__evaluate=False,
+        )
+        return load_config(PretrainConfig, overrides=overrides)
+
+    pretrain(cfg(1))
+    chosen = json.loads((run / at.RUN_FILE).read_text())
+    assert (
+        chosen["precision"] == "bf16"
+        and json.loads((run / "summary.json").read_text())["precision"] == "bf16"
+    )
+    monkeypatch.setattr(at, "probe", probe_favouring("fp32"))  # choosing again now would take fp32
+    result = pretrain(cfg(3), resume=True)
+    assert result.steps == 3  # went on from step 1
+    assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
+    assert json.loads((run / at.RUN_FILE).read_text()) == chosen
