@@ -9,14 +9,13 @@ a DDP wrapper made without it (torch warns once per process, so the control come
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from support import free_port, rank_env, tiny_overrides
+from support import run_ranks, tiny_overrides
 
 MESSAGE = "Grad strides do not match bucket view strides"
 
@@ -70,19 +69,7 @@ def worker(out: Path) -> None:
 
 @pytest.mark.slow
 def test_no_gradient_is_copied_into_a_bucket_of_other_strides(tmp_path: Path) -> None:
-    port = free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(tmp_path)],
-            env=rank_env(rank, 2, port),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for rank in range(2)
-    ]
-    for proc in procs:
-        log, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, log.decode()[-3000:]
+    run_ranks(__file__, [str(tmp_path)])
     result = torch.load(tmp_path / "result.pt")
     for precision in ("fp32", "bf16"):
         assert not [m for m in result[precision] if MESSAGE in m], precision
