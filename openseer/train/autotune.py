@@ -225,10 +225,9 @@ class Decision:
         if self.horizon_s:
             cost += f" = {self.autotune_s / self.horizon_s:.1%} of the {self.horizon_s:.0f} s run"
             cost += f", {self.allowance_s:.0f} s allowed"
-        bf16 = f"bf16 {'native' if self.native_bf16 else 'emulated'}" + (
-            f" ({self.bf16_flag})" if self.bf16_flag else ""
-        )
-        return f"fast paths: {path} [{self.source}; {cost}; {bf16}]: {self.reason}"
+        if self.bf16_flag:  # the hardware was looked at
+            cost += f"; bf16 {'native' if self.native_bf16 else 'emulated'} ({self.bf16_flag})"
+        return f"fast paths: {path} [{self.source}; {cost}]: {self.reason}"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Decision:

@@ -184,6 +184,8 @@ def test_the_decision_reads_in_one_line_and_round_trips():
     for part in ("bf16 eager", "measured", "0.8% of the 1200 s run", "36 s allowed", "native (avx512_bf16)"):
         assert part in line
     assert at.Decision.from_dict({**asdict(d), "a_field_of_a_later_version": 1}) == d
+    fixed = at.Decision("fp32", False, "as configured", "fixed").line()
+    assert fixed == "fast paths: fp32 eager [fixed; 0.0 s choosing]: as configured"
     assert at.read_run_decision(Path("/nonexistent/autotune.json")) is None
 
 
