@@ -4,7 +4,7 @@ close the training step comes to this machine's matrix-product peak.
 On the preset's model, crops and batch (default: the cpu preset), in one run:
 
 * the step on ready-made crops, timed each way: fp32 and bf16 autocast, eager and compiled
-  (``openseer.train.autotune.measure``: the same weights for each, losses compared). Printed: seconds per step,
+  (``openseer.train.trials.measure``: the same weights for each, losses compared). Printed: seconds per step,
   ``bf16_speedup`` (fp32 step time / bf16 step time), ``compile_speedup`` (eager / compiled, fp32) and the
   compile seconds of the first compiled steps;
 * what ``auto`` chooses, and what choosing costs, for runs of each ``--choosing-budgets`` minutes (and of
@@ -64,6 +64,7 @@ from openseer.train import autotune as at
 from openseer.train.config import PretrainConfig
 from openseer.train.parallel import build_for_strategy
 from openseer.train.pretrain import pretrain
+from openseer.train.trials import Candidate, Trial, measure
 
 
 def end_to_end_rate(cfg: PretrainConfig, warmup: int) -> float:
@@ -159,7 +160,7 @@ def layer_formats(
 
 def time_paths(
     cfg: PretrainConfig, device: torch.device, steps: int, compile_too: bool, native_bf16: bool
-) -> list[at.Trial]:
+) -> list[Trial]:
     """Every path timed on the same synthetic crops from the same weights (fp32 eager first: the reference).
 
     Without native bf16 the bf16 step is emulated (minutes on a CPU): one timed step, and never compiled.
@@ -167,16 +168,14 @@ def time_paths(
     model = build_for_strategy(cfg, device)
     crops = synthetic_crops(cfg, device)
     groups = [
-        ([at.Candidate("fp32", False)], steps),
-        ([at.Candidate("bf16", False)], steps if native_bf16 else 1),
+        ([Candidate("fp32", False)], steps),
+        ([Candidate("bf16", False)], steps if native_bf16 else 1),
     ]
     if compile_too:
-        groups.append(
-            ([at.Candidate("fp32", True)] + ([at.Candidate("bf16", True)] if native_bf16 else []), steps)
-        )
+        groups.append(([Candidate("fp32", True)] + ([Candidate("bf16", True)] if native_bf16 else []), steps))
     trials, compiled = [], None
     for cands, n in groups:
-        more, compiled = at.measure(cfg, model, model, cands, crops, steps=n, compiled=compiled)
+        more, compiled = measure(cfg, model, model, cands, crops, steps=n, compiled=compiled)
         trials += more
     return trials
 
@@ -311,7 +310,7 @@ def main() -> None:
     for minutes, d in decisions.items():
         print(f"{minutes:g}-minute run: {d.line()}")
     chosen = decisions[args.budget_minutes]
-    best = at.Candidate(chosen.precision, chosen.compile)
+    best = Candidate(chosen.precision, chosen.compile)
     probe_bf16_speedup = chosen.probe_bf16_speedup or float("nan")
     print(f"probe's bf16/fp32 ratio {probe_bf16_speedup:.2f}x, trial steps' {bf16_speedup:.2f}x")
 

@@ -1,7 +1,7 @@
 """One SwAV training step, and the parts it runs with.
 
 :func:`train_step` is the only step there is: the pretraining loop runs it on every batch, the start-up timing of
-the fast paths (``openseer.train.autotune.measure``) and the benchmarks time it. Its parts come from one builder,
+the fast paths (``openseer.train.trials.measure``) and the benchmarks time it. Its parts come from one builder,
 :func:`step_parts`, so a timed trial step moves the weights exactly as the run's steps will (optimiser, parameter
 groups, prototype freezing, loss scaling, loss settings).
 """

@@ -17,6 +17,7 @@ from openseer.config import load_config
 from openseer.hardware import hardware_name
 from openseer.models import build_model
 from openseer.train import autotune as at
+from openseer.train import trials
 from openseer.train.config import PretrainConfig
 from openseer.train.data import TensorBatches
 from openseer.train.step import autocast_for
@@ -91,12 +92,6 @@ def test_choose_picks_the_fastest_of_several():
     assert at.choose(trials, horizon_s=1000)[0] == at.Candidate("bf16", True)
 
 
-def test_trial_compile_seconds_and_round_trip():
-    t = _trial(FP32_C, 0.5, warmup_s=31.0)
-    assert t.compile_s == pytest.approx(30.0)
-    assert at.Trial.from_dict(json.loads(json.dumps(t.to_dict()))) == t
-
-
 def test_decision_summary_is_flat():
     d = at.Decision("fp32", False, "why", "measured", "AMD EPYC", bf16_speedup=0.2)
     s = d.summary()
@@ -109,13 +104,6 @@ def test_choosing_is_free_under_ten_minutes_and_three_percent_from_there():
     assert at.choosing_allowance(10 * 60) == pytest.approx(18.0)
     assert at.choosing_allowance(20 * 60) == pytest.approx(36.0)
     assert at.choosing_allowance(math.inf) == 0.0
-
-
-def test_a_trials_expected_cost_counts_its_warmup_timed_steps_and_compile():
-    assert at.trial_cost_s(2.0) == pytest.approx(2.0 * (1 + at.TRIAL_STEPS))
-    assert at.trial_cost_s(2.0, compiled=True, compile_s=100.0) == pytest.approx(
-        2.0 * (2 + at.TRIAL_STEPS) + 100
-    )
 
 
 def test_losses_must_follow_the_references_trajectory():
@@ -443,32 +431,10 @@ def test_auto_with_a_short_budget_does_not_try_to_compile(tmp_path: Path, monkey
     assert d.source == "fixed" and not cache.exists()  # nothing to compare: nothing timed
 
 
-@pytest.mark.parametrize(("max_s", "timed"), [(0.0, 1), (math.inf, at.PROBE_REPEATS)])
-def test_the_probe_leaves_the_model_as_it_was_and_keeps_to_its_time(
-    tmp_path: Path, monkeypatch, max_s, timed
-):
-    cfg = _tiny(tmp_path)
-    model, batches = _setup(cfg)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    rng = torch.get_rng_state()
-    passes = []
-    real = at.forward_backward
-    monkeypatch.setattr(
-        at, "forward_backward", lambda parts, *a, **k: passes.append(parts) or real(parts, *a, **k)
-    )
-    crops = next(batches.epoch(0))
-    (probe,) = at.probe(cfg, model, model, ["fp32"], crops, images=4, max_s=max_s)
-    assert len(passes) == 1 + timed  # the untimed first pass, then the timed ones
-    assert probe.images == 4 and probe.image_s > 0 and math.isfinite(probe.loss)
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before), "the probe left the model changed"
-    assert all(p.grad is None for p in model.parameters()) and torch.equal(rng, torch.get_rng_state())
-
-
 @pytest.mark.slow
 def test_measured_choice_restores_weights_and_is_cached(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(at, "device_native_bf16", lambda device: True)  # time bf16 even where it is emulated
-    monkeypatch.setattr(at, "TRIAL_STEPS", 1)
+    monkeypatch.setattr(trials, "TRIAL_STEPS", 1)
     # a 10-hour budget: the tiny step's trials fit in its 3% whatever the machine's load
     cfg = _tiny(tmp_path, run__precision="auto", run__compile=False, run__budget_minutes=600)
     model, batches = _setup(cfg)
