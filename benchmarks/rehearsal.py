@@ -32,7 +32,7 @@ from support import free_port, rank_env
 from support.reference import REFERENCES
 from support.rehearsal import rehearsal_overrides
 
-from openseer.config import load_config
+from openseer.config import load_config, parse_override
 from openseer.eval.clusters import ClustersConfig, run_clusters
 from openseer.eval.embed import FeatureConfig
 from openseer.eval.pretraining import evaluate_pretraining
@@ -106,9 +106,7 @@ def main() -> None:
     overrides.update(
         {"data.source": source, "run.out_dir": str(out), "run.progress": False, "run.threads": 1}
     )
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        overrides[key] = value
+    overrides.update(parse_override(item) for item in args.overrides)  # YAML values: lists, numbers
     cpu, cores = machine(torch.device("cpu"))
     print(
         f"cpu={cpu} cores={cores} processes={WORLD} native_bf16={bf16} train_images={len(data)}", flush=True

@@ -4,12 +4,15 @@ close the training step comes to this machine's matrix-product peak.
 On the preset's model, crops and batch (default: the cpu preset), in one run:
 
 * the step on ready-made crops, timed each way: fp32 and bf16 autocast, eager and compiled
-  (``openseer.train.autotune.measure``: the same weights for each, losses compared). Printed: seconds per step,
+  (``openseer.train.trials.measure``: the same weights for each, losses compared). Printed: seconds per step,
   ``bf16_speedup`` (fp32 step time / bf16 step time), ``compile_speedup`` (eager / compiled, fp32) and the
   compile seconds of the first compiled steps;
-* ``precision=`` and ``compile=``: what ``auto`` chooses from these timings for a first run of
-  ``--budget-minutes`` on this machine (bf16 only with native bf16 and matching losses; compilation tried only
-  if the prior compile time, ``COMPILE_PRIOR_S``, is within 10% of the budget);
+* what ``auto`` chooses, and what choosing costs, for runs of each ``--choosing-budgets`` minutes (and of
+  ``--budget-minutes``): ``openseer.train.autotune.choose_fast_paths`` itself, each time as a first run on this
+  machine (an empty record; inductor's caches as they are), its one line printed; ``precision=`` and
+  ``compile=`` are its choice for ``--budget-minutes``, ``choosing_s_<M>m=`` and ``choosing_share_<M>m=`` its
+  seconds and their share of each budget, ``probe_bf16_speedup=`` the probe's bf16 ratio beside the trial
+  steps' ``bf16_speedup=``, and ``bf16=native|emulated`` with ``bf16_flag=`` the CPU flag that decides it;
 * the matrix-product peaks in fp32 and bf16, measured now; ``mfu`` = training FLOPs per image (forward and
   backward, ``FlopCounterMode``) x images/s of the chosen path / the peak of the chosen precision;
 * ``imgs_per_s``: end to end, the real pretraining loop (``openseer.train.pretrain``) with the chosen paths over
@@ -24,10 +27,12 @@ On the preset's model, crops and batch (default: the cpu preset), in one run:
     python benchmarks/throughput.py                       # cpu preset, built-in data
     python benchmarks/throughput.py --data cifar10 --compile-cold-warm
     python benchmarks/throughput.py --no-compile          # skip the compiled candidates (minutes on a CPU)
+    python benchmarks/throughput.py --choosing-budgets 5,10,20,40,120 --no-compile
     python benchmarks/throughput.py --device cuda --preset swav-rn50 optim.batch_size=64
 
 Last line: ``precision=<fp32|bf16> compile=<on|off> imgs_per_s=<x> compute_imgs_per_s=<x> bf16_speedup=<x>
-compile_speedup=<x> compile_s=<x> gflops_per_img=<x> mfu=<x> peak_fp32=<x> peak_bf16=<x> cores=<n> cpu=<model>``.
+probe_bf16_speedup=<x> compile_speedup=<x> compile_s=<x> gflops_per_img=<x> mfu=<x> peak_fp32=<x> peak_bf16=<x>
+choosing_s_<M>m=<x> choosing_share_<M>m=<x> ... bf16=<native|emulated> bf16_flag=<flag> cores=<n> cpu=<model>``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -52,11 +59,12 @@ from _common import (  # the sibling module (its folder is on sys.path when run)
 )
 
 from openseer.config import load_config
-from openseer.hardware import device_native_bf16
+from openseer.hardware import bf16_support
 from openseer.train import autotune as at
 from openseer.train.config import PretrainConfig
 from openseer.train.parallel import build_for_strategy
 from openseer.train.pretrain import pretrain
+from openseer.train.trials import Candidate, Trial, measure
 
 
 def end_to_end_rate(cfg: PretrainConfig, warmup: int) -> float:
@@ -152,7 +160,7 @@ def layer_formats(
 
 def time_paths(
     cfg: PretrainConfig, device: torch.device, steps: int, compile_too: bool, native_bf16: bool
-) -> list[at.Trial]:
+) -> list[Trial]:
     """Every path timed on the same synthetic crops from the same weights (fp32 eager first: the reference).
 
     Without native bf16 the bf16 step is emulated (minutes on a CPU): one timed step, and never compiled.
@@ -160,35 +168,49 @@ def time_paths(
     model = build_for_strategy(cfg, device)
     crops = synthetic_crops(cfg, device)
     groups = [
-        ([at.Candidate("fp32", False)], steps),
-        ([at.Candidate("bf16", False)], steps if native_bf16 else 1),
+        ([Candidate("fp32", False)], steps),
+        ([Candidate("bf16", False)], steps if native_bf16 else 1),
     ]
     if compile_too:
-        groups.append(
-            ([at.Candidate("fp32", True)] + ([at.Candidate("bf16", True)] if native_bf16 else []), steps)
-        )
+        groups.append(([Candidate("fp32", True)] + ([Candidate("bf16", True)] if native_bf16 else []), steps))
     trials, compiled = [], None
     for cands, n in groups:
-        more, compiled = at.measure(cfg, model, model, cands, crops, steps=n, compiled=compiled)
+        more, compiled = measure(cfg, model, model, cands, crops, steps=n, compiled=compiled)
         trials += more
     return trials
 
 
-def auto_choice(
-    trials: list[at.Trial], native: bool, horizon_s: float, expected_compile_s: float
-) -> tuple[at.Candidate, str]:
-    """What ``auto`` keeps among the timed paths for a run of ``horizon_s``: bf16 only with native bf16,
-    compiled ones only if the expected compile time passes ``should_try_compile`` (then already paid)."""
-    tried = at.should_try_compile(horizon_s, expected_compile_s)
-    allowed = [
-        t
-        for t in trials
-        if (native or t.candidate.precision == "fp32") and (tried or not t.candidate.compiled)
-    ]
-    best, reason = at.choose(allowed, horizon_s)
-    if not tried:
-        reason = f"compile not tried ({expected_compile_s:.0f} s expected, run {horizon_s:.0f} s); {reason}"
-    return best, ("" if native else "no native bf16; ") + reason
+class ReadyBatches:
+    """A batch stream (``openseer.train.data.BatchStream``'s ``epoch`` and ``steps_per_epoch``) of one
+    ready-made batch: what the start-up choice reads its first batch from."""
+
+    steps_per_epoch = 1
+
+    def __init__(self, crops: list[torch.Tensor]) -> None:
+        self.crops = crops
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[torch.Tensor]]:
+        yield self.crops
+
+
+def choosing_costs(
+    cfg: PretrainConfig, device: torch.device, budgets: list[float], compile_ok: bool, folder: Path
+) -> dict[float, at.Decision]:
+    """What ``auto`` chooses for a run of each budget (minutes) and what choosing costs it, as a first run on
+    this machine: each with an empty record of its own in ``folder``."""
+    decisions = {}
+    crops = synthetic_crops(cfg, device)
+    for minutes in budgets:
+        run = replace(
+            cfg.run, precision="auto", compile="auto" if compile_ok else False, budget_minutes=minutes
+        )
+        auto = replace(cfg, run=run)
+        model = build_for_strategy(auto, device)
+        fast = at.choose_fast_paths(
+            auto, model, model, ReadyBatches(crops), device, None, folder / f"autotune-{minutes:g}m.json"
+        )
+        decisions[minutes] = fast.decision
+    return decisions
 
 
 def compile_probe(preset: str, overrides: list[str], device: str) -> None:
@@ -235,6 +257,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per path and for the end-to-end run")
     ap.add_argument("--warmup", type=int, default=3, help="untimed loop steps before the end-to-end rate")
     ap.add_argument("--budget-minutes", type=float, default=20.0, help="run length auto decides for")
+    ap.add_argument(
+        "--choosing-budgets",
+        default="5,10,20,40",
+        help="run lengths (minutes) whose start-up choice and its cost are measured",
+    )
     ap.add_argument("--no-compile", action="store_true", help="do not time compiled paths")
     ap.add_argument("--compile-cold-warm", action="store_true", help="also time a cold and a warm compile")
     ap.add_argument("--compile-probe", action="store_true", help=argparse.SUPPRESS)
@@ -249,9 +276,10 @@ def main() -> None:
         return
     device = torch.device(args.device)
     hardware, cores = machine(device)
-    native = device_native_bf16(device)
+    support, flag = bf16_support(device)
+    native = support == "native"
     print(
-        f"cpu={hardware} cores={cores} threads={torch.get_num_threads()} native_bf16={native} device={device}"
+        f"cpu={hardware} cores={cores} threads={torch.get_num_threads()} bf16={support} ({flag}) device={device}"
     )
     n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     peaks = {
@@ -276,10 +304,15 @@ def main() -> None:
     if args.compile_cold_warm:
         cold, warm = compile_cold_warm(args.preset, args.overrides, args.device)
         print(f"compile of the step in a fresh process: cold cache {cold:.1f} s, warm cache {warm:.1f} s")
-    horizon = args.budget_minutes * 60
-    # as a first run on this machine decides (no cached timings: the prior compile time)
-    best, reason = auto_choice(trials, native, horizon, at.COMPILE_PRIOR_S)
-    print(f"auto for a {args.budget_minutes:g}-minute run: {best.name} ({reason})")
+    budgets = sorted({*(float(m) for m in args.choosing_budgets.split(",")), args.budget_minutes})
+    with tempfile.TemporaryDirectory() as folder:
+        decisions = choosing_costs(cfg, device, budgets, not args.no_compile, Path(folder))
+    for minutes, d in decisions.items():
+        print(f"{minutes:g}-minute run: {d.line()}")
+    chosen = decisions[args.budget_minutes]
+    best = Candidate(chosen.precision, chosen.compile)
+    probe_bf16_speedup = chosen.probe_bf16_speedup or float("nan")
+    print(f"probe's bf16/fp32 ratio {probe_bf16_speedup:.2f}x, trial steps' {bf16_speedup:.2f}x")
 
     flop_step = swav_step_fn(cfg, device, precision="fp32", compiled=False)
     crops = synthetic_crops(cfg, device)
@@ -327,11 +360,17 @@ def main() -> None:
     print(
         f"preset={args.preset} arch={cfg.model.arch} batch={bs} device={device} threads={torch.get_num_threads()}"
     )
+    choosing = " ".join(
+        f"choosing_s_{m:g}m={d.autotune_s:.1f} choosing_share_{m:g}m={d.autotune_s / (m * 60):.4f}"
+        for m, d in decisions.items()
+    )
     print(
         f"precision={best.precision} compile={'on' if best.compiled else 'off'} imgs_per_s={e2e:.1f} "
-        f"compute_imgs_per_s={compute:.1f} bf16_speedup={bf16_speedup:.3f} compile_speedup={compile_speedup:.3f} "
+        f"compute_imgs_per_s={compute:.1f} bf16_speedup={bf16_speedup:.3f} "
+        f"probe_bf16_speedup={probe_bf16_speedup:.3f} compile_speedup={compile_speedup:.3f} "
         f"compile_s={compile_s:.1f} gflops_per_img={gflops_img:.4f} mfu={mfu:.3f} peak_fp32={peaks['fp32']:.1f} "
-        f"peak_bf16={peaks['bf16']:.1f} cores={cores} cpu={hardware.replace(' ', '_')}"
+        f"peak_bf16={peaks['bf16']:.1f} {choosing} bf16={support} bf16_flag={flag} cores={cores} "
+        f"cpu={hardware.replace(' ', '_')}"
     )
 
 

@@ -8,7 +8,8 @@ on un-augmented training images, the same scorer for both libraries. lightly run
 (CIFAR ResNet-18, 2x32 crops, Adam, batch 128, cosine over the budget) through its own function.
 
 Recorded per run (``<out>/results.json``): kNN top-1/top-5, images/s over the training time, the fast paths
-``auto`` chose and the seconds it spent choosing, the compile seconds, and the wall-clock seconds of the whole
+``auto`` chose, the seconds it spent choosing, their share of the budget, where the choice came from and why,
+the compile seconds, and the wall-clock seconds of the whole
 run (data, kNN at random init and at the end included). Also recorded: CPU model, cores, fp32 and bf16 matrix
 product peaks measured at the start. A PNG plots kNN top-1 against minutes for both.
 
@@ -22,8 +23,11 @@ missing budgets run, so a sweep longer than one sitting is finished in several; 
 matrix-product peak and the load average measured just before it, since the machine's speed moves between
 sittings.
 
-Last line: ``knn_<M>m=<x> ... lightly_<M>m=<x> ... cpu=<model> imgs_per_s=<x>`` (one knn/lightly figure per
-budget; ``imgs_per_s`` is openseer's over all its runs' training time).
+Last line: ``knn_<M>m=<x> ... choosing_s_<M>m=<x> choosing_share_<M>m=<x> ... lightly_<M>m=<x> ...
+bf16=<native|emulated> bf16_flag=<flag> cpu=<model> imgs_per_s=<x>`` (one knn/choosing/lightly figure per
+budget: ``choosing_s`` is what ``auto`` spent choosing at that run's start, ``choosing_share`` its share of the
+budget, the later runs of a sweep reusing what the first one recorded; ``bf16_flag`` is the CPU flag that makes
+bf16 native, ``none`` where it is emulated; ``imgs_per_s`` is openseer's over all its runs' training time).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from _common import cifar10_folder, machine, matmul_peak_gflops  # the sibling m
 from openseer.api import pretrain  # trains, then the one end-of-run evaluation
 from openseer.config import load_config
 from openseer.fileio.atomic import atomic_write_text
+from openseer.hardware import bf16_support
 from openseer.train.autotune import RUN_FILE
 from openseer.train.config import PretrainConfig
 from openseer.train.data import prepare_data
@@ -116,6 +121,10 @@ def openseer_run(source: str, minutes: float, out: Path, overrides: list[str]) -
         "precision": choice.get("precision"),
         "compile": choice.get("compile"),
         "autotune_seconds": choice.get("autotune_s"),
+        "choosing_seconds": choice.get("autotune_s") or 0.0,
+        "choosing_share": (choice.get("autotune_s") or 0.0) / (minutes * 60),
+        "choosing_source": choice.get("source"),
+        "choosing_reason": choice.get("reason"),
         "compile_seconds": compile_now_s,
         "compile_in_budget_seconds": compile_now_s + compile_later_s,
         "first_step_seconds": result.first_step_seconds,
@@ -123,7 +132,9 @@ def openseer_run(source: str, minutes: float, out: Path, overrides: list[str]) -
     }
     print(
         f"openseer {minutes:g} min: kNN top-1 {record['knn_top1']:.4f}, {record['imgs_per_s']:.1f} img/s, "
-        f"precision={record['precision']} compile={record['compile']}, wall {wall:.0f} s"
+        f"precision={record['precision']} compile={record['compile']}, choosing "
+        f"{record['choosing_seconds']:.1f} s ({record['choosing_share']:.1%}, {record['choosing_source']}), "
+        f"wall {wall:.0f} s"
     )
     return record
 
@@ -260,11 +271,27 @@ def main() -> None:
     rate = sum(r["images_seen"] for r in runs) / max(sum(r["train_seconds"] for r in runs), 1e-9)
     figures = [f"knn_{_label(r['minutes'])}={r['knn_top1']:.4f}" for r in runs]
     figures += [
+        f"choosing_s_{_label(r['minutes'])}={r.get('choosing_seconds', float('nan')):.1f} "
+        f"choosing_share_{_label(r['minutes'])}={r.get('choosing_share', float('nan')):.4f}"
+        for r in runs
+    ]
+    figures += [
         f"lightly_{_label(r['minutes'])}={r['knn_top1']:.4f}"
         for r in results["lightly"]
         if r["minutes"] in lightly_minutes
     ]
-    print(" ".join([*figures, f"cpu={hardware.replace(' ', '_')}", f"imgs_per_s={rate:.1f}"]))
+    support, flag = bf16_support(device)
+    print(
+        " ".join(
+            [
+                *figures,
+                f"bf16={support}",
+                f"bf16_flag={flag}",
+                f"cpu={hardware.replace(' ', '_')}",
+                f"imgs_per_s={rate:.1f}",
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

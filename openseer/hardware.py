@@ -38,12 +38,21 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return set((cpuinfo_field(cpuinfo, ("flags", "features")) or "").split())
 
 
+_X86 = ("x86_64", "amd64", "i386", "i686")
+_BF16_FLAGS = {"x86": ("amx_bf16", "avx512_bf16"), "arm": ("bf16",)}  # x86: AMX tiles, AVX-512 dot products
+
+
+def bf16_flags(flags: Iterable[str], machine: str) -> list[str]:
+    """The feature flags among ``flags`` by which a CPU computes bf16 products in hardware (x86: amx_bf16,
+    avx512_bf16; aarch64: bf16, FEAT_BF16), best first; [] where oneDNN emulates bf16."""
+    flags = set(flags)
+    wanted = _BF16_FLAGS["x86" if machine.lower() in _X86 else "arm"]
+    return [f for f in wanted if f in flags]
+
+
 def native_bf16(flags: Iterable[str], machine: str) -> bool:
     """Whether a CPU with these feature flags computes bf16 products in hardware (else oneDNN emulates them)."""
-    flags = set(flags)
-    if machine.lower() in ("x86_64", "amd64", "i386", "i686"):
-        return bool(flags & {"avx512_bf16", "amx_bf16"})
-    return "bf16" in flags  # aarch64: FEAT_BF16
+    return bool(bf16_flags(flags, machine))
 
 
 def hardware_name(device: torch.device, cpuinfo: str | None = None) -> str:
@@ -59,9 +68,18 @@ def hardware_name(device: torch.device, cpuinfo: str | None = None) -> str:
 
 def device_native_bf16(device: torch.device) -> bool:
     """bf16 computed in hardware by this device (CPU flags; CUDA compute capability 8.0 or newer)."""
+    return bf16_support(device)[0] == "native"
+
+
+def bf16_support(device: torch.device) -> tuple[str, str]:
+    """('native' or 'emulated', what decides it): the CPU flag ('avx512_bf16', 'amx_bf16', 'bf16'; 'none' where
+    the CPU has none of them) or the CUDA compute capability ('sm_90'). Printed beside the precision
+    ``run.precision=auto`` takes."""
     if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 8
-    return native_bf16(cpu_flags(read_cpuinfo()), platform.machine())
+        major, minor = torch.cuda.get_device_capability(device)
+        return ("native" if major >= 8 else "emulated"), f"sm_{major}{minor}"
+    found = bf16_flags(cpu_flags(read_cpuinfo()), platform.machine())
+    return ("native", found[0]) if found else ("emulated", "none")
 
 
 def usable_cores() -> int:

@@ -38,3 +38,30 @@ def test_cpu_flags_and_model_name_parsed():
 
 def test_usable_cores_is_at_least_one_and_at_most_the_machine() -> None:
     assert 1 <= hw.usable_cores() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "machine", "flags"),
+    [
+        (X86_AVX2, "x86_64", []),
+        (X86_BF16, "x86_64", ["avx512_bf16"]),
+        (
+            X86_AMX.rstrip() + " avx512_bf16\n",
+            "x86_64",
+            ["amx_bf16", "avx512_bf16"],
+        ),  # AMX first: the faster path
+        (ARM_BF16, "aarch64", ["bf16"]),
+    ],
+)
+def test_the_flags_that_make_bf16_native(text, machine, flags):
+    assert hw.bf16_flags(hw.cpu_flags(text), machine) == flags
+
+
+def test_bf16_support_names_what_decides_it(monkeypatch):
+    monkeypatch.setattr(hw, "read_cpuinfo", lambda: X86_BF16)
+    monkeypatch.setattr(hw.platform, "machine", lambda: "x86_64")
+    assert hw.bf16_support(torch.device("cpu")) == ("native", "avx512_bf16")
+    assert hw.device_native_bf16(torch.device("cpu"))
+    monkeypatch.setattr(hw, "read_cpuinfo", lambda: X86_AVX2)
+    assert hw.bf16_support(torch.device("cpu")) == ("emulated", "none")
+    assert not hw.device_native_bf16(torch.device("cpu"))

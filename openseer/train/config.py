@@ -188,23 +188,39 @@ class RunConfig:
     """'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1'..."""
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     """'fp32', or autocast to 'bf16' or 'fp16' (fp16 with loss scaling); 'auto': bf16 only where the hardware
-    computes it natively (avx512_bf16/AMX, Arm bf16, CUDA compute capability 8+) and a few timed steps at
-    start-up show it faster with a loss that matches fp32's (openseer.train.autotune). The Sinkhorn codes and
-    the loss are fp32 in every case."""
+    computes it natively (avx512_bf16/AMX, Arm bf16, CUDA compute capability 8+), and only when it measures at
+    least run.bf16_min_speedup times faster than fp32 with a loss that follows fp32's: timed trial steps when
+    the run is long enough to afford them, else a short probe (openseer.train.autotune). A resumed run keeps
+    the precision its start chose (RUN/autotune.json). The Sinkhorn codes, the prototypes and the loss are fp32
+    in every case."""
+    fp32_modules: list[Literal["batchnorm", "head", "small_maps"]] = field(default_factory=list)
+    """Modules that compute in fp32 under bf16 or fp16 autocast (their input cast up, autocast off inside):
+    'batchnorm' every BatchNorm, statistics and normalisation (a residual block's sum after its last BatchNorm
+    then stays fp32 up to the next convolution); 'head' the projection MLP; 'small_maps' every convolution over
+    a map of at most 8x8 pixels (the last stages on small crops, where openseer.models.small_maps runs). Where
+    FSDP's mixed precision gives a module low-precision parameters, that module stays as it is. Compare with
+    benchmarks/bf16_quality.py (docs/benchmarks.md)."""
+    bf16_min_speedup: float = 1.05
+    """With run.precision=auto: bf16 is chosen only when its step is at least this many times faster than
+    fp32's. Above the timing noise, it is the price of bf16's steps in quality: how many bf16 steps are worth
+    one fp32 step (benchmarks/bf16_quality.py measures both at equal steps)."""
     threads: int | None = None
     """Intra-op CPU threads (null: the number of cores)."""
     compile: bool | Literal["auto"] = False
-    """Wrap the model in torch.compile; 'auto': only when timed steps at start-up show the compiled step faster
-    and the compile time (the last one measured for this machine and config with inductor's caches in the same
-    state, cold or holding this step; else 120 s) is at most 10% of the run (run.budget_minutes, or the planned
-    steps) and pays back within it. Inductor's caches persist under the openseer cache."""
+    """Wrap the model in torch.compile; 'auto': only when it measures faster than eager in the precision that
+    won, compiled while choosing within 3% of a run of 10 minutes or more (its expected cost, the last one
+    measured for this machine and config with inductor's caches in the same state, else 120 s, must fit in
+    what is left of the 3%), or from an earlier run's measurements when the compile at the first step is at
+    most 10% of the run and pays back within it. Inductor's caches persist under the openseer cache."""
     autotune_cache: bool = True
-    """With 'auto' precision or compile: reuse the timings an earlier run measured for this hardware model and
-    configuration (<openseer cache>/autotune.json) instead of timing again; false: time again and overwrite."""
+    """With 'auto' precision or compile: reuse what an earlier run measured for this hardware model, torch
+    version and step (<openseer cache>/autotune.json) instead of measuring again; false: measure again and
+    overwrite."""
     budget_minutes: float | None = None
     """Train for this many minutes; the lr schedule then follows the fraction of the budget spent (warm-up:
-    optim.warmup_fraction) instead of optim.epochs. The seconds spent choosing run.precision and run.compile
-    at start-up (trial steps, a compile) come out of it; data preparation and the final evaluation do not."""
+    optim.warmup_fraction) instead of optim.epochs. The seconds spent choosing an 'auto' run.precision or
+    run.compile at start-up come out of it (at most 3% of a budget of 10 minutes or more, a short probe below
+    that); data preparation and the final evaluation do not."""
     max_steps: int | None = None
     """Stop after this many steps (smoke tests); the schedule keeps the length the run would have had. null: no
     limit."""
@@ -235,6 +251,10 @@ class RunConfig:
     dist_timeout_s: float = 600.0
     """Seconds a collective across processes may wait: a process that died or stopped answering then ends the
     job with an explanation instead of a hang. Unused by a single process."""
+
+    def validate(self) -> None:
+        if self.bf16_min_speedup <= 0:
+            raise ConfigError(f"config key 'run.bf16_min_speedup': got {self.bf16_min_speedup}, expected > 0")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 :func:`parallelize` is the one call the training loop makes. It returns the module to run the forward pass
 through; the model passed in stays the handle for everything else (optimiser, prototypes, checkpoints):
 
-* ``ddp``: a ``DistributedDataParallel`` wrapper around the model (the model itself when alone).
+* ``ddp``: a ``DistributedDataParallel`` wrapper around the model (the model itself when alone), whose
+  gradients reach DDP's buckets in the parameters' own strides (:func:`grads_in_parameter_strides`).
 * ``fsdp``: the model itself, sharded in place with ``fully_shard``: one unit per RegNet block (the unit of
   all-gather and of freeing memory), one for the projection MLP, one for the prototypes (so that scoring the
   queue with ``model.head.prototypes(z)`` all-gathers them; gathered in float32 whatever the precision, as
@@ -249,7 +250,34 @@ def parallelize(
         shard(model, precision)
         log.info("FSDP: model sharded over %d processes (%s)", distributed.world_size(), precision)
         return model
+    grads_in_parameter_strides(model)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def grads_in_parameter_strides(model: nn.Module) -> int:
+    """Hands each gradient on with its parameter's strides where the two differ only in dimensions of size 1,
+    so that DDP's bucket views, which take the parameters' strides, match the gradients.
+
+    A 1x1 convolution's weight (O, I, 1, 1) in channels_last has strides (I, 1, I, I); the gradient CPU
+    kernels return for it (oneDNN's convolution backward, the matrix product of
+    ``openseer.models.small_maps``) has (I, 1, 1, 1): the same memory, but DDP compares strides, warns "grad
+    strides do not match bucket view strides" and copies those gradients element by element. The view with the
+    parameter's strides costs nothing. Returns how many parameters got the hook (those with a dimension of
+    size 1: 1x1 kernels)."""
+
+    def restride(grad: torch.Tensor, strides: tuple[int, ...]) -> torch.Tensor:
+        if grad.stride() == strides or any(
+            a != b and n != 1 for a, b, n in zip(grad.stride(), strides, grad.shape, strict=True)
+        ):
+            return grad  # already alike, or laid out otherwise (autograd's own copy then handles it)
+        return grad.as_strided(grad.shape, strides, grad.storage_offset())
+
+    hooked = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dim() > 1 and 1 in param.shape:
+            param.register_hook(functools.partial(restride, strides=param.stride()))
+            hooked += 1
+    return hooked
 
 
 def build_for_strategy(cfg: PretrainConfig, device: torch.device) -> SwAVModel:

@@ -202,7 +202,7 @@ def setup(cfg: PretrainConfig, resume: bool = False) -> Run:
     # ============ model ============
     model, train_model = _build_model(cfg, device)
     # run.precision and run.compile; 'auto' ones are chosen by timing a few of the run's steps on its first batch
-    fast = choose_fast_paths(cfg, model, train_model, batches, device, out_dir)
+    fast = choose_fast_paths(cfg, model, train_model, batches, device, out_dir, resume=resume)
 
     # ============ optimiser, loss and queue ============
     # main_swav's sizing: rounded down to whole global batches, then split over the processes

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,3 +220,26 @@ def rank_env(rank: int, world: int, port: int | str, threads: int = 1) -> dict[s
         "MASTER_PORT": str(port),
         "OMP_NUM_THREADS": str(threads),
     }
+
+
+def run_ranks(script: str | Path, args: Sequence[str], world: int = 2, timeout: float = 300) -> list[str]:
+    """``python script *args`` as ``world`` local processes with torchrun's variables (gloo's rendezvous on a
+    free port); each one's output, once all have ended. A process that fails raises AssertionError with the end
+    of its output."""
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), *args],
+            env=rank_env(rank, world, port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(world)
+    ]
+    logs = []
+    for proc in procs:
+        log, _ = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, log[-3000:]
+        logs.append(log)
+    return logs

@@ -13,9 +13,9 @@ from openseer.config import load_config
 from openseer.models import build_model
 from openseer.optim import LARS
 from openseer.swav import EmbeddingQueue
-from openseer.train import autotune as at
 from openseer.train import pretrain as loop
 from openseer.train import step as training
+from openseer.train import trials
 from openseer.train.config import PretrainConfig
 from openseer.train.step import StepOutput, autocast_for, build_optimizer, step_parts, train_step
 
@@ -37,12 +37,12 @@ def _crops(cfg: PretrainConfig, seed: int = 0) -> list[torch.Tensor]:
 
 def test_the_loop_and_the_startup_timing_run_one_step_function():
     assert loop.train_step is training.train_step
-    assert at.train_step is training.train_step
+    assert trials.train_step is training.train_step
 
 
 @pytest.mark.parametrize("exclude", [False, True])
 def test_trial_steps_are_the_runs_first_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exclude: bool):
-    """autotune.measure runs the loop's step with the run's parts: optimiser kind, groups, decay and adaptation,
+    """trials.measure runs the loop's step with the run's parts: optimiser kind, groups, decay and adaptation,
     prototype freezing, steps counted from the run's first, the peak learning rate; without the run's queue."""
     cfg = _cfg(
         tmp_path,
@@ -59,8 +59,8 @@ def test_trial_steps_are_the_runs_first_steps(tmp_path: Path, monkeypatch: pytes
         calls.append((parts, step, lr))
         return StepOutput(torch.tensor(4.0), [], torch.zeros(1), applied=True)
 
-    monkeypatch.setattr(at, "train_step", spy)
-    at.measure(cfg, model, model, [at.Candidate("fp32", False)], _crops(cfg), steps=2)
+    monkeypatch.setattr(trials, "train_step", spy)
+    trials.measure(cfg, model, model, [trials.Candidate("fp32", False)], _crops(cfg), steps=2)
 
     run = build_optimizer(cfg, model)
     assert isinstance(run, LARS)
