@@ -11,24 +11,10 @@ check sample by sample.
 Intended for small images held decoded in a uint8 cache (CPU or GPU); large or ragged images
 go through the per-image ``MultiCrop`` in DataLoader workers instead.
 
-Why not kornia.augmentation, which also draws per-sample parameters over a batch: it was slower
-on both batches measured, with the same parameters (``benchmarks/augment_speed.py``, kornia 0.9.0,
-torch 2.14.1, AMD EPYC Zen 3 without AVX-512, 2 cores shared with other jobs, load ~10; medians of
-3 alternating rounds):
-
-* cpu preset batch, 256 x 2 crops of 32 px from 32x32 uint8, colour strength 0.5, no blur:
-  1 thread 2272 crops/s here against 1014 for kornia; 2 threads 112 against 86 (the shared
-  machine starved the second thread).
-* GPU-sized batch, 64 x (2x224 + 6x96) from 256-px images, SwAV's augmentation with blur:
-  1 thread 48.5 against 37.7 crops/s; 2 threads 31.6 against 17.4.
-* the cpu preset's training step fed by each: 22.5 against 23.2 img/s with 1 thread, 11.5
-  against 13.9 with 2; equal within the noise of that machine (its step took 10-20 s, the
-  crops a fraction of a second).
-
-Again on a quiet 2-core Intel Xeon with AMX-bf16 (2 threads): 7599 crops/s against 4369 for kornia on the cpu
-preset's batch, 244.0 against 213.5 on the GPU-sized one, and the step fed by each at 130.1 against 128.9 img/s.
-
-So the ops stay hand-written and kornia is not a dependency. Not measured: a GPU.
+Why not kornia.augmentation, which also draws per-sample parameters over a batch: with the same
+parameters it was slower on both batches measured, the cpu preset's and a GPU-sized multi-crop batch, on
+two CPUs (``benchmarks/augment_speed.py``; figures in docs/benchmarks.md#compiling-and-batched-crops-on-this-cpu
+and the AMX machine's speed section). So the ops stay hand-written and kornia is not a dependency. Not measured: a GPU.
 """
 
 from __future__ import annotations

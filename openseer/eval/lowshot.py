@@ -114,9 +114,8 @@ class LowShotConfig(SplitConfig):
         default_factory=lambda: RecipeConfig(batch_size=32, lr=0.4, crop_scale=(0.25, 1.0))
     )
     """Supervised training from scratch: the fine-tuning recipe (steps, augmentation, learning rate chosen on
-    validation), batch 32, rates around 0.4 per 256 and crops of at least a quarter of the image. Measured on
-    1% of the built-in slice, 500 steps, one seed: 0.572 test top-1 at lr 0.1 with crops from 8%, 0.619 at
-    lr 0.4, 0.660 at lr 0.4 with crops from 25% (small images lose their object in an 8% crop)."""
+    validation), batch 32, rates around 0.4 per 256 and crops of at least a quarter of the image: small images
+    lose their object in an 8% crop (docs/benchmarks.md#the-supervised-baselines-recipe)."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
     """How features are computed; its workers and progress also serve the trained runs (protocol 'finetune',
     the 'supervised' baseline), and its batch size their scoring."""

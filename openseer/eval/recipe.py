@@ -18,9 +18,8 @@ from openseer.data.folders import DataError
 class RecipeConfig:
     steps: int = 1500
     """Optimisation steps, whatever the size of the labelled set: a budget in epochs gives a 1% subset a few
-    dozen steps, far from convergence. Measured from scratch (RegNetY-200MF, batch 32, built-in slice, seed 0):
-    at 1% (100 labels) test top-1 stops rising after ~500 of 1,500 steps (0.66 -> 0.67), at 10% (1,000
-    labels) it still gains ~1 point over the last 10% of 1,500 steps (0.80)."""
+    dozen steps, far from convergence. From scratch on 1% and 10% of the built-in slice, test top-1 has
+    stopped rising or nearly so by 1,500 steps (docs/benchmarks.md#the-supervised-baselines-recipe)."""
     epochs: float | None = None
     """Alternative to `steps`: passes over the labelled set (SEER fine-tunes ImageNet for 35); when set, the
     number of steps follows the size of the set and `steps` is ignored."""

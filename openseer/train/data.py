@@ -184,8 +184,8 @@ class TensorBatches:
 
     ``prefetch > 0``: augmentation runs that many steps ahead in a background thread; ``0``: in the consumer's
     thread, when asked for. The default (None) is 2 on a GPU, whose step leaves the host free, and 0 on a CPU:
-    there a prefetching thread's torch ops oversubscribe the cores the step's own threads use (cpu preset,
-    2 cores: 300 img/s in line against 255 with the thread, 290 with the thread held to one intra-op thread).
+    there a prefetching thread's torch ops oversubscribe the cores the step's own threads use (measured in
+    docs/benchmarks.md#speed-at-total-stride-16-cifar-10-folder-cpu-preset-regnety-200mf-2x32-crops-batch-256).
     """
 
     def __init__(
