@@ -156,7 +156,7 @@ def scale_runs(
     if seconds_per_step <= 0 or runs * steps * seconds_per_step <= room:
         return Scaled(steps, False)
     for count, single in ((runs, False), (single_runs, True)):
-        fit = math.floor(room / (seconds_per_step * count)) if room > 0 else 0
+        fit = math.floor(room / (seconds_per_step * count) + 1e-9) if room > 0 else 0  # 1e-9: float noise
         if fit >= min(steps, min_steps):
             return Scaled(min(steps, fit), single)
     return None

@@ -127,7 +127,7 @@ class LowShotConfig(SplitConfig):
     max_minutes: float | None = cost.DEFAULT_MAX_MINUTES
     """Bound on the estimate (one batch and a few steps timed, times what is planned). Over it, the supervised
     baseline's `scratch.steps` and `scratch.lr_factors`, where left at their defaults, are scaled down to fit
-    (fewer steps, down to SCRATCH_MIN_STEPS, then one learning rate), as the log says; what still does not fit
+    (fewer steps, down to 300 a run, then one learning rate), as the log says; what still does not fit
     stops the command before the long work. 0 or null: no limit."""
 
     def validate(self) -> None:
@@ -315,6 +315,8 @@ def plan_lowshot(
     if decision.fits or scratch is None or not scalable:
         cost.check("lowshot", parts, cfg.max_minutes, advice)
         return cfg, []
+    for line in decision.lines:
+        log.info("%s", line)
     limit = cost.limit_seconds(cfg.max_minutes)
     room = limit - (decision.total - scratch.total)
     runs = sum(planned_runs(c, cfg.scratch, seed) for c in cells)
@@ -332,14 +334,14 @@ def plan_lowshot(
     recipe = dataclasses.replace(cfg.scratch, **changes)
     steps = sum(planned_runs(c, recipe, seed) * plan(len(c), recipe)[2] for c in cells)
     parts[parts.index(scratch)] = dataclasses.replace(scratch, units=steps)
-    for line in cost.decide("lowshot", parts, cfg.max_minutes).lines:
-        log.info("%s", line)
     scaled = [
         f"the supervised baseline was scaled to fit max_minutes={cfg.max_minutes:g} (about "
         f"{cost.duration(decision.total)} as planned): {'; '.join(said)}; set max_minutes=0 (or higher) to "
         "train it as configured"
     ]
     log.warning("%s", scaled[0])
+    for line in cost.decide("lowshot", parts, cfg.max_minutes).lines:
+        log.info("%s", line)
     return dataclasses.replace(cfg, scratch=recipe), scaled
 
 
