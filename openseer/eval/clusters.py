@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from openseer.config import ConfigError
 from openseer.data.labelled import EvalData
-from openseer.eval.embed import Embedder, FeatureConfig
+from openseer.eval import cost
+from openseer.eval.embed import Embedder, FeatureConfig, check_embedding
 from openseer.eval.neighbors import save_grid, thumbnails
 from openseer.eval.report import figures_html, summary_html
 from openseer.eval.split import resolve_data
@@ -85,8 +86,12 @@ class ClustersConfig:
     """Folder of clusters.json; null: RUN/eval."""
     features: FeatureConfig = field(default_factory=lambda: FeatureConfig(bn_recalibrate=False))
     """BatchNorm statistics kept as trained by default: the head was trained on those features."""
+    max_minutes: float | None = cost.DEFAULT_MAX_MINUTES
+    """Stop before embedding when the estimate (one batch timed, times the batches) is over this many minutes;
+    0 or null: no limit. `max_images` assigns a subset instead."""
 
     def validate(self) -> None:
+        cost.check_max_minutes(self.max_minutes)
         if not self.checkpoint:
             raise ConfigError("clusters needs a pretraining checkpoint (it uses the SwAV prototypes)")
         if self.clusters < 1 or self.per_cluster < 1 or self.thumbnail < 8:
@@ -110,6 +115,7 @@ def run_clusters(cfg: ClustersConfig, weights: Weights | None = None, data: Eval
     if cfg.max_images is not None and len(data) > cfg.max_images:
         pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: cfg.max_images]
         data = data.subset(pick.sort().values, f"{data.name} ({cfg.max_images} sampled)")
+    check_embedding("clusters", embedder, data, [data], cfg.max_minutes)
     embedder.prepare(data)
     feats = embedder(data)
     scores = prototype_scores(weights.build_head(), feats.features)

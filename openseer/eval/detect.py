@@ -21,6 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,7 @@ from openseer.data.coco import CocoDetection, CocoSet, Invalid, read_coco
 from openseer.data.folders import DataError, Skipped
 from openseer.data.images import SkipLog
 from openseer.distributed import resolve_device
+from openseer.eval import cost
 from openseer.eval.coco_ap import coco_ap, detections_to_coco
 from openseer.eval.linear import write_result
 from openseer.eval.recipe import step_lr
@@ -199,8 +201,12 @@ class DetectConfig:
     """Data-loading processes (0: load in the main process)."""
     progress: bool = True
     """Show a progress bar."""
+    max_minutes: float | None = cost.DEFAULT_MAX_MINUTES
+    """Stop before training when the estimate (a few steps timed, times recipe.steps) is over this many minutes;
+    0 or null: no limit."""
 
     def validate(self) -> None:
+        cost.check_max_minutes(self.max_minutes)
         if not self.checkpoint or not self.train:
             raise ConfigError(
                 "detect needs weights and a training set (checkpoint=WEIGHTS train=INSTANCES_JSON)"
@@ -366,6 +372,46 @@ def _resume_state(ckpt_dir: Path, categories: list[dict], device: torch.device) 
     return state
 
 
+def _detect_step(
+    model: nn.Module, opt: torch.optim.Optimizer, items: list, device: torch.device, step: int
+) -> dict[str, torch.Tensor]:
+    """One optimisation step on ``items`` ((image uint8 (3, H, W), target) pairs); the detector's losses."""
+    inputs = [image.to(device).float().div_(255) for image, _ in items]
+    targets = [{k: v.to(device) for k, v in t.items() if k != "image_id"} for _, t in items]
+    parts = model(inputs, targets)
+    loss = sum(parts.values())
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"detection training diverged at step {step} (loss {float(loss)}): lower recipe.lr and "
+            "rerun (--resume continues from the last checkpoint)"
+        )
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return parts
+
+
+def detect_step_seconds(
+    model: nn.Module, data: CocoDetection, recipe: DetectRecipe, device: torch.device, seed: int = 0
+) -> float:
+    """Seconds of one training step of :func:`train_detector` (a batch of the recipe's size, its images read),
+    the mean of two steps after a warm-up step, on a copy of ``model``; the random streams are left as they
+    were."""
+    bs = min(recipe.batch_size, len(data))
+    order = iter(_StepBatches(len(data), bs, seed, 0, 3))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        copy = deepcopy(model).to(device).train()
+        params = [p for p in copy.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=0.0, momentum=recipe.momentum)
+
+        def step() -> None:
+            items = [item for item in (data[i] for i in next(order)) if not isinstance(item, Skipped)]
+            if items:
+                _detect_step(copy, opt, items, device, 0)
+
+        return cost.time_step(step)
+
+
 def train_detector(
     model: nn.Module,
     data: CocoDetection,
@@ -456,18 +502,7 @@ def train_detector(
             else:
                 items.append(item)
         if items:
-            inputs = [image.to(device).float().div_(255) for image, _ in items]
-            targets = [{k: v.to(device) for k, v in t.items() if k != "image_id"} for _, t in items]
-            parts = model(inputs, targets)
-            loss = sum(parts.values())
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"detection training diverged at step {step} (loss {float(loss)}): lower recipe.lr and "
-                    "rerun (--resume continues from the last checkpoint)"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            parts = _detect_step(model, opt, items, device, step)
             losses.add({k: float(v.detach()) for k, v in parts.items()})
             images += len(items)
         step += 1
@@ -576,9 +611,15 @@ def run_detect(cfg: DetectConfig, resume: bool = False) -> dict[str, Any]:
     suffix = "" if pretrained else "-scratch"
     out = Path(cfg.out_dir).expanduser() if cfg.out_dir else weights.run_dir / f"detect{suffix}"
     device = resolve_device(cfg.device)
+    training = CocoDetection(train, masks)
+    seconds = detect_step_seconds(model, training, cfg.recipe, device, cfg.seed)
+    bs = min(cfg.recipe.batch_size, len(training))
+    part = cost.Part("detection training", cfg.recipe.steps, "step", seconds, f"of {bs} images")
+    advice = ", lower recipe.steps or model.min_size/max_size, or train on a GPU (device)"
+    cost.check("detect", [part], cfg.max_minutes, advice)
     stats = train_detector(
         model,
-        CocoDetection(train, masks),
+        training,
         cfg.recipe,
         device=device,
         seed=cfg.seed,

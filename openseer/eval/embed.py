@@ -12,7 +12,8 @@ import copy
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,7 @@ from openseer.data.images import SkipLog
 from openseer.data.labelled import FORMAT_VERSION, EvalData
 from openseer.data.preprocess import Preprocess
 from openseer.distributed import resolve_device
+from openseer.eval import cost
 from openseer.eval.features import forward_batches, recalibrate_batchnorm
 from openseer.eval.inputs import image_batches
 from openseer.eval.split import resolve_data
@@ -147,31 +149,70 @@ class Embedder:
         """Normalised inputs (B, 3, size, size) on this device and their rows (B,) of ``data``, unreadable files
         left out."""
         cfg = self.cfg
-        return image_batches(data, self.preprocess, cfg.batch_size, self.device, cfg.workers, self.channels_last)
+        return image_batches(
+            data, self.preprocess, cfg.batch_size, self.device, cfg.workers, self.channels_last
+        )
 
     def calibrate(self, data: EvalData) -> None:
         """Re-estimate BatchNorm statistics on up to ``calibration_images`` images of ``data`` (a seeded sample,
         as pretraining's kNN does), on a copy of the backbone; the identity records on what."""
-        n = self.cfg.calibration_images
-        base = self.identity  # of the weights as given: stable whatever the float details of re-estimation
-        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[
+            : self.cfg.calibration_images
+        ]
+        identity = self._calibrated_identity(data)
         self.backbone = copy.deepcopy(self.backbone)
         recalibrate_batchnorm(self.backbone, (x for x, _ in self.inputs(data.subset(pick))))
         self.backbone.eval()
         self.calibrated_on = data.key()
-        self._identity = hashlib.sha256(f"{base}|bn:{data.key()}:{n}".encode()).hexdigest()
+        self._identity = identity
+
+    def _calibrated_identity(self, data: EvalData) -> str:
+        # of the weights as given: stable whatever the float details of re-estimation
+        return hashlib.sha256(
+            f"{self.identity}|bn:{data.key()}:{self.cfg.calibration_images}".encode()
+        ).hexdigest()
+
+    def _calibrates(self) -> bool:
+        return self.cfg.bn_recalibrate or self.random_init
 
     def prepare(self, train: EvalData) -> None:
         """Re-estimate BatchNorm on the training images when configured, and always at random initialisation,
         whose initial statistics make every image look alike."""
-        if self.cfg.bn_recalibrate or self.random_init:
+        if self._calibrates():
             self.calibrate(train)
 
-    def cache_path(self, data: EvalData) -> Path:
+    def estimate(
+        self, train: EvalData | None, sets: Sequence[EvalData], what: str = "embedding"
+    ) -> cost.Part | None:
+        """The embedding still to do, timed on one batch of real inputs: the BatchNorm re-estimation on ``train``
+        that :meth:`prepare` will make (None: no preparation), then every set of ``sets`` not in the cache. None
+        when there is nothing to compute, or a single batch (timing it would cost as much as the work)."""
+        identity = self.identity
+        calibrating = train is not None and self._calibrates() and self.calibrated_on is None
+        if calibrating:
+            identity = self._calibrated_identity(train)
+        todo = [data for data in sets if not (self.cfg.cache and self.cache_path(data, identity).exists())]
+        counts = [len(data) for data in todo]
+        if calibrating:
+            counts.append(min(len(train), self.cfg.calibration_images))
+        bs = self.cfg.batch_size
+        batches = sum(math.ceil(n / bs) for n in counts)
+        if batches <= 1:
+            return None
+        sample = (todo or [train])[0]
+        x, _ = next(iter(self.inputs(sample.subset(torch.arange(min(bs, len(sample)))))))
+        seconds = cost.batch_seconds(self.backbone, x)
+        names = [data.name for data in todo] + (
+            [f"BatchNorm re-estimation on {train.name}"] if calibrating else []
+        )
+        detail = f"of {len(x)} images at {x.shape[-1]} px"
+        return cost.Part(f"{what} {', '.join(names)}", batches, "batch", seconds, detail)
+
+    def cache_path(self, data: EvalData, identity: str | None = None) -> Path:
         blob = json.dumps(
             {
                 "version": FORMAT_VERSION,
-                "model": self.identity,
+                "model": identity or self.identity,
                 "data": data.key(),
                 "preprocess": data.fitted(self.preprocess).to_dict(),
             }
@@ -224,6 +265,20 @@ class Embedder:
         return Features(feats, index, labels, list(data.classes), data.items(index), data.unreadable(index))
 
 
+def check_embedding(
+    command: str,
+    embedder: Embedder,
+    train: EvalData | None,
+    sets: Sequence[EvalData],
+    max_minutes: float | None,
+) -> float:
+    """Log what embedding ``sets`` (after preparing on ``train``) will cost and stop with a
+    :class:`~openseer.eval.cost.CostError` when it is over ``max_minutes``; the estimated seconds."""
+    part = embedder.estimate(train, sets)
+    advice = ", embed fewer images, or compute on a GPU (features.device)"
+    return cost.check(command, [part] if part else [], max_minutes, advice)
+
+
 # ============ weights ============
 
 
@@ -258,10 +313,14 @@ class EmbedConfig:
     """Seed of the random initialisation."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
     """How features are computed: batch size, workers, device, BatchNorm re-estimation, cache."""
+    max_minutes: float | None = cost.DEFAULT_MAX_MINUTES
+    """Stop before embedding when the estimate (one batch timed, times the batches) is over this many minutes;
+    0 or null: no limit."""
 
     def validate(self) -> None:
         if not self.checkpoint:
             raise ConfigError("embed needs weights (checkpoint=RUN_FOLDER_OR_FILE)")
+        cost.check_max_minutes(self.max_minutes)
 
 
 def save_features(feats: Features, out: Path, meta: dict) -> list[Path]:
@@ -296,6 +355,7 @@ def run_embed(cfg: EmbedConfig) -> tuple[Features, list[Path]]:
     """Embed ``cfg.data`` with the checkpoint's backbone and write the features; returns them and the files."""
     embedder, weights = embedder_for(cfg.checkpoint, cfg.features, cfg.random_init, cfg.seed)
     data = resolve_data(cfg.data, weights, cfg.split)
+    check_embedding("embed", embedder, data, [data], cfg.max_minutes)
     embedder.prepare(data)
     feats = embedder(data)
     meta = {

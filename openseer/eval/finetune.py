@@ -36,6 +36,7 @@ from openseer.data.folders import DataError, LabelledImages, collate_skipping, s
 from openseer.data.labelled import EvalData
 from openseer.data.multicrop import AugmentSpec, CropSpec
 from openseer.distributed import resolve_device
+from openseer.eval import cost
 from openseer.eval.classifier import (
     Classifier,
     build_head,
@@ -93,7 +94,12 @@ def _train_batches(
     if data.images is not None:
         # RandomResizedCrop + flip per sample, batched on uint8 tensors (no colour, grayscale or blur)
         aug = AugmentSpec(
-            flip_p=recipe.flip_p, color_p=0.0, grayscale_p=0.0, blur_p=0.0, mean=clf.preprocess.mean, std=clf.preprocess.std
+            flip_p=recipe.flip_p,
+            color_p=0.0,
+            grayscale_p=0.0,
+            blur_p=0.0,
+            mean=clf.preprocess.mean,
+            std=clf.preprocess.std,
         )
         crop = [CropSpec(clf.preprocess.size, 1, tuple(recipe.crop_scale))]
         for step, idx in enumerate(sampler):
@@ -166,6 +172,82 @@ class _Curve:
 
     def pending(self) -> list[float]:
         return [self.loss, self.batches, self.correct, self.seen]
+
+
+def _train_step(
+    clf: Classifier, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step on images (B,3,S,S) and targets (B,): (loss, logits (B, C), targets on device)."""
+    y = y.to(device)
+    logits = clf(x.to(device))
+    loss = F.cross_entropy(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, logits, y
+
+
+def step_seconds(
+    clf: Classifier,
+    train: EvalData,
+    recipe: RecipeConfig,
+    device: torch.device | str = "cpu",
+    workers: int = 2,
+    seed: int = 0,
+) -> float:
+    """Seconds of one training step of :func:`train_classifier` on ``train`` (an augmented batch of the recipe's
+    size, its loading included), the mean of two steps after a warm-up step. ``clf`` is trained by them: pass
+    a copy to throw away. The random streams are left as they were."""
+    device = torch.device(device)
+    bs, steps_per_epoch, _ = plan(len(train), recipe)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        clf.to(device).train()
+        opt = torch.optim.SGD(clf.parameters(), lr=0.0, momentum=recipe.momentum)
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for epoch in range(3):  # three steps, however few batches an epoch holds
+                yield from _train_batches(clf, train, recipe, bs, steps_per_epoch, epoch, workers, seed)
+
+        it = batches()
+        return cost.time_step(lambda: _train_step(clf, opt, *next(it), device))
+
+
+def planned_runs(train: EvalData, recipe: RecipeConfig, seed: int = 0) -> int:
+    """Training runs :func:`fit_classifier` makes on ``train`` (without resuming): one per learning rate of the
+    grid plus the refit, or one when there is no choice to make."""
+    lrs, fit_idx, val_idx = _selection(train, recipe, seed)
+    if len(lrs) == 1 or len(val_idx) == 0 or len(fit_idx) < 2:
+        return 1
+    return len(lrs) + (1 if recipe.refit else 0)
+
+
+def _selection(
+    train: EvalData, recipe: RecipeConfig, seed: int
+) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+    """(learning rates of the grid, rows trained on, rows of the validation split) of :func:`fit_classifier`."""
+    fit_idx, val_idx = split_per_class(train.targets, recipe.val_fraction, seed=seed)
+    return recipe.lrs(), fit_idx, val_idx
+
+
+def training_part(
+    what: str,
+    make: Callable[[], Classifier],
+    cells: Sequence[EvalData],
+    recipe: RecipeConfig,
+    device: torch.device | str = "cpu",
+    workers: int = 2,
+    seed: int = 0,
+    resuming: bool = False,
+) -> cost.Part:
+    """What :func:`fit_classifier` on each set of ``cells`` will cost (``resuming``: one run each, at most the
+    whole budget), one step timed (:func:`step_seconds`) on the largest set with a classifier of ``make()``."""
+    runs = [1 if resuming else planned_runs(c, recipe, seed) for c in cells]
+    steps = sum(r * plan(len(c), recipe)[2] for r, c in zip(runs, cells, strict=True))
+    largest = max(cells, key=len)
+    clf = make()
+    seconds = step_seconds(clf, largest, recipe, device, workers, seed)
+    detail = f"of {plan(len(largest), recipe)[0]} images at {clf.preprocess.size} px"
+    return cost.Part(what, steps, "step", seconds, detail)
 
 
 def train_classifier(
@@ -273,12 +355,7 @@ def train_classifier(
             current = step_lr(base_lr, step, milestones, recipe.gamma)
             for group in opt.param_groups:
                 group["lr"] = current
-            y = y.to(device)
-            logits = clf(x.to(device))
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, logits, y = _train_step(clf, opt, x, y, device)
             curve.add(float(loss.detach()), logits.detach(), y)
             step += 1
             if step % log_every == 0 or step == total:
@@ -352,8 +429,7 @@ def fit_classifier(
             clf, train, recipe, ckpt_dir=ckpt_dir, resume=True, source=source, keep=keep, **args
         )
         return clf, {**stats, "selection": stats["notes"].get("selection")}
-    lrs = recipe.lrs()
-    fit_idx, val_idx = split_per_class(train.targets, recipe.val_fraction, seed=seed)
+    lrs, fit_idx, val_idx = _selection(train, recipe, seed)
     if len(lrs) > 1 and len(val_idx) == 0:
         log.warning("too few labels to hold out a validation split: training at recipe.lr %g", recipe.lr)
     if len(lrs) == 1 or len(val_idx) == 0 or len(fit_idx) < 2:
@@ -446,10 +522,14 @@ class FinetuneConfig(SplitConfig):
     """DataLoader worker processes that decode and augment image files (0: in this process)."""
     progress: bool = True
     """Show progress bars."""
+    max_minutes: float | None = cost.DEFAULT_MAX_MINUTES
+    """Stop before training when the estimate (a few steps timed, times the steps of every run of the
+    learning-rate grid and the refit) is over this many minutes; 0 or null: no limit."""
 
     def validate(self) -> None:
         if not self.checkpoint:
             raise ConfigError("finetune needs weights (checkpoint=RUN_FOLDER_OR_FILE)")
+        cost.check_max_minutes(self.max_minutes)
 
 
 def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
@@ -461,8 +541,21 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     suffix = "-scratch" if cfg.init == "random" else ""
     out = Path(cfg.out_dir) if cfg.out_dir else run_dir / f"finetune{suffix}"
     device = resolve_device(cfg.device)
+
+    def make() -> Classifier:
+        return new_classifier(
+            copy.deepcopy(backbone), weights, train, cfg.seed
+        )  # each run from the same start
+
+    resuming = resume and latest_checkpoint(out / "checkpoints") is not None
+    what = "training from scratch" if cfg.init == "random" else "fine-tuning"
+    part = training_part(what, make, [train], cfg.recipe, device, cfg.workers, cfg.seed, resuming)
+    advice = (
+        ", lower recipe.steps, try one learning rate (recipe.lr_factors=[1.0]), or train on a GPU (device)"
+    )
+    cost.check("finetune", [part], cfg.max_minutes, advice)
     clf, stats = fit_classifier(
-        lambda: new_classifier(copy.deepcopy(backbone), weights, train, cfg.seed),  # each run from the same start
+        make,
         train,
         cfg.recipe,
         device,

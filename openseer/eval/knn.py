@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from openseer.config import ConfigError
-from openseer.eval.embed import FeatureConfig, Features, embedder_for
+from openseer.eval import cost
+from openseer.eval.embed import FeatureConfig, Features, check_embedding, embedder_for
 from openseer.eval.metrics import accuracy, write_result
 from openseer.eval.split import SplitConfig, split_data
 
@@ -85,10 +86,14 @@ class KnnConfig(SplitConfig):
     """Folder of the JSON result; null: RUN/eval."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
     """How features are computed."""
+    max_minutes: float | None = cost.DEFAULT_MAX_MINUTES
+    """Stop before embedding when the estimate (one batch timed, times the batches) is over this many minutes;
+    0 or null: no limit."""
 
     def validate(self) -> None:
         if not self.checkpoint:
             raise ConfigError("knn needs weights (checkpoint=RUN_FOLDER_OR_FILE)")
+        cost.check_max_minutes(self.max_minutes)
         if self.k < 1 or self.temperature <= 0:
             raise ConfigError(f"k must be >= 1 and temperature > 0, got k={self.k}, T={self.temperature}")
 
@@ -99,6 +104,7 @@ def run_knn(cfg: KnnConfig) -> dict:
     cfg.validate()
     embedder, weights = embedder_for(cfg.checkpoint, cfg.features, cfg.model == "random", cfg.seed)
     train, test = split_data(cfg, weights)
+    check_embedding("knn", embedder, train, [train, test], cfg.max_minutes)
     embedder.prepare(train)
     train_f, test_f = embedder(train), embedder(test)
     top1, top5 = knn_of_features(train_f, test_f, cfg.k, cfg.temperature)

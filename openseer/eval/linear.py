@@ -23,8 +23,9 @@ from torch import nn
 
 from openseer.config import ConfigError, to_dict
 from openseer.data.folders import split_per_class
+from openseer.eval import cost
 from openseer.eval.classifier import Classifier, save_classifier
-from openseer.eval.embed import FeatureConfig, embedder_for
+from openseer.eval.embed import FeatureConfig, check_embedding, embedder_for
 from openseer.eval.metrics import accuracy, confusion_matrix, write_result
 from openseer.eval.split import SplitConfig, split_data
 
@@ -220,10 +221,14 @@ class LinearConfig(SplitConfig):
     """Write the classifier checkpoint (to out_dir), which openseer predict reads."""
     results: str | None = None
     """Folder of the JSON result (default RUN/eval)."""
+    max_minutes: float | None = cost.DEFAULT_MAX_MINUTES
+    """Stop before embedding when the estimate (one batch timed, times the batches) is over this many minutes;
+    0 or null: no limit. The probes train on the cached features and are not counted."""
 
     def validate(self) -> None:
         if not self.checkpoint:
             raise ConfigError("linear needs weights (checkpoint=RUN_FOLDER_OR_FILE)")
+        cost.check_max_minutes(self.max_minutes)
 
 
 def run_linear(cfg: LinearConfig) -> dict:
@@ -232,6 +237,7 @@ def run_linear(cfg: LinearConfig) -> dict:
     random_init = cfg.model == "random"
     embedder, weights = embedder_for(cfg.checkpoint, cfg.features, random_init, cfg.seed)
     train, test = split_data(cfg, weights)
+    check_embedding("linear", embedder, train, [train, test], cfg.max_minutes)
     embedder.prepare(train)
     train_f, test_f = embedder(train), embedder(test)
     c = len(train.classes)

@@ -19,6 +19,7 @@ validation top-1 per logged step) is kept in the result, and the report shows wh
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import statistics
 import time
@@ -33,12 +34,13 @@ from openseer.config import ConfigError, to_dict
 from openseer.data.folders import subset_per_class
 from openseer.data.labelled import EvalData
 from openseer.distributed import resolve_device
+from openseer.eval import cost
 from openseer.eval.classifier import Classifier, evaluate_classifier
 from openseer.eval.embed import Embedder, FeatureConfig, Features
-from openseer.eval.finetune import fit_classifier, new_classifier
+from openseer.eval.finetune import fit_classifier, new_classifier, planned_runs, training_part
 from openseer.eval.linear import ProbeConfig, ProbeResult, fit_linear_probe, score_head
 from openseer.eval.metrics import write_result
-from openseer.eval.recipe import RecipeConfig
+from openseer.eval.recipe import RecipeConfig, plan
 from openseer.eval.split import SplitConfig, split_data
 from openseer.weights import Weights, load_weights
 
@@ -121,8 +123,14 @@ class LowShotConfig(SplitConfig):
     the 'supervised' baseline), and its batch size their scoring."""
     results: str | None = None
     """Folder of the JSON result; null: RUN/eval."""
+    max_minutes: float | None = cost.DEFAULT_MAX_MINUTES
+    """Bound on the estimate (one batch and a few steps timed, times what is planned). Over it, the supervised
+    baseline's `scratch.steps` and `scratch.lr_factors`, where left at their defaults, are scaled down to fit
+    (fewer steps, down to 300 a run, then one learning rate), as the log says; what still does not fit
+    stops the command before the long work. 0 or null: no limit."""
 
     def validate(self) -> None:
+        cost.check_max_minutes(self.max_minutes)
         if not self.checkpoint:
             raise ConfigError("lowshot needs a pretraining checkpoint (a ckpt-*.pt file or a run folder)")
         if not self.fractions and not self.per_class:
@@ -143,6 +151,12 @@ def lowshot(weights: Weights, train: EvalData, test: EvalData, cfg: LowShotConfi
     subsets = label_subsets(train.targets, cfg.fractions, cfg.per_class, cfg.seeds)
     device = resolve_device(cfg.features.device)
     methods = ["ssl-linear" if cfg.protocol == "linear" else "ssl-finetune", *cfg.baselines]
+    embedders = {
+        method: lowshot_embedder(weights, pretrained, cfg, random_init=method == "random")
+        for method in methods
+        if method in ("ssl-linear", "random")
+    }
+    cfg, scaled = plan_lowshot(weights, pretrained, train, test, subsets, embedders, cfg, device)
     runs: dict[str, dict[str, list[dict]]] = {m: {b: [] for b in subsets} for m in methods}
 
     def record(method: str, budget: str, seed: int, n: int, top1: float, top5: float, **fit: object) -> None:
@@ -152,9 +166,7 @@ def lowshot(weights: Weights, train: EvalData, test: EvalData, cfg: LowShotConfi
 
     def linear_method(method: str, random_init: bool) -> None:
         # features of the full training set once (unlabelled images are not scarce), then a probe per subset
-        backbone = weights.random_backbone(cfg.seed) if random_init else pretrained
-        embedder = Embedder(backbone, weights.preprocess, cfg.features, weights.model.channels_last)
-        embedder.random_init = random_init
+        embedder = embedders[method]
         embedder.prepare(train)  # BatchNorm re-estimated on a copy: `pretrained` stays as loaded
         train_f, test_f = embedder(train), embedder(test)
         for budget, by_seed in subsets.items():
@@ -180,7 +192,9 @@ def lowshot(weights: Weights, train: EvalData, test: EvalData, cfg: LowShotConfi
 
                 def make(subset: EvalData = subset, seed: int = seed) -> Classifier:
                     # every run of the learning-rate grid starts from the same network and head
-                    start = copy.deepcopy(pretrained) if init == "pretrained" else weights.random_backbone(seed)
+                    start = (
+                        copy.deepcopy(pretrained) if init == "pretrained" else weights.random_backbone(seed)
+                    )
                     return new_classifier(start, weights, subset, seed)
 
                 clf, stats = fit_classifier(
@@ -238,8 +252,96 @@ def lowshot(weights: Weights, train: EvalData, test: EvalData, cfg: LowShotConfi
         "seeds": list(cfg.seeds),
         "rows": rows,
         "config": to_dict(cfg),
+        "scaled": scaled,
         "seconds": time.perf_counter() - started,
     }
+
+
+SCRATCH_MIN_STEPS = 300
+"""Fewest steps per run the supervised baseline is scaled down to, to fit max_minutes."""
+
+
+def lowshot_embedder(
+    weights: Weights, pretrained: torch.nn.Module, cfg: LowShotConfig, random_init: bool
+) -> Embedder:
+    """The embedder of a probed method: ``pretrained``, or the same network at random initialisation."""
+    backbone = weights.random_backbone(cfg.seed) if random_init else pretrained
+    embedder = Embedder(backbone, weights.preprocess, cfg.features, weights.model.channels_last)
+    embedder.random_init = random_init
+    return embedder
+
+
+def plan_lowshot(
+    weights: Weights,
+    pretrained: torch.nn.Module,
+    train: EvalData,
+    test: EvalData,
+    subsets: dict[str, dict[int, torch.Tensor]],
+    embedders: dict[str, Embedder],
+    cfg: LowShotConfig,
+    device: torch.device,
+) -> tuple[LowShotConfig, list[str]]:
+    """Time and log what every method will cost; when it is over ``cfg.max_minutes``, the config with the
+    supervised baseline's default steps and grid scaled down to fit (and what was scaled, as sentences), or a
+    :class:`~openseer.eval.cost.CostError` when that is not enough or not allowed."""
+    parts: list[cost.Part] = []
+    for method, embedder in embedders.items():
+        part = embedder.estimate(train, [train, test], f"embedding ({METHOD_NAMES[method]})")
+        if part is not None:
+            parts.append(part)
+    cells = [
+        train.subset(rows, f"{train.name} ({budget}, seed {seed})")
+        for budget, by_seed in subsets.items()
+        for seed, rows in by_seed.items()
+    ]
+    scratch = None
+    workers, seed = cfg.features.workers, cfg.seeds[0]
+    if cfg.protocol == "finetune":
+        make = lambda: new_classifier(copy.deepcopy(pretrained), weights, cells[0], seed)  # noqa: E731
+        parts.append(training_part("fine-tuning", make, cells, cfg.recipe, device, workers, seed))
+    if "supervised" in cfg.baselines:
+        make = lambda: new_classifier(weights.random_backbone(seed), weights, cells[0], seed)  # noqa: E731
+        scratch = training_part("training from scratch", make, cells, cfg.scratch, device, workers, seed)
+        parts.append(scratch)
+    advice = ", name fewer budgets or seeds, drop a baseline (baselines=[random]), or compute on a GPU (features.device)"
+    decision = cost.decide("lowshot", parts, cfg.max_minutes, advice)
+    default = LowShotConfig().scratch
+    scalable = (
+        cfg.scratch.steps == default.steps
+        and cfg.scratch.lr_factors == default.lr_factors
+        and cfg.scratch.epochs is None
+    )
+    if decision.fits or scratch is None or not scalable:
+        cost.check("lowshot", parts, cfg.max_minutes, advice)
+        return cfg, []
+    for line in decision.lines:
+        log.info("%s", line)
+    limit = cost.limit_seconds(cfg.max_minutes)
+    room = limit - (decision.total - scratch.total)
+    runs = sum(planned_runs(c, cfg.scratch, seed) for c in cells)
+    fit = cost.scale_runs(room, scratch.seconds, cfg.scratch.steps, runs, len(cells), SCRATCH_MIN_STEPS)
+    if fit is None:
+        cost.check("lowshot", parts, cfg.max_minutes, advice)  # raises: even the smallest baseline is over
+        return cfg, []
+    changes: dict[str, object] = {"steps": fit.steps}
+    said = [f"scratch.steps {cfg.scratch.steps} -> {fit.steps}"]
+    if fit.single:
+        changes["lr_factors"] = [1.0]
+        said.append(
+            f"scratch.lr_factors {cfg.scratch.lr_factors} -> [1.0] (trained at scratch.lr, no selection)"
+        )
+    recipe = dataclasses.replace(cfg.scratch, **changes)
+    steps = sum(planned_runs(c, recipe, seed) * plan(len(c), recipe)[2] for c in cells)
+    parts[parts.index(scratch)] = dataclasses.replace(scratch, units=steps)
+    scaled = [
+        f"the supervised baseline was scaled to fit max_minutes={cfg.max_minutes:g} (about "
+        f"{cost.duration(decision.total)} as planned): {'; '.join(said)}; set max_minutes=0 (or higher) to "
+        "train it as configured"
+    ]
+    log.warning("%s", scaled[0])
+    for line in cost.decide("lowshot", parts, cfg.max_minutes).lines:
+        log.info("%s", line)
+    return dataclasses.replace(cfg, scratch=recipe), scaled
 
 
 def run_lowshot(cfg: LowShotConfig) -> dict:

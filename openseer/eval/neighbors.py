@@ -15,7 +15,8 @@ from openseer.config import ConfigError
 from openseer.data.folders import DataError
 from openseer.data.images import BadImageError, SkipLog, load_rgb
 from openseer.data.labelled import EvalData, load_data
-from openseer.eval.embed import FeatureConfig, embedder_for
+from openseer.eval import cost
+from openseer.eval.embed import FeatureConfig, check_embedding, embedder_for
 from openseer.eval.features import forward_batches
 from openseer.eval.inputs import image_batches
 
@@ -80,10 +81,16 @@ class NeighborsConfig:
     """A PNG: each query followed by its neighbours, one row per query."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
     """How features are computed."""
+    max_minutes: float | None = cost.DEFAULT_MAX_MINUTES
+    """Stop before embedding the index when the estimate (one batch timed, times the batches) is over this many
+    minutes; 0 or null: no limit."""
 
     def validate(self) -> None:
+        cost.check_max_minutes(self.max_minutes)
         if not self.checkpoint or not self.index or not self.images:
-            raise ConfigError("neighbors needs weights (checkpoint=...), at least one query image and index=FOLDER")
+            raise ConfigError(
+                "neighbors needs weights (checkpoint=...), at least one query image and index=FOLDER"
+            )
         if self.k < 1:
             raise ConfigError(f"k: got {self.k}, expected >= 1")
 
@@ -92,6 +99,7 @@ def run_neighbors(cfg: NeighborsConfig) -> list[dict]:
     """[{'image', 'neighbors': [{'item', 'score', 'label'?}]}] for each query image."""
     data = load_data(cfg.index, "train", labels="auto")
     embedder, _ = embedder_for(cfg.checkpoint, cfg.features, cfg.random_init)
+    check_embedding("neighbors", embedder, data, [data], cfg.max_minutes)
     embedder.prepare(data)
     feats = embedder(data)
     fit = data.fitted(embedder.preprocess)  # queries are fitted as the index images were

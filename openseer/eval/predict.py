@@ -8,6 +8,7 @@ Any file :func:`openseer.weights.load_weights` reads that holds a classifier can
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,9 @@ import torch
 from openseer.config import ConfigError
 from openseer.data.folders import DataError, list_images
 from openseer.data.images import SkipLog
-from openseer.data.labelled import load_data
+from openseer.data.labelled import EvalData, load_data
 from openseer.distributed import resolve_device
+from openseer.eval import cost
 from openseer.eval.classifier import Classifier, score_labelled
 from openseer.eval.features import forward_batches
 from openseer.eval.inputs import Images, image_batches
@@ -93,8 +95,12 @@ class PredictConfig:
     """Images per forward pass."""
     workers: int = 2
     """DataLoader worker processes that decode the image files (0: in this process)."""
+    max_minutes: float | None = cost.DEFAULT_MAX_MINUTES
+    """Stop before predicting when the estimate (one batch timed, times the batches) is over this many minutes;
+    0 or null: no limit."""
 
     def validate(self) -> None:
+        cost.check_max_minutes(self.max_minutes)
         if not self.checkpoint:
             raise ConfigError(
                 "predict needs a classifier checkpoint (the output of openseer linear/finetune)"
@@ -129,6 +135,8 @@ def run_predict(cfg: PredictConfig) -> dict:
         "evaluation": None,
     }
     files = image_files(cfg.images or [])
+    data = load_data(cfg.data, "test", labels="required") if cfg.data else None
+    check_prediction(clf, files, data, cfg)
     skipped = SkipLog()
     probs, rows = class_probabilities(clf, files, cfg.batch_size, cfg.workers, skipped)
     if files and not len(rows):
@@ -142,10 +150,28 @@ def run_predict(cfg: PredictConfig) -> dict:
             out["predictions"].append({"image": name, "predictions": [p.__dict__ for p in read[i]]})
         else:
             out["predictions"].append({"image": name, "error": next(reasons)})
-    if cfg.data:
-        data = load_data(cfg.data, "test", labels="required")
+    if data is not None:
         out["evaluation"] = score_labelled(clf, data, cfg.batch_size, cfg.workers)
     return out
+
+
+def check_prediction(
+    clf: Classifier, files: Sequence[str], data: EvalData | None, cfg: PredictConfig
+) -> float:
+    """Log what classifying ``files`` and ``data`` will cost, timed on one batch of them, and stop with a
+    :class:`~openseer.eval.cost.CostError` when it is over ``cfg.max_minutes``; the estimated seconds."""
+    bs = cfg.batch_size
+    batches = math.ceil(len(files) / bs) + (math.ceil(len(data) / bs) if data is not None else 0)
+    if batches <= 1:  # timing one batch would cost as much as the work
+        return 0.0
+    sample = files[:bs] if files else data.subset(torch.arange(min(bs, len(data))))
+    x = next(
+        iter(image_batches(sample, clf.preprocess, bs, next(clf.parameters()).device, cfg.workers)), None
+    )
+    if x is None:  # none of the first images reads: the command says so
+        return 0.0
+    part = cost.Part("predicting", batches, "batch", cost.batch_seconds(clf, x[0]), f"of {len(x[0])} images")
+    return cost.check("predict", [part], cfg.max_minutes, ", predict fewer images, or on a GPU (device)")
 
 
 def format_predictions(result: dict) -> str:

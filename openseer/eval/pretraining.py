@@ -95,8 +95,12 @@ def evaluate_pretraining(
                 out["knn_top1"], out["knn_top1_random"], out["linear_top1"],
             )  # fmt: skip
         # what the prototypes make of the images trained on, labelled or not: the report's cluster gallery
-        features = FeatureConfig(device=device, workers=cfg.data.workers, progress=progress, bn_recalibrate=False)
-        clusters = ClustersConfig(str(run_dir), max_images=REPORT_CLUSTER_IMAGES, features=features)
+        features = FeatureConfig(
+            device=device, workers=cfg.data.workers, progress=progress, bn_recalibrate=False
+        )
+        clusters = ClustersConfig(
+            str(run_dir), max_images=REPORT_CLUSTER_IMAGES, features=features, max_minutes=None
+        )
         run_clusters(clusters, weights, data.training_set(record.source))
     out["report"] = str(build_report(run_dir))
     out["seconds"] = time.perf_counter() - started
@@ -146,7 +150,9 @@ def _write(run_dir: Path, bank: EvalData, out: dict, cfg: PretrainConfig) -> Non
     knn = {"kind": "knn", "k": cfg.run.knn_k, "temperature": cfg.run.knn_temperature, **common}
     folder = run_dir / "eval"
     write_result(
-        folder, "pretraining-knn", {**knn, "model": "pretrained", "top1": out["knn_top1"], "top5": out["knn_top5"]}
+        folder,
+        "pretraining-knn",
+        {**knn, "model": "pretrained", "top1": out["knn_top1"], "top5": out["knn_top5"]},
     )
     write_result(
         folder,
