@@ -7,6 +7,7 @@ Defaults follow the SwAV paper's ImageNet recipe (Caron et al. 2020, main_swav.p
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,6 +34,10 @@ class PretrainModelConfig(ModelConfig):
     model.*; otherwise a new head is drawn (its prototypes frozen for swav.freeze_prototypes_iters steps). The
     optimiser and schedule start afresh; --resume with a checkpoint in run.out_dir goes on from that instead.
     null: random initialisation."""
+
+    def network(self) -> ModelConfig:
+        """The network alone, as the weights describe it (``model.init`` left out)."""
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)})
 
     def validate(self) -> None:
         if self.init is not None and not self.init.strip():

@@ -183,7 +183,9 @@ def tiny_classifier(
         head = build_head(backbone.num_features, len(classes), bn=head_bn)
         nn.init.normal_(head[1].weight, std=0.5)
     cfg = tiny_classifier_config()
-    return Classifier(backbone, head, list(classes), cfg.model, cfg.preprocess(resize), to_dict(cfg)).eval()
+    return Classifier(
+        backbone, head, list(classes), cfg.model.network(), cfg.preprocess(resize), to_dict(cfg)
+    ).eval()
 
 
 def randomize_batchnorm(module: nn.Module, seed: int) -> nn.Module:
