@@ -30,14 +30,16 @@ import shlex
 from pathlib import Path
 
 import torch
-from _common import CIFAR_TAR, cifar10_folder, machine  # the sibling modules (their folder is on sys.path when run)
+from _common import CIFAR_TAR, cifar10_folder, machine  # siblings: their folder is on sys.path when run
 from photos import limited
 
 from openseer.api import pretrain
 from openseer.train.pretrain import PretrainResult
 
 
-def run(name: str, source: str, minutes: float, args: argparse.Namespace, init: Path | None = None) -> PretrainResult:
+def run(
+    name: str, source: str, minutes: float, args: argparse.Namespace, init: Path | None = None
+) -> PretrainResult:
     """The cpu preset on ``source`` for ``minutes`` of training steps into OUT/``name`` (from ``init`` when
     given), with its end-of-run evaluation."""
     overrides = [
@@ -54,10 +56,16 @@ def run(name: str, source: str, minutes: float, args: argparse.Namespace, init: 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="training minutes of each target run")
-    parser.add_argument("--source-minutes", type=float, default=None, help="of the source run (default: --minutes)")
-    parser.add_argument("--source", default="builtin", help="the first domain (default: built-in Fashion-MNIST)")
+    parser.add_argument(
+        "--source-minutes", type=float, default=None, help="of the source run (default: --minutes)"
+    )
+    parser.add_argument(
+        "--source", default="builtin", help="the first domain (default: built-in Fashion-MNIST)"
+    )
     parser.add_argument("--target", type=Path, default=None, help="the second domain (default: CIFAR-10)")
-    parser.add_argument("--cifar", type=Path, default=CIFAR_TAR, help="the CIFAR-10 JPEG archive (default target)")
+    parser.add_argument(
+        "--cifar", type=Path, default=CIFAR_TAR, help="the CIFAR-10 JPEG archive (default target)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="class-balanced target images (default: all)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-continued"))
     parser.add_argument("--workers", type=int, default=2)
