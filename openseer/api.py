@@ -74,18 +74,26 @@ def pretrain(
     config: str | os.PathLike | PretrainConfig | Sequence[str | os.PathLike] = "cpu",
     overrides: Sequence[str] = (),
     *,
+    init: str | os.PathLike | None = None,
     resume: bool = False,
     **options: Any,
 ) -> PretrainResult:
     """SwAV pretraining, as ``openseer pretrain`` (see :func:`make_config` for the arguments), then, when
-    ``run.evaluate`` and the data are labelled, the one evaluation of the run (``result.evaluation``: kNN at
-    random initialisation and after training, linear probe; see :mod:`openseer.eval.pretraining`).
+    ``run.evaluate`` and the data are labelled, the one evaluation of the run (``result.evaluation``: kNN of the
+    network it started from and after training, linear probe; see :mod:`openseer.eval.pretraining`).
+
+    ``init``: start from this weights file (``model.init``: continued pretraining; a SEER/VISSL or timm
+    checkpoint, an imported or exported safetensors file, a run folder or checkpoint), applied after the other
+    options. ``resume``: go on from the run folder's last checkpoint, which wins over ``init`` when there is one.
 
     ``openseer.pretrain("cpu", ["data.source=~/photos"], run__budget_minutes=20)``
+    ``openseer.pretrain("cpu", ["data.source=~/photos"], init="seer_regnet32gf.torch", model__arch="auto")``
     """
     from openseer import distributed
     from openseer.train.pretrain import pretrain as run
 
+    if init is not None:
+        options["model__init"] = os.fspath(init)
     cfg = make_config(config, overrides, **options)
     result = run(cfg, resume=resume)
     # every process has saved; the process group goes before the evaluation, which reads the checkpoint in one
@@ -95,7 +103,9 @@ def pretrain(
     if cfg.run.evaluate and distributed.launch_rank() == 0:
         from openseer.eval.pretraining import evaluate_pretraining
 
-        result.evaluation = evaluate_pretraining(result.out_dir, device=cfg.run.device, progress=cfg.run.progress)
+        result.evaluation = evaluate_pretraining(
+            result.out_dir, device=cfg.run.device, progress=cfg.run.progress
+        )
     return result
 
 
@@ -185,9 +195,7 @@ class PretrainedModel:
             for level, channels in maps.channels.items()
         }
 
-    def predict(
-        self, images: Images, topk: int = 5, batch_size: int = 64
-    ) -> list[list[tuple[str, float]]]:
+    def predict(self, images: Images, topk: int = 5, batch_size: int = 64) -> list[list[tuple[str, float]]]:
         """Per image, the ``topk`` most probable classes as (label, probability), most probable first."""
         from openseer.eval.predict import top_predictions
 

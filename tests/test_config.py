@@ -250,7 +250,7 @@ def test_one_merge_layers_base_sources_values_strings_and_typed_pairs():
     assert cfg.data.cache_size is None and cfg.data.source == "null"  # a typed value is never read as YAML
     # a dataclass instance sets the whole section
     model = ModelConfig(arch="regnety_200mf", prototypes=20)
-    assert load_config(PretrainConfig, ["cpu"], [("model", model)]).model == model
+    assert load_config(PretrainConfig, ["cpu"], [("model", model)]).model.network() == model
     with pytest.raises(ConfigError, match="unknown config key 'run.seeed'; did you mean 'run.seed'"):
         load_config(PretrainConfig, overrides=[("run.seeed", 1)])
     with pytest.raises(ConfigError, match="list of 'key=value' strings, got the string 'run.seed=1'"):
@@ -275,7 +275,10 @@ class _Derived(_Base):
 
 def test_field_docs_are_the_attribute_docstrings():
     assert field_docs(_Base) == {"size": "Side of the base."}
-    assert field_docs(_Derived) == {"size": "Side of the derived one.", "extra": "An extra key, over two lines."}
+    assert field_docs(_Derived) == {
+        "size": "Side of the derived one.",
+        "extra": "An extra key, over two lines.",
+    }
 
 
 def test_learning_rates_scale_with_the_global_batch():

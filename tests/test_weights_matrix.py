@@ -254,7 +254,7 @@ def test_load(weight_source: WeightSource) -> None:
     assert model.embed(images).shape == (3, 368) and model.classes is None
     assert model.config.arch == "regnety_200mf"
     if weight_source.kind in FROM_RUN:  # described by the run's config: its model section, its first crop
-        assert isinstance(model.recipe, PretrainConfig) and model.config == model.recipe.model
+        assert isinstance(model.recipe, PretrainConfig) and model.config == model.recipe.model.network()
         assert model.preprocess == model.recipe.preprocess() and model.preprocess.size == 16
     else:
         assert model.recipe is None and model.preprocess == IMPORTED_PREPROCESS

@@ -6,6 +6,9 @@ import argparse
 
 from openseer.cli.command import Command, Switch
 
+START_ROWS = {"random": "random initialisation", "initial": "initial weights"}
+"""The row of the network a run started from: its random draw, or its model.init file."""
+
 
 def format_pretraining(result) -> str:  # noqa: ANN001 - a PretrainResult, imported lazily
     """The summary a finished run prints: its speed, then each held-out score once."""
@@ -17,8 +20,9 @@ def format_pretraining(result) -> str:  # noqa: ANN001 - a PretrainResult, impor
     ev = result.evaluation or {}
     if "knn_top1" in ev:
         lines.append(f"{'held-out images (' + str(ev['n_test']) + ')':<34}{'top-1':>8}{'top-5':>8}")
+        start = ev.get("start", "random")
         rows = [
-            ("  kNN, random initialisation", ev["knn_top1_random"], ev["knn_top5_random"]),
+            (f"  kNN, {START_ROWS[start]}", ev[f"knn_top1_{start}"], ev[f"knn_top5_{start}"]),
             ("  kNN, after pretraining", ev["knn_top1"], ev["knn_top5"]),
             ("  linear probe, after pretraining", ev["linear_top1"], ev["linear_top5"]),
         ]

@@ -1,11 +1,15 @@
-"""The one evaluation at the end of pretraining: kNN at random initialisation and after training, a linear probe.
+"""The one evaluation at the end of pretraining: kNN of the network the run started from and after training, a
+linear probe.
 
 Run once per run, by ``openseer pretrain`` and :func:`openseer.pretrain` after training (the training loop only
 trains and saves), on the run's own labelled split, the one pretraining recorded in ``RUN/holdout.json``: the
 labelled training part is the kNN bank and the probe's training set, the held-out part (never trained on) is
 scored. Both networks are scored the same way (:func:`knn_on_split`): BatchNorm statistics re-estimated on
 un-augmented training images (``run.knn_bn_recalibrate``), then weighted cosine kNN (``run.knn_k``,
-``run.knn_temperature``). The random network is the one the run started from (drawn with ``run.seed``). Results
+``run.knn_temperature``). The network the run started from is its random initialisation (drawn with
+``run.seed``), or, for a run started from a weights file (``model.init``), that file's network as it stands,
+scored as ``openseer knn FILE`` scores it over the same split (its own preprocessing; BatchNorm re-estimated as
+``run.knn_bn_recalibrate`` says, like the trained network's): the "initial weights" row. Results
 go to ``RUN/eval/pretraining-*.json`` (the report reads them) and are returned. Labelled or not, the images
 trained on are then grouped by the run's prototypes, as ``openseer clusters RUN`` groups them
 (``RUN/eval/clusters.json`` and its grids), for the report's gallery.
@@ -49,6 +53,9 @@ def run_config(run_dir: str | Path) -> PretrainConfig:
     return load_config(PretrainConfig, [path])
 
 
+START_NAMES = {"random": "at random initialisation", "initial": "with the initial weights (model.init)"}
+"""How the log names the network a run started from."""
+
 REPORT_CLUSTER_IMAGES = 2000
 """Training images (a seeded sample of larger sets) whose prototype clusters the run's report shows."""
 
@@ -73,8 +80,9 @@ def evaluate_pretraining(
     cache when the run used one); then build the run's report.
 
     Returns {'knn_top1', 'knn_top5', 'knn_top1_random', 'knn_top5_random', 'linear_top1', 'linear_top5',
-    'linear_lr', 'n_bank', 'n_test', 'test_name', 'seconds', 'report'}; only 'seconds' and 'report' when the
-    data has no labels.
+    'linear_lr', 'n_bank', 'n_test', 'test_name', 'start', 'seconds', 'report'}; only 'seconds' and 'report'
+    when the data has no labels. 'start' is 'random', or 'initial' for a run started from ``model.init``, whose
+    scores are then 'knn_top1_initial' and 'knn_top5_initial' instead of the '_random' ones.
     """
     started = time.perf_counter()
     weights = load_weights(run_dir)
@@ -90,9 +98,10 @@ def evaluate_pretraining(
         if bank is not None and test is not None and len(test):
             out = _score(weights, bank, test, cfg, device, progress, probe or ProbeConfig(epochs=30))
             _write(run_dir, bank, out, cfg)
+            start = out["start"]
             log.info(
-                "held-out kNN top-1: %.4f after pretraining, %.4f at random initialisation; linear probe %.4f",
-                out["knn_top1"], out["knn_top1_random"], out["linear_top1"],
+                "held-out kNN top-1: %.4f after pretraining, %.4f %s; linear probe %.4f",
+                out["knn_top1"], out[f"knn_top1_{start}"], START_NAMES[start], out["linear_top1"],
             )  # fmt: skip
         # what the prototypes make of the images trained on, labelled or not: the report's cluster gallery
         features = FeatureConfig(
@@ -117,12 +126,18 @@ def _score(
     probe: ProbeConfig,
 ) -> dict:
     features = FeatureConfig(device=device, workers=cfg.data.workers, progress=progress)
-    out: dict = {}
-    for random_init in (True, False):
-        embedder = Embedder.from_weights(weights, features, random_init=random_init, seed=cfg.run.seed)
-        recalibrate = cfg.run.knn_bn_recalibrate or random_init
+    out: dict = {"start": "random" if cfg.model.init is None else "initial"}
+    for start in (out["start"], "trained"):
+        if start == "initial":  # the file as openseer knn FILE reads it: its network and preprocessing
+            initial = load_weights(str(cfg.model.init))
+            embedder = Embedder.from_weights(initial, features)
+        else:
+            embedder = Embedder.from_weights(
+                weights, features, random_init=start == "random", seed=cfg.run.seed
+            )
+        recalibrate = cfg.run.knn_bn_recalibrate or start == "random"
         bank_f, test_f, top1, top5 = knn_on_split(embedder, bank, test, cfg, recalibrate)
-        suffix = "_random" if random_init else ""
+        suffix = "" if start == "trained" else f"_{start}"
         out[f"knn_top1{suffix}"], out[f"knn_top5{suffix}"] = top1, top5
     # the probe on the trained network's features (bank_f, test_f of the last pass)
     fit = fit_linear_probe(bank_f.features, bank_f.labels, len(bank.classes), probe)
@@ -154,10 +169,11 @@ def _write(run_dir: Path, bank: EvalData, out: dict, cfg: PretrainConfig) -> Non
         "pretraining-knn",
         {**knn, "model": "pretrained", "top1": out["knn_top1"], "top5": out["knn_top5"]},
     )
+    start = out["start"]
     write_result(
         folder,
-        "pretraining-knn-random",
-        {**knn, "model": "random", "top1": out["knn_top1_random"], "top5": out["knn_top5_random"]},
+        f"pretraining-knn-{start}",
+        {**knn, "model": start, "top1": out[f"knn_top1_{start}"], "top5": out[f"knn_top5_{start}"]},
     )
     write_result(
         folder,

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MODEL_NAMES = {
     "pretrained": "self-supervised",
     "random": "random init",
+    "initial": "initial weights",
     "supervised": "supervised from scratch",
 }
 KIND_NAMES = {"knn": "kNN", "linear": "linear probe", "finetune": "fine-tuning"}

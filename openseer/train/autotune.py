@@ -329,7 +329,7 @@ def step_signature(cfg: PretrainConfig, device: torch.device, threads: int) -> d
         "torch": torch.__version__,
         "device": device.type,
         "threads": threads,
-        "model": to_dict(cfg.model),
+        "model": to_dict(cfg.model.network()),  # what the run starts from is no part of it
         "crops": [[c.size, c.count] for c in cfg.crops],
         "batch_size": cfg.optim.batch_size,
         "optim": cfg.optim.name,

@@ -7,6 +7,7 @@ Defaults follow the SwAV paper's ImageNet recipe (Caron et al. 2020, main_swav.p
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,6 +16,40 @@ from openseer.data.images import DEFAULT_MAX_PIXELS
 from openseer.data.multicrop import AugmentSpec, CropSpec
 from openseer.data.preprocess import Preprocess, Resize
 from openseer.models.config import ModelConfig
+
+
+@dataclass
+class PretrainModelConfig(ModelConfig):
+    """The network of a pretraining run (:class:`~openseer.models.config.ModelConfig`, what the weights store) plus
+    what the run starts from, which is the run's and not the network's: ``init`` is kept in the run's config and
+    checkpoints, never in the description stored with the weights."""
+
+    arch: str = "resnet50"
+    """A RegNetY size (regnety_200mf ... regnety_256gf, regnety_10b), resnet50 or resnet18; see
+    `openseer.models`. 'auto' (with model.init): the architecture and stem of that file."""
+    init: str | None = None
+    """Start from these weights instead of a random initialisation (continued pretraining): any file
+    openseer.weights.load_weights reads (SEER/VISSL or timm checkpoint, safetensors of import-weights or export,
+    a run folder or checkpoint, a sharded FSDP run). The trunk is loaded, and the SwAV head when its shapes match
+    model.*; otherwise a new head is drawn (its prototypes frozen for swav.freeze_prototypes_iters steps). The
+    optimiser and schedule start afresh; --resume with a checkpoint in run.out_dir goes on from that instead.
+    null: random initialisation."""
+
+    def network(self) -> ModelConfig:
+        """The network alone, as the weights describe it (``model.init`` left out)."""
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)})
+
+    def validate(self) -> None:
+        if self.init is not None and not self.init.strip():
+            raise ConfigError("config key 'model.init': empty; give a weights file or null")
+        if self.arch != "auto":
+            super().validate()
+        elif self.init is None:
+            raise ConfigError(
+                "config key 'model.arch': 'auto' takes the architecture of model.init's file, but model.init is "
+                "not set"
+            )
+        # with 'auto', the rest is checked once the file's architecture is known (openseer.train.initial)
 
 
 @dataclass
@@ -94,7 +129,9 @@ class SwAVConfig:
         if not self.crops_for_assign:
             raise ConfigError("config key 'swav.crops_for_assign' must name at least one crop")
         if self.queue_length != "auto" and self.queue_length < 0:
-            raise ConfigError(f"config key 'swav.queue_length': got {self.queue_length}, expected >= 0 or auto")
+            raise ConfigError(
+                f"config key 'swav.queue_length': got {self.queue_length}, expected >= 0 or auto"
+            )
         if self.queue_start_epoch != "auto" and self.queue_start_epoch < 0:
             raise ConfigError(
                 f"config key 'swav.queue_start_epoch': got {self.queue_start_epoch}, expected >= 0 or auto"
@@ -333,8 +370,8 @@ class PretrainConfig:
     swav.crops_for_assign counts them."""
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     """Augmentation of every crop, and the normalisation of the network's input."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """The network: backbone, projection head and prototypes."""
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
+    """The network: backbone, projection head and prototypes; and the weights the run starts from."""
     swav: SwAVConfig = field(default_factory=SwAVConfig)
     """The SwAV objective: codes by Sinkhorn-Knopp, swapped prediction, the embedding queue."""
     optim: OptimConfig = field(default_factory=OptimConfig)

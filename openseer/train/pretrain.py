@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ from openseer.swav import EmbeddingQueue, cluster_health
 from openseer.train.autotune import Decision, choose_fast_paths, record_first_compile
 from openseer.train.config import PretrainConfig
 from openseer.train.data import BatchStream, LoaderBatches, PretrainData, TensorBatches, prepare_data
+from openseer.train.initial import Initial, load_initial_, read_initial
 from openseer.train.monitor import CollapseMonitor, MetricsWriter, ProgressBar
 from openseer.train.parallel import build_for_strategy, parallelize
 from openseer.train.queue_checkpoint import gather_queues, restore_queue
@@ -182,6 +183,7 @@ def setup(cfg: PretrainConfig, resume: bool = False) -> Run:
         torch.set_num_threads(cfg.run.threads)
     out_dir = Path(cfg.run.out_dir)
     started = _started_config(out_dir) if resume else None  # what a resumed run sized when it started
+    cfg, initial = _initial_weights(cfg, resume, started)
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.run.seed)
@@ -200,7 +202,7 @@ def setup(cfg: PretrainConfig, resume: bool = False) -> Run:
     steps_per_epoch = batches.steps_per_epoch
 
     # ============ model ============
-    model, train_model = _build_model(cfg, device)
+    model, train_model = _build_model(cfg, device, initial)
     # run.precision and run.compile; 'auto' ones are chosen by timing a few of the run's steps on its first batch
     fast = choose_fast_paths(cfg, model, train_model, batches, device, out_dir, resume=resume)
 
@@ -220,7 +222,9 @@ def setup(cfg: PretrainConfig, resume: bool = False) -> Run:
         progress, length = restored
     schedule = make_schedule(cfg, steps_per_epoch, length, budget_s)
     saved = progress.step if restored is not None else None
-    return Run(cfg, device, data, batches, model, parts, queue, fast.decision, schedule, progress, resume, saved)
+    return Run(
+        cfg, device, data, batches, model, parts, queue, fast.decision, schedule, progress, resume, saved
+    )
 
 
 def _started_config(out_dir: Path) -> PretrainConfig | None:
@@ -258,11 +262,43 @@ def batch_stream(cfg: PretrainConfig, data: PretrainData, device: torch.device) 
     return LoaderBatches(data.train_paths, workers=cfg.data.workers, max_pixels=cfg.data.max_pixels, **kwargs)
 
 
-def _build_model(cfg: PretrainConfig, device: torch.device) -> tuple[SwAVModel, torch.nn.Module]:
+def _initial_weights(
+    cfg: PretrainConfig, resume: bool, started: PretrainConfig | None
+) -> tuple[PretrainConfig, Initial | None]:
+    """The weights file the run starts from (``model.init``, read, with ``model.arch: auto`` resolved in the
+    config), or None: no ``model.init``, or ``--resume`` with a checkpoint to go on from, which wins (the
+    checkpoint holds the run's own weights, optimiser and schedule; the file is then not read)."""
+    if cfg.model.init is None:
+        return cfg, None
+    ckpt_dir = _checkpoint_dir(cfg)
+    found = (latest_sharded(ckpt_dir) if _sharded(cfg) else latest_checkpoint(ckpt_dir)) if resume else None
+    if found is None:
+        if resume:
+            log.info("--resume: no checkpoint in %s yet, so the run starts from model.init", ckpt_dir)
+        return read_initial(cfg)
+    log.info("--resume wins over model.init: going on from %s; %s is not loaded", found, cfg.model.init)
+    if cfg.model.arch == "auto":  # the architecture the run took from the file when it started
+        if started is None or started.model.arch == "auto":
+            raise ConfigError(
+                f"config key 'model.arch': 'auto' on --resume needs the architecture the run recorded in "
+                f"{Path(cfg.run.out_dir) / 'config.yaml'}; name it (model.arch=...)"
+            )
+        cfg = replace(cfg, model=replace(cfg.model, arch=started.model.arch, stem=started.model.stem))
+    return cfg, None
+
+
+def _build_model(
+    cfg: PretrainConfig, device: torch.device, initial: Initial | None = None
+) -> tuple[SwAVModel, torch.nn.Module]:
     """The model the run starts from, and what the loop calls: the model itself, its DDP wrapper, or (FSDP) the
-    model sharded in place, its parameters then DTensor shards."""
+    model sharded in place, its parameters then DTensor shards. With ``initial``, its weights are loaded into
+    the model before DDP wraps it (under FSDP, into this process's shards)."""
     # whole on this device, or under FSDP built on the meta device and materialised shard by shard
     model = build_for_strategy(cfg, device)
+    if initial is not None:
+        said = load_initial_(model, initial)
+        if distributed.is_main():
+            log.info(said)
     return model, parallelize(model, cfg.parallel, device, cfg.run.precision)
 
 
@@ -287,7 +323,7 @@ def _resume(
     ckpt_dir, sharded = _checkpoint_dir(cfg), _sharded(cfg)
     path = latest_sharded(ckpt_dir) if sharded else latest_checkpoint(ckpt_dir)
     if path is None:
-        log.warning("--resume: no usable checkpoint in %s, starting from scratch", ckpt_dir)
+        log.warning("--resume: no usable checkpoint in %s, starting at step 0", ckpt_dir)
         return None
     if sharded:  # loaded in place and resharded to this number of processes
         state = load_sharded(path, parts.model, parts.optimizer, queue)

@@ -13,6 +13,7 @@ and classifier checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +34,9 @@ def describe_recipe(
     and checkpoints store it): its ``model`` section, and as input the first (global) crop's size with the
     training normalisation (``augment.mean``, ``augment.std``), fitted by ``resize``.
 
-    Only these keys are read, so a recipe holding keys of another version still describes its network.
+    Only these keys are read, so a recipe holding keys of another version still describes its network; of the
+    ``model`` section, only :class:`ModelConfig`'s keys (a run's ``model.init``, what it started from, says nothing
+    about what the network is).
     """
     try:
         model_keys = recipe["model"]
@@ -47,12 +50,26 @@ def describe_recipe(
     preprocess = Preprocess(
         size, augment.get("mean", IMAGENET_MEAN), augment.get("std", IMAGENET_STD), resize
     )
-    return from_dict(ModelConfig, model_keys, prefix="model."), preprocess
+    return from_dict(ModelConfig, network_keys(model_keys), prefix="model."), preprocess
+
+
+def network_keys(model_keys: Any) -> Any:
+    """The ``model.*`` keys that describe the network (:class:`ModelConfig`'s) of a pretraining config's ``model``
+    section: a run's own keys (``init``) are left out."""
+    if not isinstance(model_keys, Mapping):
+        return model_keys  # from_dict says what is wrong with it
+    return {k: v for k, v in model_keys.items() if k not in _RUN_MODEL_KEYS}
+
+
+_RUN_MODEL_KEYS = frozenset({"init"})
+"""Keys of a pretraining config's ``model`` section that belong to the run, not to the network."""
 
 
 def description_dict(model: ModelConfig, preprocess: Preprocess) -> dict[str, Any]:
-    """``{"model": ..., "preprocess": ...}`` as plain values (JSON and YAML)."""
-    return {"model": to_dict(model), "preprocess": preprocess.to_dict()}
+    """``{"model": ..., "preprocess": ...}`` as plain values (JSON and YAML): of ``model`` only
+    :class:`ModelConfig`'s own fields, whatever subclass it is (a pretraining config's ``model.init`` stays out)."""
+    network = {f.name: to_dict(getattr(model, f.name)) for f in dataclasses.fields(ModelConfig)}
+    return {"model": network, "preprocess": preprocess.to_dict()}
 
 
 def read_description(stored: Mapping[str, Any], where: str) -> tuple[ModelConfig, Preprocess]:

@@ -183,7 +183,9 @@ def tiny_classifier(
         head = build_head(backbone.num_features, len(classes), bn=head_bn)
         nn.init.normal_(head[1].weight, std=0.5)
     cfg = tiny_classifier_config()
-    return Classifier(backbone, head, list(classes), cfg.model, cfg.preprocess(resize), to_dict(cfg)).eval()
+    return Classifier(
+        backbone, head, list(classes), cfg.model.network(), cfg.preprocess(resize), to_dict(cfg)
+    ).eval()
 
 
 def randomize_batchnorm(module: nn.Module, seed: int) -> nn.Module:
@@ -243,3 +245,28 @@ def run_ranks(script: str | Path, args: Sequence[str], world: int = 2, timeout: 
         assert proc.returncode == 0, log[-3000:]
         logs.append(log)
     return logs
+
+
+def vissl_file(
+    path: Path,
+    arch: str = "regnety_200mf",
+    head: dict[str, torch.Tensor] | None = None,
+    classifier: dict[str, torch.Tensor] | None = None,
+    trunk: bool = True,
+    seed: int = 0,
+) -> Path:
+    """A checkpoint laid out as VISSL writes SEER's (``openseer.weights.vissl.to_vissl_checkpoint``) of an
+    ``arch`` trunk drawn with ``seed``, its BatchNorm statistics randomised, with an optional SwAV ``head`` or
+    ``classifier`` (openseer's keys); ``trunk`` False leaves the trunk out (heads only)."""
+    from openseer.models import build_backbone
+    from openseer.weights.vissl import to_vissl_checkpoint
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = randomize_batchnorm(build_backbone(arch), seed).state_dict()
+    state = to_vissl_checkpoint(backbone, head, classifier)
+    if not trunk:
+        state["classy_state_dict"]["base_model"]["model"]["trunk"] = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path

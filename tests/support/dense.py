@@ -93,7 +93,7 @@ def random_weights_file(path: Path, config: PretrainConfig | None = None, seed: 
     if config is None:
         m, preprocess, recipe = imported_model("regnety_200mf", "small", None), IMPORTED_PREPROCESS, None
     else:
-        m, preprocess, recipe = config.model, config.preprocess(), to_dict(config)
+        m, preprocess, recipe = config.model.network(), config.preprocess(), to_dict(config)
     torch.manual_seed(seed)
     backbone = randomize_batchnorm(build_backbone(m.arch, m.stem, output_stride=m.output_stride), seed)
     (file, _) = save_weights(

@@ -57,11 +57,11 @@ def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
 def test_a_recipe_describes_its_network_by_the_first_crop_and_the_normalisation() -> None:
     cfg = _recipe()
     model, preprocess = describe_recipe(to_dict(cfg), "whole")
-    assert model == cfg.model and isinstance(model, ModelConfig)
+    assert model == cfg.model.network() and type(model) is ModelConfig
     assert preprocess == Preprocess(24, MEAN, STD, "whole")
     # keys of another version elsewhere in the recipe do not matter: only what describes the network is read
     drifted = {**to_dict(cfg), "optim": {"a_key_of_another_version": 1}}
-    assert describe_recipe(drifted) == (cfg.model, Preprocess(24, MEAN, STD))
+    assert describe_recipe(drifted) == (cfg.model.network(), Preprocess(24, MEAN, STD))
     with pytest.raises(CheckpointError, match="does not say what the network is"):
         describe_recipe({"optim": {}})
 
@@ -70,15 +70,15 @@ def test_save_weights_stores_the_description_and_the_recipe_beside_it(tmp_path: 
     cfg = _recipe()
     recipe = to_dict(cfg)
     weights = Weights(
-        cfg.model, Preprocess(24, MEAN, STD, "whole"), _backbone(cfg), source="run", recipe=recipe
+        cfg.model.network(), Preprocess(24, MEAN, STD, "whole"), _backbone(cfg), source="run", recipe=recipe
     )
     path, yaml_path = save_weights(weights, tmp_path / "w.safetensors")
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
-    assert json.loads(metadata["model"]) == to_dict(cfg.model) and "config" not in metadata
+    assert json.loads(metadata["model"]) == to_dict(cfg.model.network()) and "config" not in metadata
     assert json.loads(metadata["preprocess"]) == Preprocess(24, MEAN, STD, "whole").to_dict()
     again = load_weights(path)
-    assert (again.model, again.preprocess, again.recipe) == (cfg.model, weights.preprocess, recipe)
+    assert (again.model, again.preprocess, again.recipe) == (cfg.model.network(), weights.preprocess, recipe)
     assert _same_tensors(again.backbone, weights.backbone)
     written = yaml.safe_load(yaml_path.read_text())
     assert written["model"]["arch"] == "regnety_200mf" and written["preprocess"]["size"] == 24
@@ -122,7 +122,7 @@ def test_a_file_of_the_older_layout_loads_into_the_description(tmp_path: Path) -
     cfg = _recipe()
     path = _old_layout_file(tmp_path / "old.safetensors", cfg, [], ["cat", "dog"])
     weights = load_weights(path)
-    assert weights.model == cfg.model
+    assert weights.model == cfg.model.network()
     assert weights.preprocess == Preprocess(24, MEAN, STD, "whole")
     assert weights.recipe == to_dict(cfg) and weights.classes == ["cat", "dog"]
     assert _same_tensors(weights.backbone, _backbone(cfg))
@@ -141,7 +141,9 @@ def test_an_imported_file_of_the_older_layout_gets_no_recipe(tmp_path: Path) -> 
     cfg = _recipe()
     path = _old_layout_file(tmp_path / "seer.safetensors", cfg, ["format: vissl"], None)
     weights = load_weights(path)
-    assert weights.recipe is None and weights.model == cfg.model and weights.notes == ["format: vissl"]
+    assert (
+        weights.recipe is None and weights.model == cfg.model.network() and weights.notes == ["format: vissl"]
+    )
 
 
 def _classifier_state(cfg: PretrainConfig, old: bool) -> dict:
@@ -155,7 +157,10 @@ def _classifier_state(cfg: PretrainConfig, old: bool) -> dict:
     state |= {"source": "runs/x", "model": model}
     if old:
         return {**state, "resize": "whole", "pretrain_config": to_dict(cfg)}
-    description = {"model": to_dict(cfg.model), "preprocess": Preprocess(24, MEAN, STD, "whole").to_dict()}
+    description = {
+        "model": to_dict(cfg.model.network()),
+        "preprocess": Preprocess(24, MEAN, STD, "whole").to_dict(),
+    }
     return {**state, "description": description, "recipe": to_dict(cfg)}
 
 
@@ -164,5 +169,22 @@ def test_classifier_checkpoints_of_both_layouts_give_the_same_description(tmp_pa
     cfg = _recipe()
     save_checkpoint(_classifier_state(cfg, old), tmp_path / "checkpoints", 3)
     weights = load_weights(tmp_path)
-    assert weights.model == cfg.model and weights.preprocess == Preprocess(24, MEAN, STD, "whole")
+    assert weights.model == cfg.model.network() and weights.preprocess == Preprocess(24, MEAN, STD, "whole")
     assert weights.recipe == to_dict(cfg) and weights.classes == ["a", "b"]
+
+
+def test_model_init_is_the_runs_not_the_networks(tmp_path: Path) -> None:
+    """model.init (what a run started from) stays in the run's config: the description derived from the config
+    and every file written with it leave it out."""
+    from openseer.weights.description import description_dict
+
+    cfg = load_config(_recipe(), [], ["model.init=/somewhere/seer.torch"])
+    model, preprocess = describe_recipe(to_dict(cfg))
+    assert type(model) is ModelConfig and model == cfg.model.network() and not hasattr(model, "init")
+    assert "init" not in description_dict(cfg.model, preprocess)["model"]  # even given the run's own section
+    weights = Weights(model, preprocess, _backbone(cfg), source="run", recipe=to_dict(cfg))
+    file, yaml_file = save_weights(weights, tmp_path / "w.safetensors")
+    with safe_open(str(file), framework="pt") as f:
+        assert "init" not in json.loads(f.metadata()["model"])
+    assert "init" not in yaml.safe_load(yaml_file.read_text())["model"]
+    assert load_weights(file).model == model
