@@ -87,3 +87,25 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+BUSY_LOAD_PER_CORE = 1.5
+"""A 1-minute load average above this many runnable threads per usable core: other work shares the cores."""
+
+
+def busy_cpu(device: torch.device, load: float | None = None, cores: int | None = None) -> str | None:
+    """Why timings taken now on the CPU would mislead a later run (other work is sharing its cores), or None.
+
+    The 1-minute load average (``os.getloadavg``) against :data:`BUSY_LOAD_PER_CORE` per usable core; a GPU's
+    timings, and a system without a load average, are never called busy."""
+    if device.type != "cpu":
+        return None
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # not on every platform
+            return None
+    cores = cores if cores is not None else usable_cores()
+    if load <= BUSY_LOAD_PER_CORE * cores:
+        return None
+    return f"the CPU is busy (load average {load:.1f} on {cores} cores)"

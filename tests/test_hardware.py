@@ -65,3 +65,13 @@ def test_bf16_support_names_what_decides_it(monkeypatch):
     monkeypatch.setattr(hw, "read_cpuinfo", lambda: X86_AVX2)
     assert hw.bf16_support(torch.device("cpu")) == ("emulated", "none")
     assert not hw.device_native_bf16(torch.device("cpu"))
+
+
+def test_a_cpu_is_busy_when_its_load_is_well_above_its_cores() -> None:
+    cpu = torch.device("cpu")
+    busy_cpu = hw.busy_cpu
+    assert busy_cpu(cpu, load=2.5, cores=2) is None  # the run's own threads and a little more
+    why = busy_cpu(cpu, load=9.3, cores=2)
+    assert why is not None and "9.3" in why and "2 cores" in why
+    assert busy_cpu(torch.device("cuda"), load=50.0, cores=2) is None  # a GPU's timings are its own
+    assert busy_cpu(cpu) is None or "load average" in busy_cpu(cpu)  # reads this machine's load

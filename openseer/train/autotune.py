@@ -63,7 +63,7 @@ from openseer.data.cache import default_cache_dir
 
 # the package's atomic file write (temp file in the same folder, fsync, os.replace)
 from openseer.fileio.atomic import atomic_write_text
-from openseer.hardware import bf16_support, device_native_bf16, hardware_name
+from openseer.hardware import bf16_support, busy_cpu, device_native_bf16, hardware_name
 from openseer.models import SwAVModel
 from openseer.train.compile_cache import (
     compile_cache_warm,
@@ -591,7 +591,12 @@ def _decide(
     costs = {k: entry.get(k) for k in ("compile_s", "warm_compile_s")}
     if compile_trial is not None and not compiled_before:  # measured now: cold, or from warm caches
         costs["warm_compile_s" if warm else "compile_s"] = compile_trial.compile_s
-    if measured or probed:
+    # timings taken while other work shares the cores choose for this run only: recorded, they would decide
+    # every later run on this processor (a probe under load can make bf16 look no faster than fp32)
+    busy = busy_cpu(device) if measured or probed else None
+    if busy is not None:
+        notes.append(f"not recorded for later runs: {busy}")
+    if (measured or probed) and busy is None:
         write_cache(
             cache_path,
             key,

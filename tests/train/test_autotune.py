@@ -282,6 +282,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(at, "device_native_bf16", lambda device: True)
     monkeypatch.setattr(at, "compile_cache_warm", lambda key, root=None: False)
     monkeypatch.setattr(at, "mark_compiled", lambda key, root=None: None)
+    monkeypatch.setattr(at, "busy_cpu", lambda device: None)  # whatever else runs beside the tests
     return f
 
 
@@ -299,6 +300,18 @@ def test_a_run_under_ten_minutes_spends_only_the_probe(tmp_path: Path, fake):
     again = fake.choose(_auto(tmp_path, 5)).decision  # the same step later: the recorded probe, for free
     assert fake.probed == [["fp32", "bf16"]] and (again.precision, again.source) == ("bf16", "cache")
     assert again.autotune_s == 0.0
+
+
+def test_timings_on_a_busy_cpu_choose_for_this_run_only(tmp_path: Path, fake, monkeypatch):
+    monkeypatch.setattr(at, "busy_cpu", lambda device: "the CPU is busy (load average 9.0 on 2 cores)")
+    d = fake.choose(_auto(tmp_path, 5)).decision
+    assert (d.precision, d.source) == ("bf16", "probe")
+    assert "not recorded for later runs: the CPU is busy" in d.reason
+    assert not fake.cache.exists() or at.read_cache(fake.cache) == {}
+    monkeypatch.setattr(at, "busy_cpu", lambda device: None)
+    again = fake.choose(_auto(tmp_path, 5)).decision  # nothing recorded: the next run probes again
+    assert len(fake.probed) == 2 and again.source == "probe"
+    assert fake.choose(_auto(tmp_path, 5)).decision.source == "cache"  # a quiet probe is recorded
 
 
 def test_twenty_minutes_time_both_precisions_and_leave_compiling_out(tmp_path: Path, fake):
