@@ -71,3 +71,28 @@ def test_ctrl_c_exits_130_and_leaves_a_checkpoint_to_resume_from(
     assert f"resumed from {last} at step {stopped} of " in caplog.text
     resumed = load_checkpoint(latest_checkpoint(ckpts))
     assert resumed["step"] == stopped + 2 and resumed["images_seen"] > seen
+
+
+def test_a_command_runs_under_a_handler_of_its_own_that_raises(monkeypatch, capsys) -> None:  # noqa: ANN001
+    """Python's default handler lets native code that polls for interrupts consume a Ctrl-C: a command runs
+    under openseer's own, which raises KeyboardInterrupt (exit 130), and the caller's handler comes back."""
+    import dataclasses
+
+    import openseer.cli as cli
+
+    before = signal.getsignal(signal.SIGINT)
+    seen = []
+
+    def run(cfg, args) -> int:  # noqa: ANN001 - the command's run, replaced
+        seen.append(signal.getsignal(signal.SIGINT))
+        signal.raise_signal(signal.SIGINT)
+        return 0
+
+    (index,) = [i for i, c in enumerate(cli.COMMANDS) if c.name == "report"]
+    commands = list(cli.COMMANDS)
+    commands[index] = dataclasses.replace(commands[index], run=run)
+    monkeypatch.setattr(cli, "COMMANDS", commands)
+    assert main(["report", "runs/none"]) == 130
+    assert seen and seen[0] not in (before, signal.default_int_handler)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert capsys.readouterr().err.strip().splitlines()[-1] == INTERRUPTED
