@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from openseer.data.cache import default_cache_dir
 from openseer.data.labelled import EvalData
 from openseer.data.preprocess import Preprocess
-from openseer.hardware import hardware_name, usable_cores
+from openseer.hardware import hardware_name, synchronize, usable_cores
 from openseer.models import SwAVModel
 from openseer.train.compile_cache import persist_compile_caches
 from openseer.train.config import PretrainConfig
@@ -47,11 +47,6 @@ def cifar10_folder(tar_path: Path = CIFAR_TAR) -> Path:
 def machine(device: torch.device) -> tuple[str, int]:
     """(processor or GPU model, CPU cores this process may use), to print with every figure."""
     return hardware_name(device), usable_cores()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_peak_gflops(

@@ -89,6 +89,15 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def synchronize(device: torch.device | None = None) -> None:
+    """Wait for the work queued on a GPU (``device``'s, or the current one's), so that a clock read next
+    measures it; nothing to wait for on a CPU."""
+    if device is not None and device.type != "cuda":
+        return
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize(device)
+
+
 BUSY_LOAD_PER_CORE = 1.5
 """A 1-minute load average above this many runnable threads per usable core: other work shares the cores."""
 

@@ -75,3 +75,10 @@ def test_a_cpu_is_busy_when_its_load_is_well_above_its_cores() -> None:
     assert why is not None and "9.3" in why and "2 cores" in why
     assert busy_cpu(torch.device("cuda"), load=50.0, cores=2) is None  # a GPU's timings are its own
     assert busy_cpu(cpu) is None or "load average" in busy_cpu(cpu)  # reads this machine's load
+
+
+def test_synchronize_waits_only_where_there_is_queued_gpu_work() -> None:
+    hw.synchronize(torch.device("cpu"))  # nothing to wait for, whether or not a GPU exists
+    hw.synchronize()  # the current GPU's queue where one is in use, else nothing
+    if not torch.cuda.is_available():
+        assert not torch.cuda.is_initialized()  # waiting never starts CUDA on a machine without a GPU

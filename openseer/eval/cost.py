@@ -25,6 +25,7 @@ from torch import nn
 
 from openseer.config import ConfigError
 from openseer.eval.features import forward_batches
+from openseer.hardware import synchronize
 
 log = logging.getLogger(__name__)
 
@@ -162,23 +163,18 @@ def scale_runs(
     return None
 
 
-def _sync() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
 def time_step(
     step: Callable[[], object], warmup: Callable[[], object] | None = None, repeats: int = 2
 ) -> float:
     """Seconds per call of ``step``: ``warmup()`` (default: ``step()``) once untimed, then ``step()`` up to
     ``repeats`` times, the mean of those timed (one is enough when it takes over :data:`ENOUGH_SECONDS`)."""
     (warmup or step)()
-    _sync()
+    synchronize()
     spent, count = 0.0, 0
     for _ in range(max(1, repeats)):
         start = clock()
         step()
-        _sync()
+        synchronize()
         spent += clock() - start
         count += 1
         if spent > ENOUGH_SECONDS:

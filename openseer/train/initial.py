@@ -24,7 +24,7 @@ from openseer.fileio.checkpoint import CheckpointError
 from openseer.models import SwAVModel
 from openseer.train.config import PretrainConfig
 from openseer.weights import Weights, load_weights
-from openseer.weights.core import check_state, expected_shapes, head_config
+from openseer.weights.core import check_state, comparable_shapes, expected_shapes, head_config
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +77,12 @@ def head_mismatch(model: SwAVModel, weights: Weights) -> str | None:
         return "the file holds no SwAV head"
     own = {k: tuple(v.shape) for k, v in model.head.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in weights.head.items()}
-    if {k: s for k, s in own.items() if not k.endswith("num_batches_tracked")} == {
-        k: s for k, s in theirs.items() if not k.endswith("num_batches_tracked")
-    }:
+    if comparable_shapes(own) == comparable_shapes(theirs):
         return None
     file = head_config(weights.head)
-    m = model_head(model)
+    m = head_config(dict(model.head.state_dict()))  # model.* values, read as a file's are
     differ = ", ".join(f"{k} {file[k]} in the file vs {m[k]}" for k in file if file[k] != m.get(k))
     return f"its shape differs from model.* ({differ or 'the projection layers differ'})"
-
-
-def model_head(model: SwAVModel) -> dict:
-    """``model.*`` head values of a built model (as :func:`openseer.weights.core.head_config` reads a file's)."""
-    return head_config(dict(model.head.state_dict()))
 
 
 @torch.no_grad()

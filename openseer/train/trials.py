@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from openseer import distributed
+from openseer.hardware import synchronize
 from openseer.models import SwAVModel
 from openseer.train.compile_cache import persist_compile_caches
 from openseer.train.config import PretrainConfig
@@ -92,11 +93,6 @@ def trial_cost_s(step_s: float, compiled: bool = False, compile_s: float = 0.0) 
     return ((2 if compiled else 1) + TRIAL_STEPS) * step_s + (compile_s if compiled else 0.0)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def probe(
     cfg: PretrainConfig,
     model: SwAVModel,
@@ -125,10 +121,10 @@ def probe(
                 if repeat and time.perf_counter() - started > max_s:
                     break
                 for precision, pass_parts in parts.items():
-                    _sync(device)
+                    synchronize(device)
                     t0 = time.perf_counter()
                     forward_backward(pass_parts, part, with_queue=False)
-                    _sync(device)
+                    synchronize(device)
                     times[precision].append(time.perf_counter() - t0)
     finally:
         model.load_state_dict(saved)
@@ -177,12 +173,12 @@ def measure(
                 start = time.perf_counter()
                 for i in range(warm):
                     losses.append(train_step(parts, crops, i, peak_lr).loss)
-                _sync(device)
+                synchronize(device)
                 warmup_s = time.perf_counter() - start
                 for i in range(warm, warm + steps):
                     t0 = time.perf_counter()
                     losses.append(train_step(parts, crops, i, peak_lr).loss)
-                    _sync(device)
+                    synchronize(device)
                     times.append(time.perf_counter() - t0)
                 trial = Trial(cand, statistics.median(times), warmup_s, warm, [float(v) for v in losses])
                 trials.append(trial)

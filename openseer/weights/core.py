@@ -149,8 +149,9 @@ def check_state(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Ten
         raise CheckpointError(f"{what} does not fit: " + "; ".join(problems))
 
 
-def _comparable(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    # BatchNorm counters are often left out of released files and never affect outputs
+def comparable_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """``shapes`` without BatchNorm counters: released files often leave them out, and they never affect
+    outputs."""
     return {k: v for k, v in shapes.items() if not k.endswith("num_batches_tracked")}
 
 
@@ -172,11 +173,11 @@ def infer_arch(backbone: dict[str, torch.Tensor], arch: str | None = None) -> tu
     """
     from openseer.models.backbone import ARCHS
 
-    shapes = _comparable({k: tuple(v.shape) for k, v in backbone.items()})
+    shapes = comparable_shapes({k: tuple(v.shape) for k, v in backbone.items()})
     names = [arch] if arch is not None else _plausible(shapes, ARCHS)
     for name in names:
         for stem in ("imagenet", "small"):
-            if _comparable(expected_shapes(name, stem)) == shapes:
+            if comparable_shapes(expected_shapes(name, stem)) == shapes:
                 return name, stem
     if arch is not None:
         return arch, "imagenet"
