@@ -9,6 +9,8 @@ each run are printed beside the figures.
     python benchmarks/dense.py --weights runs/cpu \\
         --pennfudan /work/data/PennFudan/data/PennFudanPed --coco128 /work/data/coco128_yolo
     python benchmarks/dense.py --weights runs/cpu --pennfudan ... --coco128 ... --smoke   # end to end in minutes
+    python benchmarks/dense.py --weights runs/photos --pennfudan ... --steps 400 \\
+        --min-size 320 --max-size 533 --fpn-channels 128 --rois 128 --mask-head 128,128   # a 2-core CPU's hour
 
 The data (not shipped; see docs/dense.md for their terms):
 
@@ -21,9 +23,12 @@ The data (not shipped; see docs/dense.md for their terms):
   :func:`openseer.data.yolo.yolo_to_coco`; train2017 trains, val2017 tests.
 
 What a GPU changes: on a CPU the defaults here are scaled down (512-px images, batch 4, 1000 steps) to fit a
-CPU's hours; on a GPU (``--device cuda``) the reference settings (``--min-size 800 --max-size 1333``, batch 16,
-more steps) become affordable, and the images/s printed are the device's own, not comparable with a CPU's. The
-comparison itself (pretrained trunk against random at equal steps) is the same.
+CPU's hours, and ``--fpn-channels``, ``--rois`` and ``--mask-head`` narrow the detector's pyramid and heads
+(torchvision's 256 channels, 512 sampled proposals and four 256-channel mask layers by default), which on a
+2-core CPU take most of a step's time and the trunk's share little; on a GPU (``--device cuda``) the
+reference settings (``--min-size 800 --max-size 1333``, batch 16, the default widths, more steps) become
+affordable, and the images/s printed are the device's own, not comparable with a CPU's. The comparison itself
+(pretrained trunk against random at equal steps) is the same.
 
 ``--smoke``: 8 training and 4 test images per set, 2 steps, 128-px images: checks the pipeline end to end, the
 figures mean nothing. Last line: ``cpu="<model>" <set>_<init>_box_ap=... <set>_<init>_mask_ap=...
@@ -141,6 +146,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--min-size", type=int, default=512, help="shorter image side (torchvision: 800)")
     parser.add_argument("--max-size", type=int, default=853, help="longer image side (torchvision: 1333)")
+    parser.add_argument(
+        "--fpn-channels", type=int, default=256, help="feature pyramid width (torchvision: 256)"
+    )
+    parser.add_argument(
+        "--rois", type=int, default=512, help="proposals sampled per image for the heads (torchvision: 512)"
+    )
+    parser.add_argument(
+        "--mask-head", default="256,256,256,256", help="mask head's channels per layer (torchvision: 4 x 256)"
+    )
+    parser.add_argument("--inits", default="pretrained,random", help="which trunks, in order")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
@@ -157,14 +172,20 @@ def main() -> None:
     print(f"cpu={cpu} cores={cores} threads={torch.get_num_threads()} device={device}", flush=True)
     figures: dict[str, float | None] = {}
     for name, (train, test) in prepare(args, args.out / "data").items():
-        for init in ("pretrained", "random"):
+        for init in args.inits.split(","):
             values = {
                 "checkpoint": args.weights,
                 "train": str(train),
                 "test": str(test) if test is not None else None,
                 "test_fraction": PENNFUDAN_TEST / 170 if test is None else 0.2,
                 "init": init,
-                "model": {"min_size": args.min_size, "max_size": args.max_size},
+                "model": {
+                    "min_size": args.min_size,
+                    "max_size": args.max_size,
+                    "fpn_channels": args.fpn_channels,
+                    "box_batch_size_per_image": args.rois,
+                    "mask_head_channels": [int(c) for c in args.mask_head.split(",")],
+                },
                 "recipe": {"steps": args.steps, "batch_size": args.batch_size},
                 "out_dir": str(args.out / name / init),
                 "results": str(args.out / name / "eval"),

@@ -17,7 +17,8 @@ On the preset's model, crops and batch (default: the cpu preset), in one run:
   backward, ``FlopCounterMode``) x images/s of the chosen path / the peak of the chosen precision;
 * ``imgs_per_s``: end to end, the real pretraining loop (``openseer.train.pretrain``) with the chosen paths over
   the data (input pipeline, multi-crop, forward, Sinkhorn, loss, backward, optimiser), from its per-step rates
-  after ``--warmup`` steps;
+  after ``--warmup`` steps, and ``data_wait_share``: the share of those steps' time the loop waited for its next
+  batch (decoding, caching, cropping not hidden behind the step);
 * with ``--profile``: each layer kind's input and output dtype and layout, then the step's operators by self
   time and the shares of convolutions, matrix products and, for the compiled step on a CPU (compiled again with
   inductor's kernel profile on), the kernels inductor generates;
@@ -29,8 +30,10 @@ On the preset's model, crops and batch (default: the cpu preset), in one run:
     python benchmarks/throughput.py --no-compile          # skip the compiled candidates (minutes on a CPU)
     python benchmarks/throughput.py --choosing-budgets 5,10,20,40,120 --no-compile
     python benchmarks/throughput.py --device cuda --preset swav-rn50 optim.batch_size=64
+    python benchmarks/throughput.py --preset photos --data ~/photos --no-compile   # sized from the folder
+    python benchmarks/throughput.py --preset photos --data ~/photos --no-compile data.cache_size=null
 
-Last line: ``precision=<fp32|bf16> compile=<on|off> imgs_per_s=<x> compute_imgs_per_s=<x> bf16_speedup=<x>
+Last line: ``precision=<fp32|bf16> compile=<on|off> imgs_per_s=<x> data_wait_share=<x> compute_imgs_per_s=<x> bf16_speedup=<x>
 probe_bf16_speedup=<x> compile_speedup=<x> compile_s=<x> gflops_per_img=<x> mfu=<x> peak_fp32=<x> peak_bf16=<x>
 choosing_s_<M>m=<x> choosing_share_<M>m=<x> ... bf16=<native|emulated> bf16_flag=<flag> cores=<n> cpu=<model>``.
 """
@@ -62,17 +65,24 @@ from openseer.config import load_config
 from openseer.hardware import bf16_support
 from openseer.train import autotune as at
 from openseer.train.config import PretrainConfig
+from openseer.train.data import prepare_data
 from openseer.train.parallel import build_for_strategy
 from openseer.train.pretrain import pretrain
+from openseer.train.sizing import auto_keys, size_run
 from openseer.train.trials import Candidate, Trial, measure
 
 
-def end_to_end_rate(cfg: PretrainConfig, warmup: int) -> float:
-    """Images/s of the pretraining loop after ``warmup`` steps, from the per-step rates it logs."""
+def end_to_end_rate(cfg: PretrainConfig, warmup: int) -> tuple[float, float]:
+    """Images/s of the pretraining loop after ``warmup`` steps, and the share of that time it waited for its
+    input, from the per-step figures it logs."""
     pretrain(cfg)
     lines = (Path(cfg.run.out_dir) / "metrics.jsonl").read_text().splitlines()
-    rates = [r["imgs_per_s"] for r in map(json.loads, lines) if "imgs_per_s" in r and r["step"] > warmup]
-    return len(rates) / sum(1.0 / r for r in rates) if rates else float("nan")  # images per total time
+    steps = [r for r in map(json.loads, lines) if "imgs_per_s" in r and r["step"] > warmup]
+    if not steps:
+        return float("nan"), float("nan")
+    seconds = [1.0 / r["imgs_per_s"] for r in steps]  # per image of each step: equal batches
+    waited = sum(r["data_wait_share"] * t for r, t in zip(steps, seconds, strict=True))
+    return len(steps) / sum(seconds), waited / sum(seconds)  # images per total time, waited per total time
 
 
 # the operators of a step, by what they do; the kernels torch.compile generates (names "..._cpp_fused_..." when
@@ -289,7 +299,15 @@ def main() -> None:
         f"matmul peak (sides up to {n}): fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s"
     )
 
+    source = str(cifar10_folder()) if args.data == "cifar10" else args.data
     cfg = load_config(PretrainConfig, [args.preset], args.overrides)
+    if auto_keys(cfg):  # a preset sized from its data (photos): sized here as its run on them sizes it
+        cfg = replace(cfg, data=replace(cfg.data, source=source))
+        with tempfile.TemporaryDirectory() as folder:
+            sized = size_run(cfg, len(prepare_data(cfg.data, cfg.run.seed, run_dir=folder)))
+        cfg = sized.cfg
+        for reason in sized.reasons:
+            print(f"sized from the data: {reason}")
     trials = time_paths(cfg, device, args.steps, not args.no_compile, native)
     by = {t.candidate.name: t for t in trials}
     bs = cfg.optim.batch_size
@@ -334,7 +352,6 @@ def main() -> None:
             table = compiled_profile_table(cfg, device, best.precision, crops)
             print(f"{best.precision}, compiled:\n{table}")
 
-    source = str(cifar10_folder()) if args.data == "cifar10" else args.data
     with tempfile.TemporaryDirectory() as tmp:
         e2e_cfg = load_config(
             PretrainConfig,
@@ -355,8 +372,11 @@ def main() -> None:
                 f"run.compile={str(best.compiled).lower()}",
             ],
         )
-        e2e = end_to_end_rate(e2e_cfg, args.warmup)
-    print(f"end to end ({source}, {best.name}): {e2e:.1f} img/s = {e2e / compute:.0%} of compute only")
+        e2e, data_wait = end_to_end_rate(e2e_cfg, args.warmup)
+    print(
+        f"end to end ({source}, {best.name}): {e2e:.1f} img/s = {e2e / compute:.0%} of compute only, "
+        f"{data_wait:.1%} of it waiting for data"
+    )
     print(
         f"preset={args.preset} arch={cfg.model.arch} batch={bs} device={device} threads={torch.get_num_threads()}"
     )
@@ -366,6 +386,7 @@ def main() -> None:
     )
     print(
         f"precision={best.precision} compile={'on' if best.compiled else 'off'} imgs_per_s={e2e:.1f} "
+        f"data_wait_share={data_wait:.3f} "
         f"compute_imgs_per_s={compute:.1f} bf16_speedup={bf16_speedup:.3f} "
         f"probe_bf16_speedup={probe_bf16_speedup:.3f} compile_speedup={compile_speedup:.3f} "
         f"compile_s={compile_s:.1f} gflops_per_img={gflops_img:.4f} mfu={mfu:.3f} peak_fp32={peaks['fp32']:.1f} "

@@ -57,6 +57,9 @@ class PretrainResult:
     nonfinite_steps: int = 0
     first_step_seconds: float | None = None
     """The first step this process ran, in seconds (a compilation left to it is in there, and in the budget)."""
+    data_wait_share: float = 0.0
+    """Share of ``train_seconds`` this process spent waiting for its next batch (decoding, cropping, reading
+    shards): near 0 when the input keeps up with the steps."""
     evaluation: dict | None = None
     """Filled by the caller that scores the run (openseer.eval.pretraining), not by the loop."""
 
@@ -75,6 +78,8 @@ class Progress:
     train_seconds: float = 0.0
     """Seconds spent in steps: not in checkpoint I/O, nor in choosing the fast paths."""
     nonfinite: int = 0
+    data_seconds: float = 0.0
+    """The part of ``train_seconds`` spent waiting for the next batch."""
 
 
 @dataclass
@@ -337,7 +342,11 @@ def _resume(
     if device.type == "cuda" and state.get("rng_cuda"):
         torch.cuda.set_rng_state_all([t.cpu() for t in state["rng_cuda"]])
     progress = Progress(
-        state["step"], state["images_seen"], state["train_seconds"], state.get("nonfinite", 0)
+        state["step"],
+        state["images_seen"],
+        state["train_seconds"],
+        state.get("nonfinite", 0),
+        state.get("data_seconds", 0.0),  # absent from checkpoints written before it was recorded
     )
     log.info("resumed from %s at step %d of %d", path, progress.step, state["total_steps"])
     return progress, state["total_steps"]
@@ -357,7 +366,9 @@ def train(run: Run) -> PretrainResult:
     positions = _batch_positions(run, progress.step)
     try:
         while progress.step < stop_at and progress.train_seconds < schedule.budget_s:
+            waited = time.perf_counter()
             crops = next(positions)
+            waited = time.perf_counter() - waited
             # a batch of only unreadable files (counted in batches.skipped) is a step skipped by every process;
             # like any step it uses up one batch position (the streams' contract, openseer.train.data.BatchStream)
             if distributed.any_process(not crops, run.device):
@@ -392,10 +403,13 @@ def train(run: Run) -> PretrainResult:
                 if distributed.is_main():  # what that compilation cost, for the next run's choice
                     record_first_compile(cfg, run.device, run.decision, first_step_s)
             progress.train_seconds += now - clock
+            progress.data_seconds += waited
             clock = now
 
             # ============ logging and checkpoints ============
-            reports.step(progress, out, crops, lr, temperature, images, now, last=progress.step == last_step)
+            reports.step(
+                progress, out, crops, lr, temperature, images, waited, now, last=progress.step == last_step
+            )
             if progress.step % cfg.run.checkpoint_every == 0:
                 _save(run)
                 clock = time.perf_counter()  # checkpoint I/O is not training time
@@ -449,7 +463,7 @@ class _Reports:
         if cfg.run.progress and main:
             budget_s = schedule.budget_s if schedule.budgeted else None
             self.bar = ProgressBar(len(schedule.lr), run.progress.step, budget_s, run.progress.train_seconds)
-        self.window_start, self.window_images = now, 0
+        self.window_start, self.window_images, self.window_wait = now, 0, 0.0
         self.loss = float("nan")
         """The last applied step's loss."""
 
@@ -461,22 +475,26 @@ class _Reports:
         lr: float,
         temperature: float | None,
         images: int,
+        waited: float,
         now: float,
         last: bool,
     ) -> None:
         self.loss = loss = float(out.loss)
         self.window_images += images
+        self.window_wait += waited
         if progress.step % self.log_every == 0 or last:
             health = cluster_health(out.codes[0])
             with torch.no_grad():  # mean cosine between embeddings of the batch: -> 1 when features collapse
                 z0 = out.z[: crops[0].shape[0]].float()
                 health["embedding_similarity"] = float((z0 @ z0.t()).mean())
-            rate = self.window_images / max(now - self.window_start, 1e-9)
-            self.window_start, self.window_images = now, 0
+            window = max(now - self.window_start, 1e-9)
+            rate, wait_share = self.window_images / window, min(self.window_wait / window, 1.0)
+            self.window_start, self.window_images, self.window_wait = now, 0, 0.0
             metrics = {
                 "loss": loss,
                 "lr": lr,
                 "imgs_per_s": rate,
+                "data_wait_share": wait_share,
                 "crop_side": crops[0].shape[-1],
                 "epoch": progress.step / self.steps_per_epoch,
                 **health,
@@ -511,6 +529,7 @@ def _save(run: Run) -> None:
         "images_seen": p.images_seen,
         "train_seconds": p.train_seconds,
         "nonfinite": p.nonfinite,
+        "data_seconds": p.data_seconds,
         "config": to_dict(run.cfg),
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else [],
@@ -553,6 +572,7 @@ def _finish(run: Run, reports: _Reports, first_step_s: float | None) -> Pretrain
         skipped_images=len(skipped),
         nonfinite_steps=p.nonfinite,
         first_step_seconds=first_step_s,
+        data_wait_share=p.data_seconds / p.train_seconds if p.train_seconds > 0 else 0.0,
     )
     if reports.writer is not None:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}

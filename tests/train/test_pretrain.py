@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,30 @@ def test_short_run_writes_checkpoint_metrics_and_scores(folder: Path, tmp_path: 
     assert summary["precision"] in ("fp32", "bf16") and isinstance(
         summary["compile"], bool
     )  # as the run used them
+
+
+def test_the_wait_for_data_is_measured(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch stream that sleeps before each batch: the time waited shows in every logged window's
+    data_wait_share, in the summary and in the checkpoint (so that a resumed run keeps counting)."""
+    real, pause = pretrain_module._batch_positions, 0.3
+
+    def slow(run, step):  # noqa: ANN001, ANN202 - the loop's own arguments
+        for crops in real(run, step):
+            time.sleep(pause)
+            yield crops
+
+    monkeypatch.setattr(pretrain_module, "_batch_positions", slow)
+    out = tmp_path / "run"
+    cfg = load_config(PretrainConfig, [], tiny_overrides(folder, out, run__max_steps=3, run__log_every=1))
+    result = pretrain(cfg)
+    assert result.steps == 3
+    waited = result.data_wait_share * result.train_seconds
+    assert 3 * pause <= waited <= result.train_seconds
+    for line in [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][:3]:
+        window = cfg.optim.batch_size / line["imgs_per_s"]  # the window of one logged step
+        assert pause / window - 0.01 <= line["data_wait_share"] <= 1.0
+    assert json.loads((out / "summary.json").read_text())["data_wait_share"] == result.data_wait_share
+    assert load_checkpoint(latest_checkpoint(out / "checkpoints"))["data_seconds"] >= 3 * pause
 
 
 @pytest.mark.slow
