@@ -88,7 +88,13 @@ def evaluate(run: Path, train: Path, val: Path, model: str, args: argparse.Names
     lowshot = run_lowshot(
         from_dict(
             LowShotConfig,
-            {**common, "fractions": list(FRACTIONS), "seeds": [0, 1, 2], "baselines": baselines, "probe": probe},
+            {
+                **common,
+                "fractions": list(FRACTIONS),
+                "seeds": [0, 1, 2],
+                "baselines": baselines,
+                "probe": probe,
+            },
         )
     )
     (row,) = [r for r in lowshot["rows"] if r["method"] == ("random" if model == "random" else "ssl-linear")]
@@ -100,7 +106,9 @@ def evaluate(run: Path, train: Path, val: Path, model: str, args: argparse.Names
 
 def main(argv: list[str] | None = None) -> str:
     """Runs the benchmark; returns its last line."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--train", type=Path, required=True, help="Imagenette train folder (<wnid>/*.JPEG)")
     parser.add_argument("--val", type=Path, required=True, help="Imagenette val folder (<wnid>/*.JPEG)")
     parser.add_argument("--minutes", default="5,20,60", help="training budgets in minutes, comma-separated")
@@ -110,7 +118,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-photos"))
     parser.add_argument(
-        "--set", nargs=2, action="append", default=[], metavar=("PRESET", "KEY=VALUE"), help="a preset's override"
+        "--set",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("PRESET", "KEY=VALUE"),
+        help="a preset's override",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
