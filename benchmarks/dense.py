@@ -188,7 +188,7 @@ def main() -> None:
                 },
                 "recipe": {"steps": args.steps, "batch_size": args.batch_size},
                 "out_dir": str(args.out / name / init),
-                "results": str(args.out / name / init / "eval"),
+                "results": str(args.out / name / "eval"),
                 "device": args.device,
                 "workers": args.workers,
                 "progress": not args.smoke,
