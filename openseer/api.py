@@ -38,6 +38,7 @@ from torch import nn
 
 from openseer.config import from_dict, load_config
 from openseer.fileio.checkpoint import CheckpointError
+from openseer.interrupts import ctrl_c_raises
 from openseer.train.config import PretrainConfig
 
 if TYPE_CHECKING:
@@ -95,7 +96,8 @@ def pretrain(
     if init is not None:
         options["model__init"] = os.fspath(init)
     cfg = make_config(config, overrides, **options)
-    result = run(cfg, resume=resume)
+    with ctrl_c_raises():  # Ctrl-C stops the run; a caller's own SIGINT handler is left as it is
+        result = run(cfg, resume=resume)
     # every process has saved; the process group goes before the evaluation, which reads the checkpoint in one
     # process (plain BatchNorm, no collective that the other processes would have to join)
     distributed.barrier()

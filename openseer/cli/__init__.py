@@ -9,17 +9,15 @@ The grammar and its parser are in :mod:`openseer.cli.command`; each group of com
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from openseer.cli import dense, evaluate, interop, pretrain, shards, use
 from openseer.cli.command import Command, CommandParser, add_command, resolve_config, unknown_option_hint
 from openseer.config import ConfigError, to_dict
+from openseer.interrupts import ctrl_c_raises
 
 COMMANDS: list[Command] = [
     *pretrain.COMMANDS,
@@ -91,34 +89,12 @@ def is_out_of_memory(err: BaseException) -> bool:
     )
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _ctrl_c_raises() -> Iterator[None]:
-    """Ctrl-C (SIGINT) raises KeyboardInterrupt in the main thread, whatever native code is running.
-
-    With Python's own default handler installed, native code that polls ``PyOS_InterruptOccurred()`` consumes a
-    pending SIGINT, and some of what a training step calls does so without raising: under load, a run then
-    trained on after Ctrl-C. A handler of our own is not consumed that way. The previous handler comes back on
-    exit; outside the main thread (where handlers cannot be set) nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; exit codes: 0 done, 1 some inputs unreadable (predict), 2 a user error (config, data,
     checkpoint, diverged run, disk full), 3 out of memory, 130 interrupted."""
     args = parse_command_line(argv)  # before importing torch: --help and usage errors stay quick
     _setup_logging(args.verbose)
-    with _ctrl_c_raises():
+    with ctrl_c_raises(keep_callers=False):  # the command owns its process
         return _run(args)
 
 
