@@ -241,7 +241,14 @@ class _Clock:
 
 
 @pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def quiet_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timings recorded as on a quiet machine, whatever else shares the cores with the tests (on a busy CPU they
+    are not recorded: tested below with the CPU said busy, and openseer.hardware.busy_cpu in test_hardware)."""
+    monkeypatch.setattr(at, "busy_cpu", lambda device: None)
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet_cpu: None):
     """Native bf16, cold compile caches, and a probe and trials that take the clock's time: the probe 0.5 s, a
     trial what ``at.trial_cost_s`` expects of its steps (fp32 1.5 s, bf16 0.45 s, compiled 0.8x; compiling 100 s),
     or ``fake.took[candidate]`` when set. ``fake.timed``: the candidates timed, in order."""
@@ -282,7 +289,6 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(at, "device_native_bf16", lambda device: True)
     monkeypatch.setattr(at, "compile_cache_warm", lambda key, root=None: False)
     monkeypatch.setattr(at, "mark_compiled", lambda key, root=None: None)
-    monkeypatch.setattr(at, "busy_cpu", lambda device: None)  # whatever else runs beside the tests
     return f
 
 
@@ -445,7 +451,7 @@ def test_auto_with_a_short_budget_does_not_try_to_compile(tmp_path: Path, monkey
 
 
 @pytest.mark.slow
-def test_measured_choice_restores_weights_and_is_cached(tmp_path: Path, monkeypatch):
+def test_measured_choice_restores_weights_and_is_cached(tmp_path: Path, monkeypatch, quiet_cpu):
     monkeypatch.setattr(at, "device_native_bf16", lambda device: True)  # time bf16 even where it is emulated
     monkeypatch.setattr(trials, "TRIAL_STEPS", 1)
     # a 10-hour budget: the tiny step's trials fit in its 3% whatever the machine's load
@@ -480,7 +486,7 @@ def test_measured_choice_restores_weights_and_is_cached(tmp_path: Path, monkeypa
 @pytest.mark.parametrize(
     ("minutes", "warm", "tried"), [(5, True, False), (20, True, True), (20, False, False), (60, False, True)]
 )
-def test_a_measured_compile_is_expected_warm_next_time(tmp_path: Path, monkeypatch, minutes, warm, tried):
+def test_a_measured_compile_is_expected_warm_next_time(tmp_path: Path, monkeypatch, quiet_cpu, minutes, warm, tried):
     # 100 s measured once -> 25 s expected with inductor's caches. With its 5 trial steps of 1 s: within 3% of
     # 20 minutes (36 s), not of 5 (a run under 10 minutes tries nothing); with those caches gone, 100 s again:
     # not within 3% of 20 minutes, within 3% of 60 (108 s)
@@ -516,7 +522,7 @@ def test_a_measured_compile_is_expected_warm_next_time(tmp_path: Path, monkeypat
         assert "not tried" in d.reason
 
 
-def test_a_compile_after_one_in_the_same_process_is_not_recorded(tmp_path: Path, monkeypatch):
+def test_a_compile_after_one_in_the_same_process_is_not_recorded(tmp_path: Path, monkeypatch, quiet_cpu):
     # a sweep's second run compiles again in the process that compiled the step before: under a second, from
     # torch's in-memory work, which a fresh process lacks; the 100 s on record stays
     monkeypatch.setattr(at, "device_native_bf16", lambda device: False)

@@ -124,10 +124,10 @@ def test_sigkill_at_a_random_step_then_resume_gives_identical_weights(tmp_path: 
 
     a, b = _final_state(tmp_path / "straight"), _final_state(tmp_path / "killed")
     assert a["step"] == b["step"] == STEPS
-    # the whole state but the wall-clock seconds and the run folder: weights, optimiser (buffers and settings),
-    # queue, loss scaler, RNG, counters
+    # the whole state but the wall-clock seconds (training, and waiting for data) and the run folder: weights,
+    # optimiser (buffers and settings), queue, loss scaler, RNG, counters
     assert set(a) == set(b)
-    for part in sorted(set(a) - {"train_seconds", "config"}):
+    for part in sorted(set(a) - {"train_seconds", "data_seconds", "config"}):
         _assert_identical(a[part], b[part], part)
     assert a["config"]["run"].pop("out_dir") != b["config"]["run"].pop("out_dir")
     _assert_identical(a["config"], b["config"], "config")
