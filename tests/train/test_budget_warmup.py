@@ -49,7 +49,7 @@ def test_budgeted_run_leaves_warmup_after_its_share_of_the_time(
         optim__epochs=20_000,
         optim__warmup_steps=5000,
         optim__warmup_epochs=0,
-        run__budget_minutes=0.05,  # 3 s of the fake clock: about 12 steps
+        run__budget_minutes=0.15,  # 9 s of the fake clock, read 3 times a step (0.75 s): about 12 steps
         run__evaluate=False,
         run__checkpoint_every=10_000,
     )
