@@ -11,13 +11,17 @@ hand-written batched multi-crop (``batched_multicrop``) and the same augmentatio
    ``blur_kernel_size``, sigma range, reflect border) with p, normalisation.
 3. The cpu preset's training step fed by each (augment, then step), images/s; with ``--device cuda`` also the
    swav-rn50 step on the GPU-sized batch.
+4. The photos preset's crops as its run makes them (the batch of 64 from the decoded-image cache's side, 2x96,
+   its colour strength), crops/s with the step's threads, median of ``--rounds``; ``--photos-only`` runs this
+   part alone (to compare two versions of the code on one machine, alternating).
 
     python benchmarks/augment_speed.py [--device cuda] [--seconds 3] [--threads 1] [--step-threads 1]
-        [--rounds 3] [--no-step]
+        [--rounds 3] [--no-step] [--photos-only]
 
 Last line: ``multicrop_v2_imgs_per_s=<x> batched_imgs_per_s=<x> batched_crops_per_s_32=<x>
 kornia_crops_per_s_32=<x> batched_crops_per_s_224=<x> kornia_crops_per_s_224=<x> step_imgs_per_s_batched=<x>
-step_imgs_per_s_kornia=<x>`` (the first two for 32 px; the step figures for the cpu preset's batch).
+step_imgs_per_s_kornia=<x> batched_crops_per_s_photos=<x>`` (the first two for 32 px; the step figures for the
+cpu preset's batch); with ``--photos-only``: ``cpu="<model>" batched_crops_per_s_photos=<x>``.
 """
 
 from __future__ import annotations
@@ -161,6 +165,21 @@ def step_rates(
     return statistics.median(mine), statistics.median(other)
 
 
+def photos_rate(device: torch.device, seconds: float, rounds: int) -> float:
+    """Crops/s of the photos preset's multi-crop on a batch of its size from its cache's side (part 4)."""
+    cfg = load_config(PretrainConfig, ["photos"], [f"run.device={device}"])
+    side, batch = cfg.data.cache_size, cfg.optim.max_batch_size
+    images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    per_batch = batch * sum(c.count for c in cfg.crops)
+
+    def ours() -> int:
+        batched_multicrop(images, cfg.crops, cfg.augment, gen, cfg.model.channels_last)
+        return per_batch
+
+    return statistics.median(_rate(ours, seconds, _sync_for(device)) for _ in range(rounds))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="device of the batched paths (per-image is always CPU)")
@@ -173,9 +192,15 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds in parts 2 and 3")
     ap.add_argument("--no-step", action="store_true", help="skip part 3")
+    ap.add_argument("--photos-only", action="store_true", help="part 4 alone")
     args = ap.parse_args()
     device = torch.device(args.device)
     hardware, cores = machine(device)
+    if args.photos_only:
+        torch.set_num_threads(args.step_threads or torch.get_num_threads())
+        rate = photos_rate(device, args.seconds, args.rounds)
+        print(f'cpu="{hardware}" batched_crops_per_s_photos={rate:.1f}')
+        return
     all_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     print(f"cpu={hardware} cores={cores} torch threads={torch.get_num_threads()} batched device={device}")
@@ -204,10 +229,12 @@ def main() -> None:
             gpu_cfg = load_config(PretrainConfig, ["swav-rn50"], ["optim.batch_size=64", "run.device=cuda"])
             gb, gk = step_rates(gpu_cfg, 256, device, args.seconds * 2, args.rounds)
             print(f"swav-rn50 step, 64 x (2x224 + 6x96): batched {gb:.1f} img/s, kornia {gk:.1f} img/s")
+    photos = photos_rate(device, args.seconds, args.rounds)
+    print(f"photos preset, 64 x 2x96 from 160 px: batched {photos:.1f} crops/s")
     print(
         f"multicrop_v2_imgs_per_s={mc:.1f} batched_imgs_per_s={bt:.1f} batched_crops_per_s_32={b32:.0f} "
         f"kornia_crops_per_s_32={k32:.0f} batched_crops_per_s_224={b224:.1f} kornia_crops_per_s_224={k224:.1f} "
-        f"step_imgs_per_s_batched={sb:.1f} step_imgs_per_s_kornia={sk:.1f}"
+        f"step_imgs_per_s_batched={sb:.1f} step_imgs_per_s_kornia={sk:.1f} batched_crops_per_s_photos={photos:.1f}"
     )
 
 

@@ -20,7 +20,9 @@ batch, and spends on it no more than the run can afford:
   one pass. It is what a run too short to afford trial steps decides its precision by, and it gives every run
   the step time its allowance is planned with.
 * **trial steps** (:func:`openseer.train.trials.measure`): a warm-up step and a few timed steps of the run's own
-  step (:func:`openseer.train.step.train_step`) per precision, from the same weights; bf16 is kept only when its
+  step (:func:`openseer.train.step.train_step`) per precision, from the same weights, the precisions' timed
+  steps taking turns (one slow spell of a shared machine, timed on one precision only, once made a run keep
+  fp32 although bf16 was much faster, and recorded that choice for the later runs); bf16 is kept only when its
   losses follow fp32's (each within :data:`LOSS_RTOL`, and its fall over the trial at least
   1 - :data:`LOSS_DROP_RTOL` of fp32's) and its step is ``run.bf16_min_speedup`` times faster. The weights,
   BatchNorm statistics and RNG are restored afterwards.
@@ -514,17 +516,15 @@ def _decide(
 
     # ============ trial steps of each precision, as far as the allowance reaches ============
     if len(eager) > 1 and not all(c in trials for c in eager) and allowance > 0:
-        # all in this session, fp32 (the reference) first; a set cut short by the allowance is not used
-        new: list[Trial] = []
-        for cand in eager:
-            cost = sum(trial_cost_s(step_estimate(c.precision)) for c in eager[len(new) :])
-            if cost > left():
-                notes.append(f"trial steps not run: {cost:.0f} s expected > {max(left(), 0):.0f} s left")
-                break
-            if crops() is None:
-                return unreadable()
-            new += measure(cfg, model, train_model, [cand], crops())[0]
-        if len(new) == len(eager):
+        # all in this session, from the same weights, their timed steps taking turns (a slow spell of the
+        # machine falls on each alike); not started when the whole set does not fit in what is left
+        cost = sum(trial_cost_s(step_estimate(c.precision)) for c in eager)
+        if cost > left():
+            notes.append(f"trial steps not run: {cost:.0f} s expected > {max(left(), 0):.0f} s left")
+        elif crops() is None:
+            return unreadable()
+        else:
+            new = measure(cfg, model, train_model, eager, crops())[0]
             trials.update((t.candidate, t) for t in new)
             measured += new
     if len(eager) == 1:

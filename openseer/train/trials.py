@@ -13,7 +13,7 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -154,43 +154,107 @@ def measure(
     (``model`` or its DDP wrapper); a compiled candidate runs ``compiled`` (made here with
     ``torch.compile(train_model)`` when None). Returns the trials and the compiled module, so a run that keeps
     compilation does not compile twice. ``steps``: timed steps (``TRIAL_STEPS``).
+
+    The candidates' warm-up steps run one after another; their timed steps take turns, each candidate's
+    weights and buffers swapped in for its step (each has its own optimiser), so that a slow spell of the
+    machine (a neighbour's job, the system's own work) falls on every candidate alike rather than on whichever
+    ran then (:func:`takes_turns`).
     """
     device = crops[0].device
     steps = steps if steps is not None else TRIAL_STEPS
     _, peak_lr, _ = learning_rates(cfg.optim, distributed.world_size())
     saved = copy.deepcopy(model.state_dict())
-    trials = []
+    alternate = len(candidates) > 1 and takes_turns(saved)
+    runs: list[_Running] = []
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             for cand in candidates:
                 if cand.compiled and compiled is None:
                     persist_compile_caches()
                     compiled = torch.compile(train_model)
-                forward = compiled if cand.compiled else train_model
-                parts = step_parts(cfg, model, forward, cand.precision, device)
-                warm = 2 if cand.compiled else 1
-                losses, times = [], []
-                start = time.perf_counter()
-                for i in range(warm):
-                    losses.append(train_step(parts, crops, i, peak_lr).loss)
-                synchronize(device)
-                warmup_s = time.perf_counter() - start
-                for i in range(warm, warm + steps):
-                    t0 = time.perf_counter()
-                    losses.append(train_step(parts, crops, i, peak_lr).loss)
-                    synchronize(device)
-                    times.append(time.perf_counter() - t0)
-                trial = Trial(cand, statistics.median(times), warmup_s, warm, [float(v) for v in losses])
-                trials.append(trial)
-                log.info(
-                    "autotune: %s %.3f s/step, warm-up %.1f s, losses %s",
-                    cand.name,
-                    trial.step_s,
-                    warmup_s,
-                    " ".join(f"{v:.4f}" for v in trial.losses),
-                )
                 model.load_state_dict(saved)
+                run = _Running(
+                    cand,
+                    step_parts(
+                        cfg, model, compiled if cand.compiled else train_model, cand.precision, device
+                    ),
+                )
+                start = time.perf_counter()
+                for i in range(run.warm):
+                    run.losses.append(train_step(run.parts, crops, i, peak_lr).loss)
+                synchronize(device)
+                run.warmup_s = time.perf_counter() - start
+                if alternate:
+                    run.state = copy.deepcopy(model.state_dict())
+                else:
+                    for _ in range(steps):
+                        run.timed_step(crops, peak_lr, device)
+                runs.append(run)
+            for _ in range(steps if alternate else 0):
+                for run in runs:
+                    model.load_state_dict(run.state)
+                    run.timed_step(crops, peak_lr, device)
+                    run.keep(model)
     finally:
         model.load_state_dict(saved)
         model.zero_grad(set_to_none=True)
+    trials = [run.trial() for run in runs]
+    for trial in trials:
+        log.info(
+            "autotune: %s %.3f s/step, warm-up %.1f s, losses %s",
+            trial.candidate.name,
+            trial.step_s,
+            trial.warmup_s,
+            " ".join(f"{v:.4f}" for v in trial.losses),
+        )
     return trials, compiled
+
+
+TURNS_MAX_BYTES = 2**30
+"""Largest model state (weights and buffers) whose candidates take turns: a copy per candidate is kept. Larger
+ones (SEER's trunks on a GPU, where no neighbour shares the device) run one after another."""
+
+
+def takes_turns(state: dict[str, torch.Tensor]) -> bool:
+    """Whether candidates of a model with this state take turns step by step (a copy of it per candidate)."""
+    return sum(t.numel() * t.element_size() for t in state.values()) <= TURNS_MAX_BYTES
+
+
+@dataclass
+class _Running:
+    """One candidate's trial under way: its step's parts, losses and step times, and (taking turns) its
+    weights and buffers between its steps."""
+
+    candidate: Candidate
+    parts: Any
+    losses: list[torch.Tensor] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    warmup_s: float = 0.0
+    state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def warm(self) -> int:
+        return 2 if self.candidate.compiled else 1
+
+    def timed_step(self, crops: list[torch.Tensor], lr: float, device: torch.device) -> None:
+        step = self.warm + len(self.times)
+        t0 = time.perf_counter()
+        self.losses.append(train_step(self.parts, crops, step, lr).loss)
+        synchronize(device)
+        self.times.append(time.perf_counter() - t0)
+
+    def keep(self, model: torch.nn.Module) -> None:
+        """Keeps the model's weights and buffers as this candidate left them (into the copy it has)."""
+        assert self.state is not None
+        with torch.no_grad():
+            for name, value in model.state_dict().items():
+                self.state[name].copy_(value)
+
+    def trial(self) -> Trial:
+        return Trial(
+            self.candidate,
+            statistics.median(self.times),
+            self.warmup_s,
+            self.warm,
+            [float(v) for v in self.losses],
+        )
