@@ -182,24 +182,10 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotates hue by ``shift`` (B,) turns in HSV space; x in [0, 1]. torchvision's round trip through HSV
-    (``adjust_hue``), written for a batch and with the parts that cancel left out: a hue rotation keeps each
-    pixel's value (its largest channel) and chroma (largest minus smallest), so the way back needs neither the
-    saturation nor the value times it, and the hue needs one division instead of one per sector."""
-    r, g, b = x.unbind(1)
-    # Elementwise min/max: a reduction over the strided channel dim (aminmax) is ~10x slower on CPU.
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
-    red, green = maxc == r, maxc == g  # the sector of the largest channel, red first on ties as torchvision
-    rise = torch.where(red, g - b, torch.where(green, b - r, r - g))
-    base = torch.where(red, 0.0, torch.where(green, 2.0, 4.0))
-    # hue in sixths of a turn, shifted; grey pixels (no chroma) have hue 0 and come back unchanged
-    h6 = rise / torch.where(chroma == 0, 1.0, chroma) + base + 6 * shift.view(-1, 1, 1)
-    # Closed form per channel, f(n) = value - chroma * clamp(min(k, 4 - k), 0, 1) with
-    # k = (n + 6h) mod 6 and n = 5, 3, 1 for R, G, B: no sector gather needed.
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(n + h6.unsqueeze(1), 6)
-    return maxc.unsqueeze(1) - chroma.unsqueeze(1) * torch.minimum(k, 4 - k).clamp_(0, 1)
+    """Rotates hue by ``shift`` (B,) turns in HSV space; x in [0, 1]."""
+    h, s, v = _rgb_to_hsv(x)
+    h = torch.remainder(h + _col(shift), 1.0)
+    return _hsv_to_rgb(h, s, v)
 
 
 def color_jitter(x: torch.Tensor, p: AugParams) -> torch.Tensor:
@@ -312,3 +298,24 @@ def _col(v: torch.Tensor) -> torch.Tensor:
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     # Same expression as torchvision's _blend: x * f + other * (1 - f), then clamp.
     return (x * factor + other * (1 - factor)).clamp_(0, 1)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r, g, b = x.unbind(1)
+    # Elementwise min/max: a reduction over the strided channel dim (aminmax) is ~10x slower on CPU.
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    delta = maxc - minc
+    flat = delta == 0  # grey pixels: hue and saturation are 0, avoid dividing by 0
+    s = delta / torch.where(flat, 1.0, maxc)
+    d = torch.where(flat, 1.0, delta)
+    h = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2 + (b - r) / d, 4 + (r - g) / d))
+    return (h / 6).unsqueeze(1), s.unsqueeze(1), maxc.unsqueeze(1)
+
+
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # Closed form per channel, f(n) = v - v s clamp(min(k, 4 - k), 0, 1) with
+    # k = (n + 6h) mod 6 and n = 5, 3, 1 for R, G, B: no sector gather needed.
+    n = torch.tensor([5.0, 3.0, 1.0], device=h.device, dtype=h.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6 * h, 6)
+    return v - v * s * torch.minimum(k, 4 - k).clamp_(0, 1)
