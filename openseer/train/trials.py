@@ -23,7 +23,7 @@ from openseer.hardware import synchronize
 from openseer.models import SwAVModel
 from openseer.train.compile_cache import persist_compile_caches
 from openseer.train.config import PretrainConfig
-from openseer.train.step import forward_backward, learning_rates, step_parts, train_step
+from openseer.train.step import StepParts, forward_backward, learning_rates, step_parts, train_step
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class _Running:
     weights and buffers between its steps."""
 
     candidate: Candidate
-    parts: Any
+    parts: StepParts
     losses: list[torch.Tensor] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     warmup_s: float = 0.0
