@@ -21,11 +21,10 @@ batch, and spends on it no more than the run can afford:
   the step time its allowance is planned with.
 * **trial steps** (:func:`openseer.train.trials.measure`): a warm-up step and a few timed steps of the run's own
   step (:func:`openseer.train.step.train_step`) per precision, from the same weights, the precisions' timed
-  steps taking turns (one slow spell of a shared machine, timed on one precision only, once made a run keep
-  fp32 although bf16 was much faster, and recorded that choice for the later runs); bf16 is kept only when its
-  losses follow fp32's (each within :data:`LOSS_RTOL`, and its fall over the trial at least
-  1 - :data:`LOSS_DROP_RTOL` of fp32's) and its step is ``run.bf16_min_speedup`` times faster. The weights,
-  BatchNorm statistics and RNG are restored afterwards.
+  steps taking turns, so that a slow spell of a shared machine falls on both alike instead of deciding the
+  choice (and, recorded, every later run's); bf16 is kept only when its losses follow fp32's (each within
+  :data:`LOSS_RTOL`, and its fall over the trial at least 1 - :data:`LOSS_DROP_RTOL` of fp32's) and its step is
+  ``run.bf16_min_speedup`` times faster. The weights, BatchNorm statistics and RNG are restored afterwards.
 * **compilation**: of the precision that won in eager only, when its expected cost (the last compile measured
   for this step with inductor's caches in the same state, else :data:`COMPILE_PRIOR_S`) and its trial steps fit
   in what is left of the allowance; or, where the record already holds a compiled trial of that precision, as
